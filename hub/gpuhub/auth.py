@@ -1,0 +1,70 @@
+"""Which OAuthenticator logs people in, and with which access rules.
+
+`authenticator_config(settings)` returns the authenticator class and the trait values to set
+on it. Every provider gets the same rules: the people in GPUHUB_ALLOWED_USERS, members of
+GPUHUB_ALLOWED_GROUPS (in that provider's sense of a group), and the GPUHUB_ADMIN_USERS;
+`allow_all` only when the operator set GPUHUB_ALLOW_ALL deliberately (settings refuse to start
+with no rule at all). The demo login is the generic OIDC authenticator pointed at the bundled
+provider, so demo and production share one code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from oauthenticator.azuread import AzureAdOAuthenticator
+from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.github import GitHubOAuthenticator
+from oauthenticator.gitlab import GitLabOAuthenticator
+from oauthenticator.google import GoogleOAuthenticator
+
+from .settings import Settings
+
+CLASSES = {
+    "demo": GenericOAuthenticator,
+    "generic": GenericOAuthenticator,
+    "github": GitHubOAuthenticator,
+    "gitlab": GitLabOAuthenticator,
+    "google": GoogleOAuthenticator,
+    "azuread": AzureAdOAuthenticator,
+}
+
+
+def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
+    o = settings.oauth
+    traits: dict[str, Any] = {
+        "client_id": o.client_id,
+        "client_secret": o.client_secret,
+        "oauth_callback_url": settings.oauth_callback_url,
+        "allowed_users": set(settings.allowed_users),
+        "admin_users": set(settings.admin_users),
+        "allow_all": settings.allow_all,
+        "enable_auth_state": True,
+    }
+    kind = settings.authenticator
+    if kind in ("demo", "generic"):
+        traits.update(
+            authorize_url=o.authorize_url,
+            token_url=o.token_url,
+            userdata_url=o.userdata_url,
+            username_claim=o.username_claim,
+            scope=list(o.scopes),
+            login_service="the gpuhub demo provider" if kind == "demo" else "OpenID Connect",
+        )
+        if settings.allowed_groups:
+            traits.update(allowed_groups=set(settings.allowed_groups), manage_groups=True,
+                          auth_state_groups_key=f"oauth_user.{o.groups_claim}")
+    elif kind == "github":
+        if settings.allowed_groups:
+            traits["allowed_organizations"] = set(settings.allowed_groups)
+            traits["scope"] = ["read:org"]
+    elif kind == "gitlab":
+        traits["gitlab_url"] = o.gitlab_url
+        if settings.allowed_groups:
+            traits["allowed_gitlab_groups"] = set(settings.allowed_groups)
+    elif kind == "azuread":
+        traits["tenant_id"] = o.azuread_tenant_id
+        if settings.allowed_groups:
+            traits.update(allowed_groups=set(settings.allowed_groups), manage_groups=True,
+                          auth_state_groups_key="user.groups")
+    return CLASSES[kind], traits

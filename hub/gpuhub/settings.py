@@ -1,0 +1,284 @@
+"""Every setting the hub reads from its environment, read once and validated at startup.
+
+`load_settings(environ)` is the only place that looks at environment variables. It returns a
+frozen `Settings` or raises `ConfigError` naming the variable and what to set, so that a
+misconfigured hub stops with one readable line instead of starting in a surprising state
+(above all: never open to everyone because a variable is missing). The operator-facing
+documentation of each variable is `config/gpuhub.env.example`; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+AUTHENTICATORS = ("demo", "generic", "github", "gitlab", "google", "azuread")
+
+# Providers whose group/organisation membership we can check, and what "group" means there.
+GROUP_SUPPORT = {
+    "demo": "the 'groups' claim of the demo provider",
+    "generic": "the groups claim named by OIDC_GROUPS_CLAIM",
+    "github": "GitHub organisations or teams (org or org:team)",
+    "gitlab": "GitLab group paths",
+    "azuread": "Azure AD group object ids (the 'groups' claim)",
+}
+
+DEMO_USER = "demo"
+DEFAULT_CLIENT_SECRET_FILE = "/run/gpuhub/secrets/oauth_client_secret"
+
+
+class ConfigError(Exception):
+    """A setting is missing or wrong. `str()` is the one line shown to the operator."""
+
+    def __init__(self, variable: str, message: str):
+        self.variable = variable
+        self.message = message
+        super().__init__(f"{variable}: {message}")
+
+
+def _clean(environ: Mapping[str, str], name: str) -> str:
+    """A variable's value with surrounding blanks removed; empty means unset.
+
+    Compose passes `${VAR:-}` through as an empty string, so empty and unset must mean the same.
+    """
+    return environ.get(name, "").strip()
+
+
+def _list(environ: Mapping[str, str], name: str) -> frozenset[str]:
+    return frozenset(item.strip() for item in _clean(environ, name).split(",") if item.strip())
+
+
+def _bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
+    value = _clean(environ, name).lower()
+    if not value:
+        return default
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(name, f"expected true or false, got {value!r}")
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    value = _clean(environ, name)
+    if not value:
+        return default
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ConfigError(name, f"expected a TCP port number (1-65535), got {value!r}")
+    return int(value)
+
+
+def _url(environ: Mapping[str, str], name: str, required_for: str | None = None) -> str:
+    value = _clean(environ, name)
+    if not value:
+        if required_for:
+            raise ConfigError(name, f"is required for {required_for}; set it to the provider's URL")
+        return ""
+    if not value.startswith(("https://", "http://")):
+        raise ConfigError(name, f"expected an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """Read a secret from a file, refusing an empty one. The secret itself is never shown."""
+    try:
+        value = Path(path).read_text().strip()
+    except FileNotFoundError:
+        raise ConfigError(variable, f"file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(variable, f"cannot read {path}: {e.strerror}") from None
+    if not value:
+        raise ConfigError(variable, f"file {path} is empty")
+    return value
+
+
+@dataclass(frozen=True)
+class OAuthSettings:
+    client_id: str = ""
+    client_secret: str = field(default="", repr=False)
+    # generic OIDC (and the demo provider, which is driven through the same code path)
+    authorize_url: str = ""
+    token_url: str = ""
+    userdata_url: str = ""
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ("openid", "profile", "email")
+    # provider specifics
+    gitlab_url: str = ""
+    azuread_tenant_id: str = ""
+
+
+@dataclass(frozen=True)
+class Settings:
+    authenticator: str
+    oauth: OAuthSettings
+    allowed_users: frozenset[str]
+    allowed_groups: frozenset[str]
+    admin_users: frozenset[str]
+    allow_all: bool
+    public_host: str
+    https_port: int
+    listen: str
+    user_network: str
+    profiles_file: str
+    secrets_dir: str
+    operator_token_file: str
+    db_host: str
+    db_name: str
+    db_user: str
+    db_password_file: str
+    proxy_api_url: str
+    traefik_rules_file: str
+
+    @property
+    def demo(self) -> bool:
+        return self.authenticator == "demo"
+
+    @property
+    def pgpass_file(self) -> str:
+        """libpq's password file for the hub, written by the init step beside the other secrets."""
+        return str(Path(self.secrets_dir) / "pgpass")
+
+    @property
+    def public_url(self) -> str:
+        port = "" if self.https_port == 443 else f":{self.https_port}"
+        return f"https://{self.public_host}{port}/"
+
+    @property
+    def oauth_callback_url(self) -> str:
+        return self.public_url + "hub/oauth_callback"
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSettings:
+    if authenticator == "demo":
+        # The bundled provider: the browser reaches it on the host's loopback, the hub on the
+        # compose network. Client id and secret are accepted as given by the demo provider.
+        public = _url(environ, "GPUHUB_DEMO_OIDC_PUBLIC_URL") or "http://localhost:9400"
+        internal = _url(environ, "GPUHUB_DEMO_OIDC_URL") or "http://demo-oidc:9400"
+        return OAuthSettings(
+            client_id="gpuhub-demo",
+            client_secret="gpuhub-demo-not-a-secret",
+            authorize_url=f"{public}/oauth2/authorize",
+            token_url=f"{internal}/oauth2/token",
+            userdata_url=f"{internal}/userinfo",
+            username_claim="sub",
+        )
+
+    client_id = _clean(environ, "OAUTH_CLIENT_ID")
+    if not client_id:
+        raise ConfigError(
+            "OAUTH_CLIENT_ID",
+            f"is required for GPUHUB_AUTHENTICATOR={authenticator}; "
+            "set it to the client id of the OAuth app you registered with the provider",
+        )
+    secret_file = _clean(environ, "OAUTH_CLIENT_SECRET_FILE") or DEFAULT_CLIENT_SECRET_FILE
+    if not Path(secret_file).exists():
+        raise ConfigError(
+            "OAUTH_CLIENT_SECRET_FILE",
+            f"{secret_file} does not exist, but GPUHUB_AUTHENTICATOR={authenticator} needs the "
+            "OAuth client secret: put it in secrets/oauth_client_secret (chmod 600)",
+        )
+    client_secret = read_secret_file("OAUTH_CLIENT_SECRET_FILE", secret_file)
+
+    extra: dict[str, object] = {}
+    if authenticator == "generic":
+        extra = dict(
+            authorize_url=_url(environ, "OIDC_AUTHORIZE_URL", "GPUHUB_AUTHENTICATOR=generic"),
+            token_url=_url(environ, "OIDC_TOKEN_URL", "GPUHUB_AUTHENTICATOR=generic"),
+            userdata_url=_url(environ, "OIDC_USERINFO_URL", "GPUHUB_AUTHENTICATOR=generic"),
+            username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or "preferred_username",
+            groups_claim=_clean(environ, "OIDC_GROUPS_CLAIM") or "groups",
+            scopes=tuple(_clean(environ, "OIDC_SCOPES").split()) or ("openid", "profile", "email"),
+        )
+    elif authenticator == "gitlab":
+        extra = dict(gitlab_url=_url(environ, "GITLAB_URL") or "https://gitlab.com")
+    elif authenticator == "azuread":
+        tenant = _clean(environ, "AZUREAD_TENANT_ID")
+        if not tenant:
+            raise ConfigError(
+                "AZUREAD_TENANT_ID",
+                "is required for GPUHUB_AUTHENTICATOR=azuread; set it to your directory (tenant) id",
+            )
+        extra = dict(azuread_tenant_id=tenant)
+    return OAuthSettings(client_id=client_id, client_secret=client_secret, **extra)  # type: ignore[arg-type]
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the hub's settings; raise ConfigError on the first problem."""
+    if environ is None:
+        environ = os.environ
+
+    authenticator = _clean(environ, "GPUHUB_AUTHENTICATOR").lower() or "demo"
+    if authenticator not in AUTHENTICATORS:
+        raise ConfigError(
+            "GPUHUB_AUTHENTICATOR",
+            f"unknown value {authenticator!r}; choose one of {', '.join(AUTHENTICATORS)}",
+        )
+
+    listen = _clean(environ, "GPUHUB_LISTEN") or "127.0.0.1"
+    public_host = _clean(environ, "DOMAIN") or "localhost"
+    allowed_users = _list(environ, "GPUHUB_ALLOWED_USERS")
+    allowed_groups = _list(environ, "GPUHUB_ALLOWED_GROUPS")
+    admin_users = _list(environ, "GPUHUB_ADMIN_USERS")
+    allow_all = _bool(environ, "GPUHUB_ALLOW_ALL")
+
+    if authenticator == "demo":
+        if not _is_loopback(listen):
+            raise ConfigError(
+                "GPUHUB_LISTEN",
+                f"is {listen}, but the demo login lets anyone pick a user name: configure a real "
+                "provider with GPUHUB_AUTHENTICATOR, or listen on 127.0.0.1 only",
+            )
+        if allow_all:
+            raise ConfigError("GPUHUB_ALLOW_ALL", "cannot be used with the demo login")
+        allowed_users = allowed_users or frozenset({DEMO_USER})
+        admin_users = admin_users or frozenset({DEMO_USER})
+    else:
+        if allowed_groups and authenticator not in GROUP_SUPPORT:
+            raise ConfigError(
+                "GPUHUB_ALLOWED_GROUPS",
+                f"is not supported with GPUHUB_AUTHENTICATOR={authenticator}; "
+                "list the people in GPUHUB_ALLOWED_USERS instead",
+            )
+        if not (allowed_users or allowed_groups or allow_all):
+            raise ConfigError(
+                "GPUHUB_ALLOWED_USERS",
+                "no one is allowed to log in: set GPUHUB_ALLOWED_USERS and/or "
+                "GPUHUB_ALLOWED_GROUPS (or GPUHUB_ALLOW_ALL=true to admit every account the "
+                "provider knows, deliberately)",
+            )
+
+    return Settings(
+        authenticator=authenticator,
+        oauth=_oauth_settings(environ, authenticator),
+        allowed_users=allowed_users,
+        allowed_groups=allowed_groups,
+        admin_users=admin_users,
+        allow_all=allow_all,
+        public_host=public_host,
+        https_port=_port(environ, "GPUHUB_HTTPS_PORT", 443),
+        listen=listen,
+        user_network=_clean(environ, "GPUHUB_USER_NETWORK") or "gpuhub-users",
+        profiles_file=_clean(environ, "GPUHUB_PROFILES_FILE") or "/srv/gpuhub/config/profiles.yaml",
+        secrets_dir=_clean(environ, "GPUHUB_SECRETS_DIR") or "/srv/gpuhub/secrets",
+        operator_token_file=_clean(environ, "GPUHUB_API_TOKEN_FILE") or "/run/gpuhub/secrets/api_token",
+        db_host=_clean(environ, "GPUHUB_DB_HOST") or "db",
+        db_name=_clean(environ, "GPUHUB_DB_NAME") or "jupyterhub",
+        db_user=_clean(environ, "GPUHUB_DB_USER") or "jupyterhub",
+        db_password_file=_clean(environ, "GPUHUB_DB_PASSWORD_FILE") or "/run/gpuhub/db/password",
+        proxy_api_url=_url(environ, "GPUHUB_PROXY_API_URL") or "http://proxy:8099",
+        traefik_rules_file=_clean(environ, "GPUHUB_TRAEFIK_RULES_FILE")
+        or "/srv/gpuhub/traefik/rules.yaml",
+    )

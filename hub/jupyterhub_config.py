@@ -1,0 +1,14 @@
+# JupyterHub configuration for gpuhub. Thin on purpose: every setting is read and validated by
+# gpuhub.settings (documented in config/gpuhub.env.example) and applied by gpuhub.configure.
+import sys
+
+from gpuhub.configure import configure
+from gpuhub.settings import ConfigError, load_settings
+
+c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
+
+try:
+    configure(c, load_settings())
+except ConfigError as e:
+    print(f"gpuhub: configuration error: {e}", file=sys.stderr)
+    sys.exit(1)

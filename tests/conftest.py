@@ -1,0 +1,77 @@
+"""gpuhub's test suite, in tiers.
+
+- fast (default, no marker): pure code of the `gpuhub` package; no Docker, under a minute.
+- docker (`-m docker`): builds the images and runs the real stack with Docker Compose.
+- browser (`-m browser`): Playwright driving Debian's Chromium through the real stack.
+- gpu (`tests/gpu/`, `-m gpu`): needs an NVIDIA GPU; skipped, and said so, elsewhere.
+
+`pytest` alone runs the fast tier (see pytest.ini). `bin/test` runs every tier.
+
+Fixture catalogue (shared ones; each tier's conftest lists its own):
+- `environ`: a minimal valid hub environment (dict) for settings tests, with secret files
+  created under tmp_path.
+- `stack` (session): the real stack, started once by Docker Compose as project gpuhub-test
+  with a test OIDC provider (tests/stack.py); torn down at the end. Its logs, and every user
+  container's, are saved under test-artifacts/<test name>/ when a test using it fails.
+"""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "hub"))
+
+
+@pytest.fixture
+def environ(tmp_path):
+    """A valid environment for a generic-OIDC hub, with its files under tmp_path."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    for name in ("cookie_secret", "crypt_key", "proxy_api_password"):
+        (secrets / name).write_text("ab" * 32)
+    (tmp_path / "db_password").write_text("dbpass")
+    (secrets / "pgpass").write_text("db:5432:jupyterhub:jupyterhub:dbpass\n")
+    client_secret = tmp_path / "oauth_client_secret"
+    client_secret.write_text("s3cret")
+    return {
+        "GPUHUB_AUTHENTICATOR": "generic",
+        "OAUTH_CLIENT_ID": "gpuhub",
+        "OAUTH_CLIENT_SECRET_FILE": str(client_secret),
+        "OIDC_AUTHORIZE_URL": "https://id.example.org/authorize",
+        "OIDC_TOKEN_URL": "https://id.example.org/token",
+        "OIDC_USERINFO_URL": "https://id.example.org/userinfo",
+        "GPUHUB_ALLOWED_USERS": "alice,bob",
+        "GPUHUB_ADMIN_USERS": "alice",
+        "GPUHUB_PROFILES_FILE": str(ROOT / "config" / "profiles.yaml"),
+        "GPUHUB_SECRETS_DIR": str(secrets),
+        "GPUHUB_DB_PASSWORD_FILE": str(tmp_path / "db_password"),
+        "GPUHUB_API_TOKEN_FILE": str(tmp_path / "no_api_token"),
+    }
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    from .stack import start_stack
+
+    started = start_stack(tmp_path_factory.mktemp("stack"))
+    try:
+        yield started
+    finally:
+        started.down()
+
+
+@pytest.fixture(autouse=True)
+def _logs_on_failure(request):
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed and "stack" in request.fixturenames:
+        request.getfixturevalue("stack").dump_logs(request.node.name)

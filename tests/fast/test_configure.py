@@ -1,0 +1,104 @@
+"""The assembled JupyterHub configuration, checked on an empty traitlets Config (as TLJH does)."""
+
+import os
+
+import pytest
+from traitlets.config import Config
+
+from gpuhub.auth import authenticator_config
+from gpuhub.configure import DEMO_NOTICE, OPERATOR_SERVICE, configure
+from gpuhub.settings import ConfigError, load_settings
+
+
+def configured(environ) -> Config:
+    c = Config()
+    configure(c, load_settings(environ))
+    return c
+
+
+def test_hub_keeps_servers_and_uses_traefik_and_postgres(environ):
+    c = configured(environ)
+    assert c.JupyterHub.cleanup_servers is False
+    assert c.JupyterHub.proxy_class == "traefik_file"
+    assert c.TraefikFileProviderProxy.should_start is False
+    assert c.TraefikFileProviderProxy.traefik_api_password == "ab" * 32
+    assert c.JupyterHub.db_url.startswith("postgresql+psycopg2://jupyterhub@db:5432/jupyterhub?passfile=")
+    # the password is read by libpq from the pgpass file, never put in the URL JupyterHub logs
+    assert "dbpass" not in c.JupyterHub.db_url
+    assert c.JupyterHub.upgrade_db is True
+    assert c.CryptKeeper["keys"] == [bytes.fromhex("ab" * 32)]
+    assert c.JupyterHub.spawner_class == "gpuhub.spawner.GPUDockerSpawner"
+    assert c.DockerSpawner.network_name == "gpuhub-users"
+    assert c.DockerSpawner.volumes == {"gpuhub-home-{username}": "/home/jovyan"}
+
+
+def test_generic_oidc_login(environ):
+    c = configured(environ)
+    assert c.JupyterHub.authenticator_class.__name__ == "GenericOAuthenticator"
+    auth = c.GenericOAuthenticator
+    assert auth.allowed_users == {"alice", "bob"}
+    assert auth.admin_users == {"alice"}
+    assert auth.allow_all is False
+    assert auth.oauth_callback_url == "https://localhost/hub/oauth_callback"
+    assert auth.token_url == "https://id.example.org/token"
+    assert "template_vars" not in c.JupyterHub
+
+
+def test_demo_mode_shows_a_notice_and_admits_only_the_demo_user(environ):
+    c = configured({k: v for k, v in environ.items() if k != "GPUHUB_AUTHENTICATOR"} |
+                   {"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ADMIN_USERS": ""})
+    assert c.JupyterHub.template_vars["announcement"] == DEMO_NOTICE
+    assert c.GenericOAuthenticator.allowed_users == {"demo"}
+    assert c.GenericOAuthenticator.allow_all is False
+
+
+PROVIDERS = {
+    "github": ({"GPUHUB_AUTHENTICATOR": "github", "GPUHUB_ALLOWED_GROUPS": "lab-org"},
+               "GitHubOAuthenticator", {"allowed_organizations": {"lab-org"}}),
+    "gitlab": ({"GPUHUB_AUTHENTICATOR": "gitlab", "GITLAB_URL": "https://git.example.org", "GPUHUB_ALLOWED_GROUPS": "lab"},
+               "GitLabOAuthenticator", {"gitlab_url": "https://git.example.org", "allowed_gitlab_groups": {"lab"}}),
+    "google": ({"GPUHUB_AUTHENTICATOR": "google"}, "GoogleOAuthenticator", {"allowed_users": {"alice", "bob"}}),
+    "azuread": ({"GPUHUB_AUTHENTICATOR": "azuread", "AZUREAD_TENANT_ID": "t-1", "GPUHUB_ALLOWED_GROUPS": "g1"},
+                "AzureAdOAuthenticator", {"tenant_id": "t-1", "allowed_groups": {"g1"}, "manage_groups": True}),
+    "generic groups": ({"GPUHUB_ALLOWED_GROUPS": "gpu-users", "OIDC_GROUPS_CLAIM": "roles"},
+                       "GenericOAuthenticator", {"allowed_groups": {"gpu-users"}, "auth_state_groups_key": "oauth_user.roles"}),
+}
+
+
+@pytest.mark.parametrize("change, cls, expected", PROVIDERS.values(), ids=PROVIDERS.keys())
+def test_each_provider_is_selected_and_configured(environ, change, cls, expected):
+    settings = load_settings({**environ, **change})
+    klass, traits = authenticator_config(settings)
+    assert klass.__name__ == cls
+    for name, value in expected.items():
+        assert traits[name] == value
+    # the traits are real, settable traits of that class: instantiate it with them
+    authenticator = klass(**traits)
+    for name, value in expected.items():
+        assert getattr(authenticator, name) == value
+    assert authenticator.allow_all is False
+
+
+def test_operator_token_becomes_an_admin_service(environ, tmp_path):
+    token = tmp_path / "api_token"
+    token.write_text("f" * 64)
+    os.chmod(token, 0o600)
+    c = configured({**environ, "GPUHUB_API_TOKEN_FILE": str(token)})
+    assert c.JupyterHub.services == [{"name": OPERATOR_SERVICE, "api_token": "f" * 64}]
+    assert c.JupyterHub.load_roles == [{"name": "admin", "services": [OPERATOR_SERVICE]}]
+
+
+def test_no_operator_token_file_means_no_service(environ):
+    assert "services" not in configured(environ).JupyterHub
+
+
+@pytest.mark.parametrize("mode, content, words", [
+    (0o644, "f" * 64, "readable by others"),
+    (0o600, "short", "shorter than 32"),
+])
+def test_bad_operator_token_files_are_refused(environ, tmp_path, mode, content, words):
+    token = tmp_path / "api_token"
+    token.write_text(content)
+    os.chmod(token, mode)
+    with pytest.raises(ConfigError, match=words):
+        configured({**environ, "GPUHUB_API_TOKEN_FILE": str(token)})

@@ -1,0 +1,79 @@
+"""Settings: every variable validated, every refusal names the variable (table of cases)."""
+
+import pytest
+
+from gpuhub.settings import ConfigError, load_settings
+
+
+def test_generic_provider_loads(environ):
+    s = load_settings(environ)
+    assert s.authenticator == "generic"
+    assert s.oauth.client_secret == "s3cret"
+    assert s.allowed_users == {"alice", "bob"}
+    assert s.admin_users == {"alice"}
+    assert s.public_url == "https://localhost/"
+    assert s.oauth_callback_url == "https://localhost/hub/oauth_callback"
+    assert not s.demo
+
+
+def test_empty_environment_is_demo_mode_for_demo_user_only():
+    s = load_settings({})
+    assert s.demo
+    assert s.allowed_users == {"demo"} and s.admin_users == {"demo"}
+    assert not s.allow_all
+    assert s.oauth.authorize_url == "http://localhost:9400/oauth2/authorize"
+    assert s.oauth.token_url == "http://demo-oidc:9400/oauth2/token"
+
+
+def test_domain_and_port_make_the_public_url(environ):
+    s = load_settings({**environ, "DOMAIN": "hub.example.org", "GPUHUB_HTTPS_PORT": "8443"})
+    assert s.public_url == "https://hub.example.org:8443/"
+
+
+def test_secret_is_not_in_repr(environ):
+    assert "s3cret" not in repr(load_settings(environ))
+
+
+REFUSALS = {
+    "unknown authenticator": ({"GPUHUB_AUTHENTICATOR": "ldap"}, "GPUHUB_AUTHENTICATOR", "unknown value"),
+    "no allow rule": ({"GPUHUB_ALLOWED_USERS": ""}, "GPUHUB_ALLOWED_USERS", "no one is allowed"),
+    "blank allow rule": ({"GPUHUB_ALLOWED_USERS": " , "}, "GPUHUB_ALLOWED_USERS", "no one is allowed"),
+    "missing client id": ({"OAUTH_CLIENT_ID": ""}, "OAUTH_CLIENT_ID", "is required"),
+    "missing client secret file": ({"OAUTH_CLIENT_SECRET_FILE": "/nonexistent/x"}, "OAUTH_CLIENT_SECRET_FILE", "does not exist"),
+    "missing token url": ({"OIDC_TOKEN_URL": ""}, "OIDC_TOKEN_URL", "is required for GPUHUB_AUTHENTICATOR=generic"),
+    "url without scheme": ({"OIDC_AUTHORIZE_URL": "id.example.org"}, "OIDC_AUTHORIZE_URL", "expected an http(s) URL"),
+    "bad bool": ({"GPUHUB_ALLOW_ALL": "maybe"}, "GPUHUB_ALLOW_ALL", "expected true or false"),
+    "bad port": ({"GPUHUB_HTTPS_PORT": "70000"}, "GPUHUB_HTTPS_PORT", "TCP port"),
+    "azuread without tenant": ({"GPUHUB_AUTHENTICATOR": "azuread"}, "AZUREAD_TENANT_ID", "tenant"),
+    "groups on google": ({"GPUHUB_AUTHENTICATOR": "google", "GPUHUB_ALLOWED_GROUPS": "x"}, "GPUHUB_ALLOWED_GROUPS", "not supported"),
+    "demo on all interfaces": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "0.0.0.0"}, "GPUHUB_LISTEN", "demo login"),
+    "demo with allow all": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_ALLOW_ALL": "true"}, "GPUHUB_ALLOW_ALL", "demo"),
+}
+
+
+@pytest.mark.parametrize("change, variable, words", REFUSALS.values(), ids=REFUSALS.keys())
+def test_bad_settings_are_refused_naming_the_variable(environ, change, variable, words):
+    with pytest.raises(ConfigError) as info:
+        load_settings({**environ, **change})
+    assert info.value.variable == variable
+    assert words in str(info.value)
+    assert str(info.value).startswith(f"{variable}: ")
+
+
+def test_empty_client_secret_file_is_refused(environ, tmp_path):
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        load_settings({**environ, "OAUTH_CLIENT_SECRET_FILE": str(tmp_path / "empty")})
+
+
+ALLOWED = {
+    "groups only": {"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOWED_GROUPS": "lab"},
+    "allow all, deliberately": {"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOW_ALL": "yes"},
+    "github orgs": {"GPUHUB_AUTHENTICATOR": "github", "GPUHUB_ALLOWED_GROUPS": "my-org"},
+    "loopback listen in demo": {"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "::1"},
+}
+
+
+@pytest.mark.parametrize("change", ALLOWED.values(), ids=ALLOWED.keys())
+def test_accepted_variants(environ, change):
+    load_settings({**environ, **change})
