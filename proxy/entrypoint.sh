@@ -1,0 +1,56 @@
+#!/bin/sh
+# Starts Traefik with gpuhub's static configuration, built from the environment so that the same
+# file serves both cases: Let's Encrypt when DOMAIN and ACME_EMAIL are set, otherwise the local
+# certificate made by the init service. Dynamic configuration (TLS options, headers, the
+# certificate) is in proxy/dynamic/; routes to the hub and to user servers are written by the
+# hub into rules.yaml in the same watched directory.
+set -eu
+
+fail() { echo "gpuhub proxy: configuration error: $1" >&2; exit 1; }
+
+if [ -n "${DOMAIN:-}" ] && [ -z "${ACME_EMAIL:-}" ]; then
+  fail "ACME_EMAIL: is required with DOMAIN=${DOMAIN} (Let's Encrypt needs a contact address); set both or neither"
+fi
+if [ -z "${DOMAIN:-}" ] && [ -n "${ACME_EMAIL:-}" ]; then
+  fail "DOMAIN: is required with ACME_EMAIL (the name to obtain a certificate for); set both or neither"
+fi
+
+set -- \
+  --global.checknewversion=false \
+  --global.sendanonymoususage=false \
+  --log.level="${TRAEFIK_LOG_LEVEL:-INFO}" \
+  --accesslog=true \
+  --accesslog.format=json \
+  --accesslog.fields.headers.defaultmode=keep \
+  --accesslog.fields.headers.names.Authorization=redact \
+  --accesslog.fields.headers.names.Cookie=redact \
+  --accesslog.fields.headers.names.Set-Cookie=redact \
+  --accesslog.fields.headers.names.Proxy-Authorization=redact \
+  --entrypoints.web.address=:80 \
+  --entrypoints.web.http.redirections.entrypoint.to=websecure \
+  --entrypoints.web.http.redirections.entrypoint.scheme=https \
+  --entrypoints.web.http.redirections.entrypoint.permanent=true \
+  --entrypoints.websecure.address=:443 \
+  --entrypoints.websecure.http.tls=true \
+  --entrypoints.websecure.http.middlewares=gpuhub-headers@file \
+  --entrypoints.api.address=:8099 \
+  --api=true \
+  --api.dashboard=false \
+  --ping=true \
+  --providers.file.directory=/etc/traefik/dynamic \
+  --providers.file.watch=true
+
+if [ -n "${DOMAIN:-}" ]; then
+  echo "gpuhub proxy: obtaining a certificate for ${DOMAIN} from ${ACME_CA_SERVER:-Let's Encrypt}"
+  set -- "$@" \
+    --certificatesresolvers.acme.acme.email="${ACME_EMAIL}" \
+    --certificatesresolvers.acme.acme.storage=/letsencrypt/acme.json \
+    --certificatesresolvers.acme.acme.caserver="${ACME_CA_SERVER:-https://acme-v02.api.letsencrypt.org/directory}" \
+    --certificatesresolvers.acme.acme.httpchallenge.entrypoint=web \
+    --entrypoints.websecure.http.tls.certresolver=acme \
+    --entrypoints.websecure.http.tls.domains[0].main="${DOMAIN}"
+else
+  echo "gpuhub proxy: no DOMAIN set, serving the local self-signed certificate"
+fi
+
+exec traefik "$@"
