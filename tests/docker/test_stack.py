@@ -1,0 +1,165 @@
+"""The real stack: REST API over HTTPS through Traefik, a server that runs code, survives a hub
+restart, and configuration that is refused with its message. Needs Docker (marker `docker`)."""
+
+import ssl
+import socket
+import subprocess
+
+import pytest
+import requests
+
+from ..stack import ROOT, wait_for
+
+pytestmark = pytest.mark.docker
+
+
+def test_services_healthy_and_only_the_proxy_published(stack):
+    ps = stack.compose("ps", "--format", "{{.Service}} {{.State}} {{.Health}} {{.Publishers}}").stdout
+    lines = {line.split()[0]: line for line in ps.splitlines()}
+    for service in ("db", "hub", "proxy"):
+        assert "running" in lines[service] and "healthy" in lines[service], lines[service]
+    # db and hub publish nothing; the proxy only on loopback (the default GPUHUB_LISTEN)
+    assert "PublishedPort" not in lines["db"] or ":0 " in lines["db"]
+    port = stack.compose("port", "proxy", "443").stdout.strip()
+    assert port == "127.0.0.1:443"
+    assert stack.compose("port", "db", "5432", check=False).returncode != 0
+
+
+def test_https_redirect_tls_and_hsts(stack):
+    r = requests.get("http://localhost/hub/", allow_redirects=False, timeout=10)
+    assert r.status_code in (301, 308) and r.headers["Location"].startswith("https://localhost/")
+    r = requests.get("https://localhost/hub/login", verify=stack.cafile, timeout=10)
+    assert r.status_code == 200
+    assert "max-age=31536000" in r.headers["Strict-Transport-Security"]
+    # TLS 1.1 is refused, TLS 1.2 accepted
+    for version, accepted in ((ssl.TLSVersion.TLSv1_1, False), (ssl.TLSVersion.TLSv1_2, True)):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(stack.cafile)
+        ctx.minimum_version = ctx.maximum_version = version
+        if version == ssl.TLSVersion.TLSv1_1:
+            ctx.set_ciphers("ALL:@SECLEVEL=0")  # let the client offer it; the server must refuse
+        try:
+            with socket.create_connection(("localhost", 443), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="localhost"):
+                handshake = True
+        except (ssl.SSLError, OSError):
+            handshake = False
+        assert handshake is accepted, version
+
+
+def test_operator_token_is_admin_and_anonymous_is_refused(stack):
+    assert stack.api("GET", "users").status_code == 200
+    anonymous = requests.get(f"{stack.base_url}/hub/api/users", verify=stack.cafile, timeout=10)
+    assert anonymous.status_code == 403
+    forged = requests.get(f"{stack.base_url}/hub/api/users", verify=stack.cafile, timeout=10,
+                          headers={"Authorization": "token " + "0" * 64})
+    assert forged.status_code == 403
+
+
+def test_bad_spawn_options_are_refused_before_any_container(stack):
+    stack.api("POST", "users/bob")
+    cases = {
+        "arbitrary image": {"image": "debian:bookworm-slim"},
+        "unknown profile": {"profile": "bitcoin"},
+        "negative gpus": {"profile": "minimal", "gpus": -1},
+        "too many gpus": {"profile": "minimal", "gpus": 4},
+    }
+    for name, options in cases.items():
+        r = stack.api("POST", "users/bob/server", json=options)
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        assert r.json()["message"], name
+        assert not stack.api("GET", "users/bob").json()["servers"], name
+    assert "gpuhub-bob" not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
+                                              capture_output=True, text=True).stdout
+
+
+def test_spawn_run_code_survive_hub_restart_stop(stack):
+    r = stack.start_server("alice", {"profile": "minimal", "gpus": 0})
+    assert r.status_code in (201, 202), r.text
+    model = stack.api("GET", "users/alice").json()["servers"][""]
+    assert model["ready"] and model["user_options"] == {"profile": "minimal", "gpus": 0}
+
+    out = stack.run_code("alice", "import os, getpass; print(getpass.getuser(), os.environ['NVIDIA_VISIBLE_DEVICES'], 6 * 7)")
+    assert out.split() == ["jovyan", "void", "42"]
+
+    # the container: labelled, hardened, on the users' network only
+    inspect = subprocess.run(["docker", "inspect", "gpuhub-alice", "--format",
+                              "{{json .Config.Labels}}|{{.HostConfig.CapDrop}}|{{.HostConfig.Privileged}}|{{json .NetworkSettings.Networks}}"],
+                             capture_output=True, text=True, check=True).stdout
+    labels, capdrop, privileged, networks = inspect.split("|")
+    assert '"org.gpuhub.user":"alice"' in labels and '"org.gpuhub.profile":"minimal"' in labels
+    assert capdrop == "[ALL]" and privileged == "false"
+    assert list(__import__("json").loads(networks)) == ["gpuhub-test-users"]
+
+    container_id = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", "gpuhub-alice"],
+                                  capture_output=True, text=True, check=True).stdout.strip()
+    stack.compose("restart", "hub")
+    stack.wait_hub()
+    wait_for(lambda: stack.api("GET", "users/alice").json()["servers"][""]["ready"], 60,
+             what="alice's server ready after the hub restart")
+    same = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", "gpuhub-alice"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert same == container_id, "the hub restart replaced the user's container"
+    assert stack.run_code("alice", "print('still here')").strip() == "still here"
+
+    stack.stop_server("alice")
+    assert "gpuhub-alice" not in stack.user_containers()
+    gone = stack.session().get(f"{stack.base_url}/user/alice/api/status", timeout=10, allow_redirects=False)
+    assert gone.status_code != 200
+
+
+REFUSED_CONFIG = {
+    "real provider without allow rule": (
+        "init", {"GPUHUB_ALLOWED_USERS": ""},
+        "gpuhub: configuration error: GPUHUB_ALLOWED_USERS: no one is allowed to log in"),
+    "unknown provider": (
+        "hub", {"GPUHUB_AUTHENTICATOR": "myspace"},
+        "gpuhub: configuration error: GPUHUB_AUTHENTICATOR: unknown value 'myspace'"),
+    "generic without token url": (
+        "hub", {"OIDC_TOKEN_URL": ""},
+        "gpuhub: configuration error: OIDC_TOKEN_URL: is required for GPUHUB_AUTHENTICATOR=generic"),
+    "demo exposed to the network": (
+        "init", {"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "0.0.0.0"},
+        "gpuhub: configuration error: GPUHUB_LISTEN: is 0.0.0.0, but the demo login"),
+    "domain without acme e-mail": (
+        "proxy", {"DOMAIN": "hub.example.org"},
+        "gpuhub proxy: configuration error: ACME_EMAIL: is required with DOMAIN=hub.example.org"),
+}
+
+
+@pytest.mark.parametrize("service, change, message", REFUSED_CONFIG.values(), ids=REFUSED_CONFIG.keys())
+def test_bad_configuration_stops_the_service_with_its_message(stack, service, change, message):
+    r = stack.compose("run", "--rm", "--no-deps", "-T", service, check=False, env=change, timeout=120)
+    assert r.returncode != 0
+    lines = [line for line in (r.stdout + r.stderr).splitlines() if "configuration error" in line]
+    assert len(lines) == 1 and lines[0].startswith(message), r.stdout + r.stderr
+
+
+def test_demo_mode_needs_no_configuration(tmp_path):
+    """A second stack with no settings at all (only other ports) comes up in demo mode."""
+    import os
+    project = ["docker", "compose", "-p", "gpuhub-demo-test", "--project-directory", str(ROOT)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "OAUTH_", "OIDC_"))}
+    env.update(GPUHUB_HTTPS_PORT="8443", GPUHUB_HTTP_PORT="8080", GPUHUB_USER_NETWORK="gpuhub-demo-test-users",
+               GPUHUB_DEMO_PORT="9402",
+               GPUHUB_OPERATOR_SECRETS=str(tmp_path))
+    try:
+        up = subprocess.run([*project, "up", "-d", "--wait"], env=env, capture_output=True, text=True, timeout=600)
+        assert up.returncode == 0, up.stderr[-3000:]
+        ca = subprocess.run([*project, "exec", "-T", "proxy", "cat", "/certs/local-ca.crt"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+        (tmp_path / "ca.crt").write_text(ca)
+        https = requests.Session()
+        https.trust_env, https.verify = False, str(tmp_path / "ca.crt")
+        # the hub is healthy a moment before Traefik has loaded its route
+        login = wait_for(lambda: (r := https.get("https://localhost:8443/hub/login", timeout=10)).ok and r, 60,
+                         what="demo hub's login page through the proxy")
+        assert "Demo mode" in login.text
+        redirect = https.get("https://localhost:8443/hub/oauth_login", timeout=10, allow_redirects=False)
+        assert redirect.status_code == 302
+        assert redirect.headers["Location"].startswith("http://localhost:9402/oauth2/authorize?")
+        assert requests.get("http://127.0.0.1:9402/.well-known/openid-configuration", timeout=10).status_code == 200
+        ports = subprocess.run([*project, "port", "proxy", "443"], env=env, capture_output=True, text=True).stdout
+        assert ports.strip() == "127.0.0.1:8443"
+    finally:
+        subprocess.run([*project, "down", "-v", "--remove-orphans"], env=env, capture_output=True, timeout=300)
