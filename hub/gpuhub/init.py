@@ -52,7 +52,7 @@ def main(environ=os.environ) -> int:
     certs = Path(environ.get("GPUHUB_CERTS_DIR", "/srv/gpuhub/certs"))
     if needs_certificate(certs / "local.crt"):
         hostnames = tuple(dict.fromkeys((settings.public_host, "localhost")))
-        write_localhost_certificate(certs, hostnames)
+        write_localhost_certificate(certs, secrets / "local-ca.key", hostnames)
         print(f"gpuhub init: wrote a certificate for {', '.join(hostnames)} signed by {certs}/local-ca.crt")
 
     mode = "demo login (bundled provider, localhost only)" if settings.demo else settings.authenticator

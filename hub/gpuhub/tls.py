@@ -1,6 +1,6 @@
 """The locally generated certificate Traefik serves when no Let's Encrypt domain is set.
 
-A small local certificate authority (10 years, kept) signs the server certificate (for the
+A small local certificate authority (10 years, kept; its key among the hub's secrets) signs the server certificate (for the
 hub's host name, `localhost` and the loopback addresses; one year, renewed by the init step
 when fewer than 30 days remain). Trusting `local-ca.crt` once, in a browser or with
 `curl --cacert`, makes every renewed certificate verify, as with mkcert.
@@ -53,9 +53,9 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "gpuhub local certificate")])
 
 
-def ensure_local_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    """Load the local CA from `directory`, creating it on first use."""
-    cert_path, key_path = directory / "local-ca.crt", directory / "local-ca.key"
+def ensure_local_ca(directory: Path, key_path: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """Load the local CA (certificate in `directory`, key at `key_path`), creating it on first use."""
+    cert_path = directory / "local-ca.crt"
     if cert_path.exists() and key_path.exists() and not needs_certificate(cert_path):
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)
@@ -75,14 +75,20 @@ def ensure_local_ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurve
         .sign(key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
+    key_path.parent.mkdir(parents=True, exist_ok=True)
     _write(key_path, _key_pem(key), 0o600)
     _write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert, key
 
 
-def write_localhost_certificate(directory: Path, hostnames: tuple[str, ...] = ("localhost",)) -> None:
-    """Write local.crt (server certificate, then the CA) and local.key into `directory`."""
-    ca_cert, ca_key = ensure_local_ca(directory)
+def write_localhost_certificate(directory: Path, ca_key_path: Path,
+                                hostnames: tuple[str, ...] = ("localhost",)) -> None:
+    """Write local.crt (server certificate, then the CA) and local.key into `directory`.
+
+    The CA's key lives apart (`ca_key_path`, among the hub's secrets): the proxy, which reads
+    `directory`, can serve the certificate but cannot mint others.
+    """
+    ca_cert, ca_key = ensure_local_ca(directory, ca_key_path)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     alt_names: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]

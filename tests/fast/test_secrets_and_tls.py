@@ -35,8 +35,10 @@ def test_existing_secret_is_kept_but_tightened(tmp_path):
 def test_certificate_signed_by_the_local_ca_and_renewal(tmp_path):
     cert = tmp_path / "local.crt"
     assert needs_certificate(cert)
-    write_localhost_certificate(tmp_path, ("hub.example.org", "localhost"))
-    assert mode(tmp_path / "local.key") == 0o600 and mode(tmp_path / "local-ca.key") == 0o600
+    ca_key = tmp_path / "secrets" / "local-ca.key"
+    write_localhost_certificate(tmp_path, ca_key, ("hub.example.org", "localhost"))
+    assert mode(tmp_path / "local.key") == 0o600 and mode(ca_key) == 0o600
+    assert not (tmp_path / "local-ca.key").exists()  # the proxy's directory holds no CA key
     server, ca = x509.load_pem_x509_certificates(cert.read_bytes())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["hub.example.org", "localhost"]
@@ -47,7 +49,7 @@ def test_certificate_signed_by_the_local_ca_and_renewal(tmp_path):
     assert needs_certificate(cert, now=in_340_days)
     # renewal keeps the CA, so a browser that trusts it keeps trusting the new certificate
     ca_before = (tmp_path / "local-ca.crt").read_bytes()
-    write_localhost_certificate(tmp_path)
+    write_localhost_certificate(tmp_path, ca_key)
     assert (tmp_path / "local-ca.crt").read_bytes() == ca_before
     x509.load_pem_x509_certificates(cert.read_bytes())[0].verify_directly_issued_by(ca)
 
@@ -59,7 +61,7 @@ def test_init_creates_everything_and_refuses_bad_config(environ, tmp_path, capsy
     env = {**environ, "GPUHUB_SECRETS_DIR": str(secrets), "GPUHUB_DB_PASSWORD_FILE": str(tmp_path / "db" / "pw"),
            "GPUHUB_CERTS_DIR": str(tmp_path / "certs")}
     assert init_main(env) == 0
-    assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "pgpass", "proxy_api_password"]
+    assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "local-ca.key", "pgpass", "proxy_api_password"]
     assert mode(tmp_path / "db" / "pw") == 0o600
     password = read_secret(tmp_path / "db" / "pw")
     assert read_secret(secrets / "pgpass") == f"db:5432:jupyterhub:jupyterhub:{password}"
