@@ -24,7 +24,9 @@ import websocket
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "gpuhub-test"
 USER_NETWORK = "gpuhub-test-users"
-TEST_USERS = ("alice", "bob", "mallory")  # the provider knows all three; only alice and bob are allowed
+# The provider knows alice, bob and mallory; only alice and bob may log in. carol is made
+# through the API only.
+TEST_USERS = ("alice", "bob", "mallory", "carol")
 ARTIFACTS = ROOT / "test-artifacts"
 
 TEST_ENV = {

@@ -1,9 +1,11 @@
 """The real stack: REST API over HTTPS through Traefik, a server that runs code, survives a hub
 restart, and configuration that is refused with its message. Needs Docker (marker `docker`)."""
 
+import json
 import ssl
 import socket
 import subprocess
+import threading
 
 import pytest
 import requests
@@ -25,6 +27,7 @@ def test_services_healthy_and_only_the_proxy_published(stack):
     assert stack.compose("port", "db", "5432", check=False).returncode != 0
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
 def test_https_redirect_tls_and_hsts(stack):
     r = requests.get("http://localhost/hub/", allow_redirects=False, timeout=10)
     assert r.status_code in (301, 308) and r.headers["Location"].startswith("https://localhost/")
@@ -54,6 +57,21 @@ def test_operator_token_is_admin_and_anonymous_is_refused(stack):
     forged = requests.get(f"{stack.base_url}/hub/api/users", verify=stack.cafile, timeout=10,
                           headers={"Authorization": "token " + "0" * 64})
     assert forged.status_code == 403
+
+
+def test_access_log_redacts_credentials(stack):
+    marker = "redaction-check-" + "7" * 24
+    requests.get(f"{stack.base_url}/hub/api/user", verify=stack.cafile, timeout=10,
+                 headers={"Authorization": f"token {marker}", "Cookie": f"jupyterhub-session-id={marker}"})
+    stack.api("GET", "users")  # the operator's real token passes through the proxy too
+
+    def logged():
+        logs = stack.compose("logs", "--no-color", "proxy").stdout
+        return logs if "/hub/api/user" in logs else None
+
+    logs = wait_for(logged, 10, what="the request in the proxy's access log")
+    assert marker not in logs and stack.token not in logs
+    assert '"request_Authorization":"REDACTED"' in logs and '"request_Cookie":"REDACTED"' in logs
 
 
 def test_bad_spawn_options_are_refused_before_any_container(stack):
@@ -108,6 +126,35 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
     assert gone.status_code != 200
 
 
+def test_spawn_progress_shows_each_step(stack):
+    """The spawn page follows /progress: it must show our steps, not a bare spinner."""
+    stack.api("POST", "users/carol")
+    started = {}
+    spawn = threading.Thread(target=lambda: started.update(r=stack.api("POST", "users/carol/server", json={})))
+    spawn.start()
+    try:
+        wait_for(lambda: stack.api("GET", "users/carol").json()["servers"].get("", {}).get("pending") == "spawn",
+                 30, interval=0.05, what="carol's spawn pending")
+        events = []
+        with stack.session().get(f"{stack.base_url}/hub/api/users/carol/server/progress",
+                                 stream=True, timeout=120) as r:
+            for line in r.iter_lines(decode_unicode=True):
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+                    if events[-1].get("ready") or events[-1].get("failed"):
+                        break
+        spawn.join(120)
+        messages = [e["message"] for e in events]
+        assert any("Creating the container" in m for m in messages), messages
+        assert events[-1].get("ready") is True, events[-1]
+        progress = [e["progress"] for e in events if "progress" in e]
+        assert progress == sorted(progress) and progress[-1] == 100, progress
+        assert started["r"].status_code in (201, 202)
+    finally:
+        spawn.join(120)
+        stack.stop_server("carol")
+
+
 REFUSED_CONFIG = {
     "real provider without allow rule": (
         "init", {"GPUHUB_ALLOWED_USERS": ""},
@@ -151,7 +198,7 @@ def test_demo_mode_needs_no_configuration(tmp_path):
         (tmp_path / "ca.crt").write_text(ca)
         https = requests.Session()
         https.trust_env, https.verify = False, str(tmp_path / "ca.crt")
-        # the hub is healthy a moment before Traefik has loaded its route
+        # `up --wait` already waited for the hub through the proxy; poll anyway, with a deadline
         login = wait_for(lambda: (r := https.get("https://localhost:8443/hub/login", timeout=10)).ok and r, 60,
                          what="demo hub's login page through the proxy")
         assert "Demo mode" in login.text
