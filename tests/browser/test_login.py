@@ -1,0 +1,104 @@
+"""What a person does in a browser: log in through the OpenID Connect provider, start a server
+from the spawn form, run code in JupyterLab, stop the server, log out; and a person the hub does
+not allow is refused. Needs Docker and Chromium (marker `browser`)."""
+
+import re
+import subprocess
+
+import pytest
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.browser
+
+HUB = "https://localhost"
+PROVIDER = "http://localhost:9401"
+SERVER_START_MS = 120_000  # the spawn: container creation and JupyterLab answering
+
+
+def log_in_at_provider(page: Page, user: str, *, predefined: bool = False) -> None:
+    """From anywhere on the hub while logged out: the hub's login page, then the provider's."""
+    expect(page).to_have_url(re.compile(rf"^{HUB}/hub/login"))
+    page.get_by_role("button", name="Sign in with OpenID Connect").click()
+    expect(page).to_have_url(re.compile(rf"^{PROVIDER}/oauth2/authorize\?"))
+    expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
+    if predefined:
+        page.get_by_role("button", name=user, exact=True).click()
+    else:
+        page.locator('input[name="sub"]').fill(user)
+        page.get_by_role("button", name="Authorize", exact=True).click()
+
+
+def test_allowed_user_starts_a_server_runs_code_stops_it_and_logs_out(page: Page, stack, hub_user):
+    user = hub_user("bob")
+    page.goto(f"{HUB}/")
+    log_in_at_provider(page, user)
+
+    # back on the hub, logged in: the spawn form with the one profile, chosen, and no GPU
+    expect(page).to_have_url(f"{HUB}/hub/spawn")
+    expect(page.get_by_role("heading", name="Server Options")).to_be_visible()
+    profile = page.get_by_role("radio", name="Minimal (CPU only)")
+    expect(profile).to_be_checked()
+    expect(page.locator('select[name="gpus-minimal"]')).to_have_value("0")
+    expect(page.locator("nav")).to_contain_text(user)
+    page.get_by_role("button", name="Start").click()
+
+    # the progress page (shown when the start takes longer than the hub's slow_spawn_timeout,
+    # 10 s), then JupyterLab
+    expect(page).to_have_url(re.compile(rf"^{HUB}/user/{user}/lab"), timeout=SERVER_START_MS)
+
+    # a new notebook from the Launcher; code runs in the user's container as jovyan
+    page.locator('.jp-LauncherCard[data-category="Notebook"]').first.click(timeout=60_000)
+    notebook = page.locator(".jp-NotebookPanel:visible")
+    expect(page).to_have_url(re.compile(rf"/user/{user}/lab/tree/Untitled\d*\.ipynb"))
+    # as a person would, wait for the kernel: a cell run before the notebook has one is dropped
+    expect(page.locator(".jp-StatusBar-Widget").filter(has_text="Python 3 (ipykernel) | Idle")).to_be_visible(
+        timeout=60_000)
+    editor = notebook.locator(".jp-Cell .cm-content").first
+    editor.click()
+    page.keyboard.type('print(6 * 7, "from", __import__("getpass").getuser())')
+    page.keyboard.press("Shift+Enter")
+    expect(notebook.locator(".jp-OutputArea-output").first).to_have_text("42 from jovyan", timeout=60_000)
+
+    # the hub's home page: stop the server
+    page.goto(f"{HUB}/hub/home")
+    page.get_by_role("button", name="Stop My Server").click()
+    expect(page.get_by_role("button", name="Start My Server")).to_be_visible(timeout=SERVER_START_MS)
+    expect(page.get_by_role("button", name="Stop My Server")).to_be_hidden()
+    expect(page.locator("#error-dialog")).to_be_hidden()
+
+    # log out: the login page again, and the hub no longer knows this browser
+    page.get_by_role("button", name="Logout").click()
+    expect(page).to_have_url(re.compile(rf"^{HUB}/hub/login"))
+    expect(page.get_by_role("button", name="Sign in with OpenID Connect")).to_be_visible()
+    page.goto(f"{HUB}/hub/home")
+    expect(page).to_have_url(re.compile(rf"^{HUB}/hub/login"))
+
+    model = stack.api("GET", f"users/{user}").json()
+    assert model["servers"] == {} and model["server"] is None, model
+    assert f"gpuhub-{user}" not in stack.user_containers()
+
+
+def test_user_not_allowed_is_refused_and_gets_nothing(page: Page, stack):
+    user = "mallory"  # the provider knows her; GPUHUB_ALLOWED_USERS does not
+
+    page.goto(f"{HUB}/")
+    with page.expect_response(lambda r: r.url.startswith(f"{HUB}/hub/oauth_callback?")) as callback:
+        log_in_at_provider(page, user, predefined=True)
+    assert callback.value.status == 403
+
+    expect(page).to_have_url(re.compile(rf"^{HUB}/hub/oauth_callback\?"))
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        "403 : Sorry, you are not currently authorized to use this hub. Please contact the hub administrator.")
+    expect(page.get_by_role("button", name="Logout")).to_have_count(0)
+
+    # not logged in: the hub sends her to the login page
+    page.goto(f"{HUB}/hub/home")
+    expect(page).to_have_url(re.compile(rf"^{HUB}/hub/login"))
+
+    # and the hub never created her: no user, no server, no container
+    r = stack.api("GET", f"users/{user}")
+    assert r.status_code == 404, r.text
+    assert user not in [u["name"] for u in stack.api("GET", "users").json()]
+    names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert f"gpuhub-{user}" not in names
