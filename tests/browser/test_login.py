@@ -28,17 +28,19 @@ def log_in_at_provider(page: Page, user: str, *, predefined: bool = False) -> No
         page.get_by_role("button", name="Authorize", exact=True).click()
 
 
-def test_allowed_user_starts_a_server_runs_code_stops_it_and_logs_out(page: Page, stack, hub_user):
+def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Page, stack, hub_user):
     user = hub_user("bob")
     page.goto(f"{HUB}/")
     log_in_at_provider(page, user)
 
-    # back on the hub, logged in: the spawn form with the one profile, chosen, and no GPU
+    # back on the hub, logged in: the spawn form with the profiles, the default one chosen;
+    # the person picks OpenCL, with no GPU (none can be given before the GPU monitor exists)
     expect(page).to_have_url(f"{HUB}/hub/spawn")
     expect(page.get_by_role("heading", name="Server Options")).to_be_visible()
-    profile = page.get_by_role("radio", name="Minimal (CPU only)")
-    expect(profile).to_be_checked()
-    expect(page.locator('select[name="gpus-minimal"]')).to_have_value("0")
+    expect(page.get_by_role("radio", name="Minimal (CPU only)")).to_be_checked()
+    expect(page.get_by_text("PoCL on the CPU")).to_be_visible()
+    page.get_by_role("radio", name="OpenCL (PyOpenCL)").check()
+    expect(page.locator('select[name="gpus-opencl"]')).to_have_value("0")
     expect(page.locator("nav")).to_contain_text(user)
     page.get_by_role("button", name="Start").click()
 
@@ -55,9 +57,17 @@ def test_allowed_user_starts_a_server_runs_code_stops_it_and_logs_out(page: Page
         timeout=60_000)
     editor = notebook.locator(".jp-Cell .cm-content").first
     editor.click()
-    page.keyboard.type('print(6 * 7, "from", __import__("getpass").getuser())')
+    # an OpenCL computation on the PoCL device, which names itself
+    page.keyboard.type(
+        "import getpass, numpy as np, pyopencl as cl, pyopencl.array as cla; "
+        "ctx = cl.create_some_context(interactive=False); q = cl.CommandQueue(ctx); "
+        "d = ctx.devices[0]; "
+        "print(d.platform.name, '/', d.name, '/', int((2 * cla.to_device(q, np.arange(10, dtype=np.int32))).get().sum()), "
+        "'/', getpass.getuser())")
     page.keyboard.press("Shift+Enter")
-    expect(notebook.locator(".jp-OutputArea-output").first).to_have_text("42 from jovyan", timeout=60_000)
+    output = notebook.locator(".jp-OutputArea-output").first
+    expect(output).to_have_text(re.compile(r"^Portable Computing Language / pthread-\S.* / 90 / jovyan\s*$"),
+                                timeout=60_000)
 
     # the hub's home page: stop the server
     page.goto(f"{HUB}/hub/home")

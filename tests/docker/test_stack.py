@@ -126,6 +126,27 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
     assert gone.status_code != 200
 
 
+def test_opencl_profile_spawns_and_computes_on_pocl(stack):
+    r = stack.start_server("carol", {"profile": "opencl", "gpus": "0"})
+    assert r.status_code in (201, 202), r.text
+    try:
+        out = stack.run_code("carol", (
+            "import os, pyopencl as cl, pyopencl.array as cla, numpy as np\n"
+            "ctx = cl.create_some_context(interactive=False); q = cl.CommandQueue(ctx)\n"
+            "x = np.arange(1000, dtype=np.float32)\n"
+            "print(ctx.devices[0].platform.name, '|', float((2 * cla.to_device(q, x)).get().sum()), '|',\n"
+            "      os.environ['NVIDIA_VISIBLE_DEVICES'], '|', os.environ['GPUHUB_PROFILE'])"))
+        platform, total, visible, profile = [part.strip() for part in out.split("|")]
+        assert platform == "Portable Computing Language"
+        assert float(total) == 2 * sum(range(1000))
+        assert (visible, profile) == ("void", "opencl")
+        labels = subprocess.run(["docker", "inspect", "gpuhub-carol", "--format", "{{json .Config.Labels}}"],
+                                capture_output=True, text=True, check=True).stdout
+        assert '"org.gpuhub.profile":"opencl"' in labels
+    finally:
+        stack.stop_server("carol")
+
+
 def test_spawn_progress_shows_each_step(stack):
     """The spawn page follows /progress: it must show our steps, not a bare spinner."""
     stack.api("POST", "users/carol")

@@ -1,0 +1,50 @@
+"""The single-user images themselves: their smoke notebooks compute and check real results in
+the built image (PoCL here; the GPU path is tests/gpu's), and nothing in them hands out GPUs.
+Needs Docker (marker `docker`); the images are built by the `stack` fixture's compose up."""
+
+import json
+import subprocess
+
+import pytest
+
+from ..smoke import run_smoke_in_image
+
+pytestmark = pytest.mark.docker
+
+OPENCL = "gpuhub/singleuser-opencl:latest"
+
+
+def image_config(image: str) -> dict:
+    out = subprocess.run(["docker", "image", "inspect", image, "--format", "{{json .Config}}"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.parametrize("image", ["gpuhub/singleuser-base:latest", OPENCL])
+def test_images_run_unprivileged_and_never_bake_in_gpus(stack, image):
+    config = image_config(image)
+    assert config["User"] == "1000"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert "NVIDIA_VISIBLE_DEVICES" not in env
+
+
+def test_opencl_notebook_computes_on_pocl_and_matches_numpy(stack):
+    result = run_smoke_in_image(OPENCL, "opencl.ipynb")
+    assert result["platform"] == "Portable Computing Language"
+    assert result["path"] == "cpu"
+    assert set(result["checks"]) == {"saxpy", "sum"}
+    assert all(check["ok"] for check in result["checks"].values()), result
+    assert result["ok"] is True
+
+
+def test_opencl_sees_two_pocl_devices_when_asked(stack):
+    """PoCL exposes as many devices as POCL_DEVICES lists: what CPU-slice allocation builds on."""
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", "-e", "POCL_DEVICES=pthread pthread",
+                          OPENCL, "clinfo", "-l"], capture_output=True, text=True, check=True).stdout
+    assert out.count("Device #") == 2, out
+
+
+def test_opencl_image_ships_the_nvidia_icd(stack):
+    out = subprocess.run(["docker", "run", "--rm", "--network", "none", OPENCL, "cat",
+                          "/etc/OpenCL/vendors/nvidia.icd"], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "libnvidia-opencl.so.1"
