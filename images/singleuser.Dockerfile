@@ -51,9 +51,8 @@ USER root
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       ocl-icd-libopencl1 pocl-opencl-icd clinfo \
- && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man \
- && mkdir -p /etc/OpenCL/vendors \
- && echo "libnvidia-opencl.so.1" > /etc/OpenCL/vendors/nvidia.icd
+ && rm -rf /var/lib/apt/lists/* /usr/share/doc /usr/share/man
+COPY opencl/nvidia.icd /etc/OpenCL/vendors/nvidia.icd
 COPY opencl/requirements.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca \
     if grep -qs "BEGIN CERTIFICATE" /run/secrets/ca; then export PIP_CERT=/run/secrets/ca; fi \

@@ -12,6 +12,7 @@ from ..smoke import run_smoke_in_image
 pytestmark = pytest.mark.docker
 
 OPENCL = "gpuhub/singleuser-opencl:latest"
+CUDA = "gpuhub/singleuser-cuda:latest"
 
 
 def image_config(image: str) -> dict:
@@ -20,7 +21,7 @@ def image_config(image: str) -> dict:
     return json.loads(out)
 
 
-@pytest.mark.parametrize("image", ["gpuhub/singleuser-base:latest", OPENCL])
+@pytest.mark.parametrize("image", ["gpuhub/singleuser-base:latest", OPENCL, CUDA])
 def test_images_run_unprivileged_and_never_bake_in_gpus(stack, image):
     config = image_config(image)
     assert config["User"] == "1000"
@@ -48,3 +49,25 @@ def test_opencl_image_ships_the_nvidia_icd(stack):
     out = subprocess.run(["docker", "run", "--rm", "--network", "none", OPENCL, "cat",
                           "/etc/OpenCL/vendors/nvidia.icd"], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "libnvidia-opencl.so.1"
+
+
+def test_cuda_image_records_its_cuda_major_and_asks_only_for_compute(stack):
+    config = image_config(CUDA)
+    assert config["Labels"]["org.gpuhub.cuda-major"] == "13"
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["NVIDIA_DRIVER_CAPABILITIES"] == "compute,utility"
+
+
+def test_cuda_notebook_without_gpu_says_so_and_its_cpu_path_matches_numpy(stack):
+    r = subprocess.run(["docker", "run", "--rm", "--network", "none", CUDA, "sh", "-c",
+                        "jupyter execute --output=/tmp/x /opt/gpuhub/smoke/cuda.ipynb >/dev/null 2>&1 && cat /tmp/x.ipynb"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    notebook = json.loads(r.stdout)
+    printed = "".join("".join(o.get("text", "")) for c in notebook["cells"] for o in c.get("outputs", []))
+    assert "No GPU is visible in this container: running the CPU path" in printed
+    from ..smoke import result_from_notebook
+
+    result = result_from_notebook(notebook)
+    assert result["path"] == "cpu" and result["ok"] is True, result
+    assert result["checks"] and all(check["ok"] for check in result["checks"].values()), result
