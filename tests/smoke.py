@@ -10,8 +10,11 @@ not merely that nothing raised. Used by tests/docker (CPU/PoCL) and tests/gpu (N
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
+from pathlib import Path
 
 MARKER = "GPUHUB_RESULT "
 
@@ -37,3 +40,24 @@ def run_smoke_in_image(image: str, notebook: str, docker_args: tuple[str, ...] =
     if r.returncode != 0:
         raise AssertionError(f"smoke notebook {notebook} failed in {image}:\n{r.stderr[-4000:]}")
     return result_from_notebook(json.loads(r.stdout))
+
+
+def run_notebook_in_process(path: str | Path) -> dict:
+    """Run a smoke notebook's code cells in order in this interpreter; return its GPUHUB_RESULT.
+
+    For machines without Docker or a Jupyter kernel (the NVIDIA machine of tests/gpu): the
+    notebooks are plain Python on purpose (no magics), so executing their cells in one
+    namespace is what a kernel would do.
+    """
+    notebook = json.loads(Path(path).read_text())
+    namespace: dict = {"__name__": "__main__"}
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        stdout = io.StringIO()
+        with contextlib.redirect_stdout(stdout):
+            exec(compile(source, f"{Path(path).name}:{cell.get('id', '?')}", "exec"), namespace)  # noqa: S102
+        cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": stdout.getvalue()}]
+        print(stdout.getvalue(), end="")
+    return result_from_notebook(notebook)
