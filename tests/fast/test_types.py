@@ -1,0 +1,12 @@
+"""The monitor's own code carries type hints; mypy checks them (STYLE.md, habit 11)."""
+
+import subprocess
+import sys
+
+from ..conftest import ROOT
+
+
+def test_gpu_monitor_type_checks():
+    r = subprocess.run([sys.executable, "-m", "mypy", "--no-error-summary", "--ignore-missing-imports",
+                        "gpu_monitor"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
