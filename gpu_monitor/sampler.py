@@ -1,0 +1,89 @@
+"""Samples a backend in a background thread and keeps what the API and metrics read.
+
+Reading NVML or /proc blocks, so it never runs on the event loop: a daemon thread calls
+`backend.sample()` every `interval` seconds. For each device it keeps the last sample and
+cumulative counters: busy seconds (utilisation integrated over the time between samples, so a
+scrape every 30 s still accounts for every interval in between) and sampled seconds (the time
+those integrals cover; their ratio is the mean utilisation). Readers take a consistent copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from .devices import Backend, Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceState:
+    last: Sample
+    busy_seconds: float = 0.0
+    sampled_seconds: float = 0.0
+
+
+class Sampler:
+    def __init__(self, backend: Backend, interval: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.backend = backend
+        self.interval = interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._states: dict[str, DeviceState] = {}
+        self._last_at: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> None:
+        """Take one sample of every device and fold it into the counters."""
+        samples = self.backend.sample()
+        now = self._clock()
+        elapsed = 0.0 if self._last_at is None else max(0.0, now - self._last_at)
+        with self._lock:
+            for sample in samples:
+                state = self._states.get(sample.uuid)
+                if state is None:
+                    self._states[sample.uuid] = DeviceState(last=sample)
+                    continue
+                if sample.utilization_ratio is None or elapsed == 0.0:
+                    # No reading: keep the counters, do not invent busy time.
+                    self._states[sample.uuid] = replace(state, last=sample)
+                    continue
+                # Trapezoid between the previous reading and this one where both exist.
+                previous = state.last.utilization_ratio
+                ratio = sample.utilization_ratio if previous is None else (previous + sample.utilization_ratio) / 2
+                self._states[sample.uuid] = DeviceState(
+                    last=sample,
+                    busy_seconds=state.busy_seconds + ratio * elapsed,
+                    sampled_seconds=state.sampled_seconds + elapsed,
+                )
+            self._last_at = now
+
+    def states(self) -> dict[str, DeviceState]:
+        with self._lock:
+            return dict(self._states)
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="gpu-monitor-sampler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except Exception:  # noqa: BLE001 - a bad reading must not end sampling
+                log.exception("sampling %s failed; trying again in %.0f s", self.backend.name, self.interval)
+            self._stop.wait(self.interval)
