@@ -1,0 +1,244 @@
+"""Who gets which device: a pure decision from the state it is given, with no I/O.
+
+`decide()` takes a request, the devices, the allocations that exist, the policy and the time,
+and answers `Granted` or `Refused`; `release()` removes an allocation. Nothing here reads a
+clock, a database, Docker or NVML, so every rule is tested as a table of cases, and restarting
+the monitor is simply calling `decide()` again with the allocations read back from storage.
+
+How the store must call it (this is what makes "a hundred simultaneous requests for two free
+devices grant exactly two" hold): decisions are serialised. In one PostgreSQL transaction,
+take a lock that every allocating transaction takes (`SELECT pg_advisory_xact_lock(<key>)`,
+or `SELECT ... FROM allocator_lock FOR UPDATE` on a single row), read the current
+allocations, call `decide()`, INSERT the allocation if it is granted and not `existing`, and
+COMMIT, which drops the lock. A `UNIQUE (user_name, server_name)` constraint backs up the
+idempotency rule. Releasing is a plain `DELETE ... WHERE id = ...`: deleting nothing is fine.
+With one agent per node later, the same global lock still works (user limits span nodes);
+device UUIDs keep identities unambiguous across nodes.
+
+Rules, in the order they are checked:
+
+1. The request must be well formed: a user name and a whole number of devices, from 1 to
+   `MAX_COUNT`.
+   A server without GPUs needs no allocation, so a count of 0 is a bad request rather than
+   an empty grant that the store would have to remember not to store.
+2. Idempotency: if (user, server) already holds an allocation, the same request (same count
+   and profile) gets it back unchanged (`existing=True`); a different one is refused with
+   code "conflict" (HTTP 409): silently returning a set that differs from what was asked
+   would give a container the wrong number of GPUs. Release first, then ask again.
+3. A count larger than the devices this host could ever give one server is a bad request
+   (HTTP 400), not "none free" (HTTP 503): waiting would not help.
+4. Limits, per user across all their servers: `Policy.max_gpus_per_profile` (devices held
+   under that profile) and `Policy.max_gpus_per_user` (devices held in all).
+5. Capacity: a device of kind K can be held by `Policy.share[K]` allocations at once
+   (default 1: exclusive). One allocation never holds the same device twice. A GPU whose MIG
+   instances are listed among the devices is handed out only as those instances.
+
+Device choice is deterministic: least-shared devices first (an idle device before a seat on a
+shared one), then by index, then by UUID. No attempt is made to keep a multi-device grant on
+one MIG parent; MIG instances of one GPU have neighbouring indexes, so they mostly are.
+
+Room left for later: group limits would be a `max_gpus_per_group: dict[str, int]` in `Policy`
+and the user's groups in `AllocationRequest`, checked with the other limits in step 4. A
+refusal saying when a device is likely to free up would be a `free_at: float | None` on
+`Refused`, computed from the allocations' `created_at` and a per-profile time limit.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from .devices import Device
+
+RefusalCode = Literal[
+    "bad_request", "conflict", "over_user_limit", "over_profile_limit", "none_free"
+]
+
+# What the HTTP API answers for each refusal: the caller's fault, a clash with what it
+# already holds, or a wait for capacity.
+HTTP_STATUS: dict[RefusalCode, int] = {
+    "bad_request": 400,
+    "conflict": 409,
+    "over_user_limit": 503,
+    "over_profile_limit": 503,
+    "none_free": 503,
+}
+
+# Far above any host; stops absurd counts before they reach a reason or a sum.
+MAX_COUNT = 1024
+
+
+@dataclass(frozen=True)
+class Allocation:
+    id: str
+    user: str
+    server: str  # "" is the user's default server
+    profile: str
+    device_uuids: tuple[str, ...]
+    created_at: float  # seconds since the epoch
+
+
+@dataclass(frozen=True)
+class AllocationRequest:
+    user: str
+    server: str
+    profile: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Policy:
+    max_gpus_per_user: int | None = None  # site-wide, over all of a user's servers
+    max_gpus_per_profile: dict[str, int] = field(default_factory=dict)  # per user
+    share: dict[str, int] = field(default_factory=dict)  # device kind -> servers per device
+
+    def __post_init__(self) -> None:
+        # A bad policy is an operator's mistake: stop at startup with a sentence, not later.
+        if self.max_gpus_per_user is not None and self.max_gpus_per_user < 0:
+            raise ValueError(f"max_gpus_per_user must be 0 or more, not {self.max_gpus_per_user}")
+        for profile, limit in self.max_gpus_per_profile.items():
+            if limit < 0:
+                raise ValueError(
+                    f"max_gpus_per_profile[{profile!r}] must be 0 or more, not {limit}"
+                )
+        for kind, seats in self.share.items():
+            if seats < 1:
+                raise ValueError(f"share[{kind!r}] must be 1 (exclusive) or more, not {seats}")
+
+    def seats(self, kind: str) -> int:
+        """How many allocations may hold one device of this kind at once."""
+        return self.share.get(kind, 1)
+
+
+@dataclass(frozen=True)
+class Granted:
+    allocation: Allocation
+    existing: bool  # True: (user, server) already held it; nothing new to store
+
+
+@dataclass(frozen=True)
+class Refused:
+    reason: str  # a sentence for the person; never names other users or their servers
+    code: RefusalCode
+
+    @property
+    def http_status(self) -> int:
+        return HTTP_STATUS[self.code]
+
+
+Decision: TypeAlias = Granted | Refused
+
+
+def decide(
+    request: AllocationRequest,
+    devices: Sequence[Device],
+    allocations: Sequence[Allocation],
+    policy: Policy,
+    now: float,
+    new_id: str,
+) -> Decision:
+    """Grant `request.count` devices to (user, server) or say why not. See the module's rules.
+
+    `new_id` names the allocation if a new one is granted; `now` becomes its `created_at`.
+    """
+    count = request.count
+    # bool is an int to Python, but "gpus": true is a mistake, not one GPU.
+    if not isinstance(count, int) or isinstance(count, bool):
+        return Refused(f"the number of GPUs must be a whole number, not {count!r}", "bad_request")
+    if not request.user:
+        return Refused("an allocation needs a user name", "bad_request")
+    if count < 1:
+        return Refused(
+            f"the number of GPUs must be at least 1, not {count}; a server without GPUs "
+            "needs no allocation",
+            "bad_request",
+        )
+    if count > MAX_COUNT:  # checked before formatting: str() of a 5000-digit int raises
+        return Refused(f"the number of GPUs must be at most {MAX_COUNT}", "bad_request")
+
+    for held in allocations:
+        if (held.user, held.server) == (request.user, request.server):
+            return _repeat(request, held)
+
+    usable = _allocatable(devices)
+    if count > len(usable):
+        return Refused(
+            f"{count} GPU(s) requested, but this host has {len(usable)} in all", "bad_request"
+        )
+
+    mine = [a for a in allocations if a.user == request.user]
+    profile_limit = policy.max_gpus_per_profile.get(request.profile)
+    if profile_limit is not None:
+        in_profile = sum(len(a.device_uuids) for a in mine if a.profile == request.profile)
+        if in_profile + count > profile_limit:
+            return Refused(
+                f"{count} GPU(s) requested, but profile {request.profile!r} allows "
+                f"{profile_limit} per user and you already hold {in_profile} with it",
+                "over_profile_limit",
+            )
+    if policy.max_gpus_per_user is not None:
+        held_by_me = sum(len(a.device_uuids) for a in mine)
+        if held_by_me + count > policy.max_gpus_per_user:
+            return Refused(
+                f"{count} GPU(s) requested, but the limit is {policy.max_gpus_per_user} per "
+                f"user and you already hold {held_by_me}",
+                "over_user_limit",
+            )
+
+    holders = Counter(uuid for a in allocations for uuid in a.device_uuids)
+    free = [d for d in usable if holders[d.uuid] < policy.seats(d.kind)]
+    if len(free) < count:
+        return Refused(
+            f"{count} GPU(s) requested, {len(free)} free ({len(usable) - len(free)} of "
+            f"{len(usable)} in use); try again when one is released",
+            "none_free",
+        )
+    chosen = sorted(free, key=lambda d: (holders[d.uuid], d.index, d.uuid))[:count]
+    allocation = Allocation(
+        id=new_id,
+        user=request.user,
+        server=request.server,
+        profile=request.profile,
+        device_uuids=tuple(d.uuid for d in chosen),
+        created_at=now,
+    )
+    return Granted(allocation, existing=False)
+
+
+def release(
+    allocations: Iterable[Allocation], allocation_id: str
+) -> tuple[tuple[Allocation, ...], Allocation | None]:
+    """The allocations without `allocation_id`, and the one removed (None if it was not there).
+
+    Releasing an unknown or already released id is not an error: stopping a server releases
+    in a hook that may run more than once.
+    """
+    remaining: list[Allocation] = []
+    released: Allocation | None = None
+    for allocation in allocations:
+        if allocation.id == allocation_id and released is None:
+            released = allocation
+        else:
+            remaining.append(allocation)
+    return tuple(remaining), released
+
+
+def _repeat(request: AllocationRequest, held: Allocation) -> Decision:
+    if (len(held.device_uuids), held.profile) == (request.count, request.profile):
+        return Granted(held, existing=True)
+    server = f"server {request.server!r}" if request.server else "your default server"
+    return Refused(
+        f"{server} already holds {len(held.device_uuids)} GPU(s) for profile "
+        f"{held.profile!r}; release them before asking for {request.count} for profile "
+        f"{request.profile!r}",
+        "conflict",
+    )
+
+
+def _allocatable(devices: Iterable[Device]) -> list[Device]:
+    # A GPU split into MIG instances is given out as its instances, never whole.
+    devices = list(devices)
+    parents = {d.parent_uuid for d in devices if d.parent_uuid}
+    return [d for d in devices if d.uuid not in parents]

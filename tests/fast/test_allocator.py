@@ -1,0 +1,331 @@
+"""The allocator's pure core: tables of named cases, no clock, no database, no sleeps."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import pytest
+
+from gpu_monitor.allocator import (
+    Allocation,
+    AllocationRequest,
+    Decision,
+    Granted,
+    Policy,
+    Refused,
+    decide,
+    release,
+)
+from gpu_monitor.devices import Device
+
+NOW = 1_700_000_000.0
+EXCLUSIVE = Policy()
+
+
+def gpu(index: int) -> Device:
+    return Device(uuid=f"GPU-{index}", index=index, kind="gpu", name="Test GPU")
+
+
+def mig(parent: int, slot: int, index: int) -> Device:
+    return Device(
+        uuid=f"MIG-{parent}-{slot}", index=index, kind="mig", name="1g.10gb",
+        parent_uuid=f"GPU-{parent}",
+    )
+
+
+def held(id: str, user: str, server: str, *uuids: str, profile: str = "cuda") -> Allocation:
+    return Allocation(id, user, server, profile, tuple(uuids), NOW - 60)
+
+
+def ask(user: str, count: int, server: str = "", profile: str = "cuda") -> AllocationRequest:
+    return AllocationRequest(user=user, server=server, profile=profile, count=count)
+
+
+TWO = [gpu(0), gpu(1)]
+FOUR = [gpu(3), gpu(1), gpu(0), gpu(2)]  # out of order: choice must go by index
+# GPU 0 split into two MIG instances (the parent is listed too, as NVML lists it), GPU 1 whole.
+MIG_HOST = [gpu(0), mig(0, 1, 2), mig(0, 2, 3), gpu(1)]
+
+
+@dataclass(frozen=True)
+class Grant:
+    uuids: tuple[str, ...]
+    existing: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: str
+    says: str  # a fragment the reason must contain
+
+
+CASES: dict[str, tuple[list[Device], Policy, list[Allocation], AllocationRequest, Grant | Refusal]] = {
+    "exclusive grant, lowest index first": (
+        FOUR, EXCLUSIVE, [], ask("alice", 2), Grant(("GPU-0", "GPU-1")),
+    ),
+    "skips held devices": (
+        FOUR, EXCLUSIVE, [held("a1", "bob", "", "GPU-0", "GPU-2")], ask("alice", 2),
+        Grant(("GPU-1", "GPU-3")),
+    ),
+    "exhaustion names counts, not users": (
+        FOUR, EXCLUSIVE, [held("a1", "bob", "lab", "GPU-0", "GPU-1", "GPU-2")], ask("alice", 2),
+        Refusal("none_free", "2 GPU(s) requested, 1 free (3 of 4 in use)"),
+    ),
+    "nothing on a host with no devices": (
+        [], EXCLUSIVE, [], ask("alice", 1), Refusal("bad_request", "this host has 0 in all"),
+    ),
+    "same (user, server) again: same allocation back": (
+        FOUR, EXCLUSIVE, [held("a1", "alice", "", "GPU-2")], ask("alice", 1),
+        Grant(("GPU-2",), existing=True),
+    ),
+    "same (user, server) with another count: conflict": (
+        FOUR, EXCLUSIVE, [held("a1", "alice", "", "GPU-2")], ask("alice", 2),
+        Refusal("conflict", "your default server already holds 1 GPU(s)"),
+    ),
+    "same (user, server) with another profile: conflict": (
+        FOUR, EXCLUSIVE, [held("a1", "alice", "big", "GPU-2")], ask("alice", 1, "big", "opencl"),
+        Refusal("conflict", "server 'big' already holds 1 GPU(s) for profile 'cuda'"),
+    ),
+    "same user, other server: other devices": (
+        FOUR, EXCLUSIVE, [held("a1", "alice", "", "GPU-0")], ask("alice", 1, server="second"),
+        Grant(("GPU-1",)),
+    ),
+    "site-wide user limit counts all servers": (
+        FOUR, Policy(max_gpus_per_user=2), [held("a1", "alice", "", "GPU-0")],
+        ask("alice", 2, server="second"),
+        Refusal("over_user_limit", "limit is 2 per user and you already hold 1"),
+    ),
+    "user limit reached exactly is fine": (
+        FOUR, Policy(max_gpus_per_user=2), [held("a1", "alice", "", "GPU-0")],
+        ask("alice", 1, server="second"), Grant(("GPU-1",)),
+    ),
+    "user limit ignores other users": (
+        FOUR, Policy(max_gpus_per_user=1), [held("a1", "bob", "", "GPU-0")], ask("alice", 1),
+        Grant(("GPU-1",)),
+    ),
+    "profile limit in one request": (
+        FOUR, Policy(max_gpus_per_profile={"cuda": 1}), [], ask("alice", 2),
+        Refusal("over_profile_limit", "profile 'cuda' allows 1 per user"),
+    ),
+    "profile limit counts the user's other servers in that profile": (
+        FOUR, Policy(max_gpus_per_profile={"cuda": 2}), [held("a1", "alice", "", "GPU-0", "GPU-1")],
+        ask("alice", 1, server="second"),
+        Refusal("over_profile_limit", "you already hold 2 with it"),
+    ),
+    "profile limit ignores other profiles": (
+        FOUR, Policy(max_gpus_per_profile={"cuda": 1}),
+        [held("a1", "alice", "", "GPU-0", profile="opencl")], ask("alice", 1, server="second"),
+        Grant(("GPU-1",)),
+    ),
+    "profile limit 0 forbids GPUs": (
+        FOUR, Policy(max_gpus_per_profile={"cuda": 0}), [], ask("alice", 1),
+        Refusal("over_profile_limit", "allows 0 per user"),
+    ),
+    "shared device: an idle one first": (
+        TWO, Policy(share={"gpu": 2}), [held("a1", "bob", "", "GPU-0")], ask("alice", 1),
+        Grant(("GPU-1",)),
+    ),
+    "shared device: a free seat when none is idle": (
+        TWO, Policy(share={"gpu": 2}),
+        [held("a1", "bob", "", "GPU-0"), held("a2", "carol", "", "GPU-1", "GPU-0")],
+        ask("alice", 1), Grant(("GPU-1",)),
+    ),
+    "shared device: never twice in one allocation": (
+        [gpu(0)], Policy(share={"gpu": 4}), [], ask("alice", 2),
+        Refusal("bad_request", "2 GPU(s) requested, but this host has 1 in all"),
+    ),
+    "share applies per kind": (
+        [gpu(0), Device("CPU-0", 1, "cpu-slice", "cores 0-3", cpuset="0-3")],
+        Policy(share={"cpu-slice": 2}),
+        [held("a1", "bob", "", "GPU-0"), held("a2", "carol", "", "CPU-0")], ask("alice", 1),
+        Grant(("CPU-0",)),
+    ),
+    "MIG instances are separate devices; their GPU is not given whole": (
+        MIG_HOST, EXCLUSIVE, [held("a1", "bob", "", "MIG-0-1")], ask("alice", 2),
+        Grant(("GPU-1", "MIG-0-2")),
+    ),
+    "MIG host counts instances, not the split GPU": (
+        MIG_HOST, EXCLUSIVE, [], ask("alice", 4),
+        Refusal("bad_request", "this host has 3 in all"),
+    ),
+    "count 0 needs no allocation": (
+        FOUR, EXCLUSIVE, [], ask("alice", 0), Refusal("bad_request", "at least 1"),
+    ),
+    "negative count": (FOUR, EXCLUSIVE, [], ask("alice", -1), Refusal("bad_request", "not -1")),
+    "more than the host has": (
+        FOUR, EXCLUSIVE, [], ask("alice", 5), Refusal("bad_request", "this host has 4 in all"),
+    ),
+    "huge count": (
+        FOUR, EXCLUSIVE, [], ask("alice", 10**5000), Refusal("bad_request", "at most 1024"),
+    ),
+    "bool count": (FOUR, EXCLUSIVE, [], ask("alice", True), Refusal("bad_request", "whole number")),
+    "float count": (
+        FOUR, EXCLUSIVE, [], ask("alice", 1.0), Refusal("bad_request", "whole number"),  # type: ignore[arg-type]
+    ),
+    "no user": (FOUR, EXCLUSIVE, [], ask("", 1), Refusal("bad_request", "user name")),
+}
+
+
+@pytest.mark.parametrize("devices, policy, allocations, request_, expected", CASES.values(), ids=CASES.keys())
+def test_decide(devices, policy, allocations, request_, expected):
+    decision = decide(request_, devices, allocations, policy, NOW, "new")
+    if isinstance(expected, Grant):
+        assert isinstance(decision, Granted), decision
+        assert (decision.allocation.device_uuids, decision.existing) == (expected.uuids, expected.existing)
+        if expected.existing:
+            assert decision.allocation in allocations  # returned unchanged
+        else:
+            assert decision.allocation == Allocation(
+                "new", request_.user, request_.server, request_.profile, expected.uuids, NOW
+            )
+    else:
+        assert isinstance(decision, Refused), decision
+        assert decision.code == expected.code
+        assert expected.says in decision.reason
+        for other in allocations:
+            if other.user != request_.user:
+                assert other.user not in decision.reason
+                assert not other.server or other.server not in decision.reason
+
+
+@pytest.mark.parametrize(
+    "code, status",
+    [("bad_request", 400), ("conflict", 409), ("none_free", 503), ("over_user_limit", 503)],
+)
+def test_http_status(code, status):
+    assert Refused("why", code).http_status == status
+
+
+# Sequences: each step asks or releases; the state is carried from step to step the way the
+# store would carry it in PostgreSQL.
+
+
+class Run:
+    """Applies decisions to a list of allocations, as the store would inside its lock."""
+
+    def __init__(self, devices: list[Device], policy: Policy = EXCLUSIVE) -> None:
+        self.devices, self.policy = devices, policy
+        self.allocations: tuple[Allocation, ...] = ()
+        self.ids = 0
+
+    def ask(self, request: AllocationRequest) -> Decision:
+        self.ids += 1
+        decision = decide(request, self.devices, self.allocations, self.policy, NOW + self.ids, f"a{self.ids}")
+        if isinstance(decision, Granted) and not decision.existing:
+            self.allocations += (decision.allocation,)
+        return decision
+
+    def release(self, allocation_id: str) -> Allocation | None:
+        self.allocations, released = release(self.allocations, allocation_id)
+        return released
+
+
+def uuids(decision: Decision) -> tuple[str, ...] | str:
+    return decision.allocation.device_uuids if isinstance(decision, Granted) else decision.code
+
+
+SHARE = {
+    "exclusive: 1 server per device": (1, ["GPU-0", "none_free"]),
+    "shared by 2": (2, ["GPU-0", "GPU-0", "none_free"]),
+    "shared by 3": (3, ["GPU-0", "GPU-0", "GPU-0", "none_free"]),
+}
+
+
+@pytest.mark.parametrize("seats, outcomes", SHARE.values(), ids=SHARE.keys())
+def test_shared_device_admits_n_and_refuses_the_next(seats, outcomes):
+    run = Run([gpu(0)], Policy(share={"gpu": seats}))
+    got = [uuids(run.ask(ask(f"user{i}", 1))) for i in range(len(outcomes))]
+    assert got == [(o,) if o.startswith("GPU") else o for o in outcomes]
+
+
+def test_release_then_reallocate():
+    run = Run(TWO)
+    first = run.ask(ask("alice", 2))
+    assert uuids(run.ask(ask("bob", 1))) == "none_free"
+    assert isinstance(first, Granted)
+    assert run.release(first.allocation.id) == first.allocation
+    assert uuids(run.ask(ask("bob", 1))) == ("GPU-0",)
+
+
+def test_release_twice_and_unknown_ids_are_harmless():
+    run = Run(TWO)
+    first = run.ask(ask("alice", 1))
+    second = run.ask(ask("bob", 1))
+    assert isinstance(first, Granted) and isinstance(second, Granted)
+    assert run.release(first.allocation.id) == first.allocation
+    assert run.release(first.allocation.id) is None
+    assert run.release("never-existed") is None
+    assert run.allocations == (second.allocation,)
+
+
+def test_same_request_twice_after_release_is_a_new_allocation():
+    run = Run(TWO)
+    first = run.ask(ask("alice", 1))
+    assert isinstance(first, Granted)
+    run.release(first.allocation.id)
+    again = run.ask(ask("alice", 1))
+    assert isinstance(again, Granted) and not again.existing
+    assert again.allocation.id != first.allocation.id
+
+
+def test_hundred_requests_for_two_free_devices_grant_exactly_two():
+    # The store serialises decisions (see the allocator's docstring), so simultaneous requests
+    # reach decide() one after another: this is what they see.
+    run = Run([gpu(0), gpu(1), gpu(2)])
+    run.ask(ask("owner", 1))  # GPU-0 busy: two free of three
+    decisions = [run.ask(ask(f"user{i}", 1)) for i in range(100)]
+    granted = [d for d in decisions if isinstance(d, Granted)]
+    assert sorted(d.allocation.device_uuids for d in granted) == [("GPU-1",), ("GPU-2",)]
+    assert {d.code for d in decisions if isinstance(d, Refused)} == {"none_free"}
+    assert len(run.allocations) == 3
+
+
+def test_hundred_repeats_of_one_request_grant_once():
+    run = Run(TWO)
+    decisions = [run.ask(ask("alice", 1, server="lab")) for _ in range(100)]
+    assert len({d.allocation for d in decisions if isinstance(d, Granted)}) == 1
+    assert [d.existing for d in decisions if isinstance(d, Granted)] == [False] + [True] * 99
+    assert len(run.allocations) == 1
+
+
+def stored_and_read_back(allocations: tuple[Allocation, ...]) -> tuple[Allocation, ...]:
+    """What a restart sees: rows written, then read back (JSON-ish, lists for tuples)."""
+    rows = [asdict(a) for a in allocations]
+    return tuple(Allocation(**{**row, "device_uuids": tuple(row["device_uuids"])}) for row in rows)
+
+
+RESTART = {
+    "exclusive": (FOUR, EXCLUSIVE),
+    "shared by 2 with a user limit": (FOUR, Policy(max_gpus_per_user=2, share={"gpu": 2})),
+    "MIG": (MIG_HOST, Policy(max_gpus_per_profile={"cuda": 2})),
+}
+
+
+@pytest.mark.parametrize("devices, policy", RESTART.values(), ids=RESTART.keys())
+def test_restart_from_stored_allocations_decides_as_before(devices, policy):
+    before = Run(devices, policy)
+    for request in [ask("alice", 1), ask("bob", 2, "lab"), ask("carol", 1)]:
+        before.ask(request)
+    before.release("a2")
+
+    after = Run(devices, policy)  # a restarted monitor: nothing in memory but what was stored
+    after.allocations, after.ids = stored_and_read_back(before.allocations), before.ids
+    assert after.allocations == before.allocations
+
+    later = [ask("alice", 1), ask("alice", 2, "second"), ask("bob", 2, "lab"), ask("dave", 3), ask("erin", 1)]
+    assert [before.ask(r) for r in later] == [after.ask(r) for r in later]
+    assert before.allocations == after.allocations
+
+
+BAD_POLICY = {
+    "negative user limit": (dict(max_gpus_per_user=-1), "max_gpus_per_user must be 0 or more"),
+    "negative profile limit": (dict(max_gpus_per_profile={"cuda": -2}), "max_gpus_per_profile['cuda']"),
+    "share of 0": (dict(share={"gpu": 0}), "share['gpu'] must be 1 (exclusive) or more"),
+}
+
+
+@pytest.mark.parametrize("kwargs, says", BAD_POLICY.values(), ids=BAD_POLICY.keys())
+def test_bad_policy_is_refused_at_startup(kwargs, says):
+    with pytest.raises(ValueError, match="^" + re.escape(says)):
+        Policy(**kwargs)
