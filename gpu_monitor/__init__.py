@@ -1,6 +1,7 @@
 """gpuhub's GPU monitor: discovers devices, allocates them to servers by UUID, samples their use.
 
-This package is the monitor's core: device backends (`backends/`), the allocation policy
-(`allocator.py`) and the shared types (`devices.py`). The service around it (store in
-PostgreSQL, HTTP API, reconciliation with Docker, metrics) is built on these.
+This package is the monitor's core: shared types (`devices.py`), device backends (`backends/`),
+the sampler (`sampler.py`), the allocation policy (`allocator.py`), its PostgreSQL store
+(`store.py`) and the Prometheus collector (`metrics.py`). The service around them (HTTP API with
+the hub's auth, reconciliation with Docker, the compose service) is still to be built.
 """

@@ -1,0 +1,272 @@
+"""Allocations kept in PostgreSQL, so a restarted monitor knows who holds which device.
+
+`AllocationStore` is the thin shell around `allocator.decide()`: every allocating transaction
+takes one advisory lock, reads the allocations, decides and inserts, then commits (which drops
+the lock), exactly as the allocator's docstring asks. Everything lives in the schema
+`gpu_monitor`, so the store can share the hub's database or have its own; `migrate()` creates
+and upgrades that schema. The store is synchronous (SQLAlchemy Core over psycopg2): an asyncio
+service calls it in an executor. It reads no environment: the caller gives the URL or engine.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, decide
+from .devices import Device
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "gpu_monitor"
+
+# Advisory lock keys (bigint, one namespace per database). Fixed numbers, not hashes of names,
+# so every version of the monitor, and later every node's agent, takes the same lock.
+# 0x67707568 is "gpuh" in ASCII.
+ALLOCATE_LOCK = 0x67707568_00000001
+MIGRATE_LOCK = 0x67707568_00000002
+
+# Numbered schema steps, applied in order, each once, recorded in schema_version. Append only:
+# never edit a step that has shipped; add a new one that changes what it made.
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (
+        1,
+        "allocations",
+        f"""
+        CREATE TABLE {SCHEMA}.allocations (
+            id text PRIMARY KEY,
+            user_name text NOT NULL,
+            server_name text NOT NULL,  -- '' is the user's default server
+            profile text NOT NULL,
+            device_uuids text[] NOT NULL,  -- in the order the allocator chose them
+            created_at double precision NOT NULL,  -- seconds since the epoch
+            CONSTRAINT allocations_user_server_key UNIQUE (user_name, server_name)
+        )
+        """,
+    ),
+)
+
+_metadata = sa.MetaData(schema=SCHEMA)
+allocations_table = sa.Table(
+    "allocations",
+    _metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("user_name", sa.Text, nullable=False),
+    sa.Column("server_name", sa.Text, nullable=False),
+    sa.Column("profile", sa.Text, nullable=False),
+    sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("created_at", sa.Double, nullable=False),
+)
+_columns = (
+    allocations_table.c.id,
+    allocations_table.c.user_name,
+    allocations_table.c.server_name,
+    allocations_table.c.profile,
+    allocations_table.c.device_uuids,
+    allocations_table.c.created_at,
+)
+
+# A unique violation can only happen if a writer skipped the lock (an older monitor, a manual
+# INSERT); deciding again then sees the winner's row. More than this many means something is
+# badly wrong, and the error is raised.
+_ATTEMPTS = 3
+_UNIQUE_VIOLATION = "23505"
+
+
+class AllocationStore:
+    """Allocations of devices to (user, server), kept in PostgreSQL. Blocking: call from a thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        if engine.dialect.name != "postgresql":
+            raise ValueError(
+                f"the allocation store needs PostgreSQL, not {engine.dialect.name!r}; "
+                "give it a postgresql+psycopg2:// URL"
+            )
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str | sa.URL, **engine_options: Any) -> AllocationStore:
+        """A store with its own engine. Name the driver (`postgresql+psycopg2://`): SQLAlchemy
+        2.1 reads a bare `postgresql://` as psycopg 3, which the monitor does not install."""
+        options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
+        return cls(sa.create_engine(url, **options))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ---- schema ---------------------------------------------------------------------------------
+    def migrate(self) -> builtins.list[int]:
+        """Create or upgrade the schema; returns the steps applied now (none if up to date).
+
+        Monitors starting at once wait on an advisory lock, so each step runs exactly once; a
+        step and its schema_version row commit together, so a crash leaves no half step.
+        """
+        applied: builtins.list[int] = []
+        with self.engine.begin() as conn:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATE_LOCK)))
+            conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+            conn.execute(
+                sa.text(
+                    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version ("
+                    " version integer PRIMARY KEY,"
+                    " description text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+            done = set(
+                conn.execute(sa.text(f"SELECT version FROM {SCHEMA}.schema_version")).scalars()
+            )
+            known = {version for version, _, _ in MIGRATIONS}
+            if done - known:
+                raise RuntimeError(
+                    f"the database's {SCHEMA} schema is at version {max(done)}, newer than this "
+                    f"monitor knows ({max(known)}); run the newer monitor or restore a backup"
+                )
+            for version, description, statement in sorted(MIGRATIONS):
+                if version in done:
+                    continue
+                conn.execute(sa.text(statement))
+                conn.execute(
+                    sa.text(
+                        f"INSERT INTO {SCHEMA}.schema_version (version, description)"
+                        " VALUES (:version, :description)"
+                    ),
+                    {"version": version, "description": description},
+                )
+                applied.append(version)
+        if applied:
+            log.info("gpu_monitor schema: applied steps %s", applied)
+        return applied
+
+    def schema_version(self) -> int:
+        """The highest step applied, 0 for an empty database."""
+        with self.engine.connect() as conn:
+            exists = conn.execute(
+                sa.text("SELECT to_regclass(:name)"), {"name": f"{SCHEMA}.schema_version"}
+            ).scalar()
+            if exists is None:
+                return 0
+            version = conn.execute(
+                sa.text(f"SELECT max(version) FROM {SCHEMA}.schema_version")
+            ).scalar()
+            return int(version or 0)
+
+    # ---- allocations ------------------------------------------------------------------------------
+    def allocate(
+        self,
+        request: AllocationRequest,
+        devices: Sequence[Device],
+        policy: Policy,
+        now: float | None = None,
+    ) -> Decision:
+        """Grant or refuse `request` against the allocations stored now, storing a new grant.
+
+        Serialised by one advisory lock across all monitors on this database, so concurrent
+        requests never both get the last free device. Asking again for what (user, server)
+        holds returns it (`existing=True`) without writing.
+        """
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self._allocate_once(request, devices, policy, now)
+            except IntegrityError as e:
+                if getattr(e.orig, "pgcode", None) != _UNIQUE_VIOLATION or attempt == _ATTEMPTS:
+                    raise
+                # Someone inserted (user, server) without taking the lock; deciding again
+                # returns their row as existing, or a conflict.
+                log.warning(
+                    "allocation for user %r server %r raced a writer that skipped the lock; "
+                    "deciding again",
+                    request.user,
+                    request.server,
+                )
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _allocate_once(
+        self,
+        request: AllocationRequest,
+        devices: Sequence[Device],
+        policy: Policy,
+        now: float | None,
+    ) -> Decision:
+        with self.engine.begin() as conn:
+            self._lock(conn)
+            # READ COMMITTED takes a new snapshot per statement: this read, after the lock,
+            # sees every allocation committed by earlier lock holders.
+            held = self._select(conn, sa.select(*_columns))
+            decision = decide(
+                request,
+                devices,
+                held,
+                policy,
+                now=time.time() if now is None else now,
+                new_id=str(uuid.uuid4()),
+            )
+            if isinstance(decision, Granted) and not decision.existing:
+                a = decision.allocation
+                conn.execute(
+                    sa.insert(allocations_table).values(
+                        id=a.id,
+                        user_name=a.user,
+                        server_name=a.server,
+                        profile=a.profile,
+                        device_uuids=list(a.device_uuids),
+                        created_at=a.created_at,
+                    )
+                )
+            return decision
+
+    def _lock(self, conn: Connection) -> None:
+        """Wait for the allocation lock; the transaction's commit or rollback drops it."""
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ALLOCATE_LOCK)))
+
+    def release(self, allocation_id: str) -> Allocation | None:
+        """Remove an allocation; returns it, or None if it was not there (releasing twice is
+        fine: the stop hook may run more than once)."""
+        with self.engine.begin() as conn:
+            rows = self._select(
+                conn,
+                sa.delete(allocations_table)
+                .where(allocations_table.c.id == allocation_id)
+                .returning(*_columns),
+            )
+        return rows[0] if rows else None
+
+    def get(self, allocation_id: str) -> Allocation | None:
+        with self.engine.connect() as conn:
+            rows = self._select(
+                conn, sa.select(*_columns).where(allocations_table.c.id == allocation_id)
+            )
+        return rows[0] if rows else None
+
+    def list(self, user: str | None = None) -> builtins.list[Allocation]:
+        """Every allocation, or one user's, oldest first."""
+        query = sa.select(*_columns).order_by(
+            allocations_table.c.created_at, allocations_table.c.id
+        )
+        if user is not None:
+            query = query.where(allocations_table.c.user_name == user)
+        with self.engine.connect() as conn:
+            return self._select(conn, query)
+
+    @staticmethod
+    def _select(conn: Connection, statement: sa.Executable) -> builtins.list[Allocation]:
+        return [
+            Allocation(
+                id=row.id,
+                user=row.user_name,
+                server=row.server_name,
+                profile=row.profile,
+                device_uuids=tuple(row.device_uuids),
+                created_at=row.created_at,
+            )
+            for row in conn.execute(statement)
+        ]
