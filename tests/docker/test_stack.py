@@ -20,11 +20,14 @@ def test_services_healthy_and_only_the_proxy_published(stack):
     lines = {line.split()[0]: line for line in ps.splitlines()}
     for service in ("db", "hub", "proxy"):
         assert "running" in lines[service] and "healthy" in lines[service], lines[service]
-    # db and hub publish nothing; the proxy only on loopback (the default GPUHUB_LISTEN)
-    assert "PublishedPort" not in lines["db"] or ":0 " in lines["db"]
-    port = stack.compose("port", "proxy", "443").stdout.strip()
-    assert port == "127.0.0.1:443"
-    assert stack.compose("port", "db", "5432", check=False).returncode != 0
+    # the proxy publishes on loopback only (the default GPUHUB_LISTEN); db and hub publish nothing
+    assert stack.compose("port", "proxy", "443").stdout.strip() == "127.0.0.1:443"
+    assert stack.compose("port", "proxy", "80").stdout.strip() == "127.0.0.1:80"
+    for service in ("db", "hub"):
+        published = subprocess.run(
+            ["docker", "inspect", f"{stack.project}-{service}-1", "--format", "{{json .NetworkSettings.Ports}}"],
+            capture_output=True, text=True, check=True).stdout
+        assert "HostPort" not in published, (service, published)
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")
