@@ -12,7 +12,6 @@ from typing import Any
 
 from .auth import authenticator_config
 from .profiles import load_profiles
-from .secrets import read_secret
 from .settings import ConfigError, Settings, read_secret_file
 
 OPERATOR_SERVICE = "gpuhub-operator"
@@ -58,7 +57,7 @@ def configure(c: Any, settings: Settings) -> None:
     c.TraefikFileProviderProxy.dynamic_config_file = settings.traefik_rules_file
     c.TraefikFileProviderProxy.traefik_api_url = settings.proxy_api_url
     c.TraefikFileProviderProxy.traefik_api_username = "jupyterhub"
-    c.TraefikFileProviderProxy.traefik_api_password = read_secret(secrets / "proxy_api_password")
+    c.TraefikFileProviderProxy.traefik_api_password = read_secret_file("GPUHUB_SECRETS_DIR", str(secrets / "proxy_api_password"))
     c.TraefikFileProviderProxy.traefik_entrypoint = "websecure"
     c.TraefikFileProviderProxy.traefik_api_entrypoint = "api"
 
@@ -77,7 +76,7 @@ def configure(c: Any, settings: Settings) -> None:
 
     # --- secrets ----------------------------------------------------------------------------
     c.JupyterHub.cookie_secret_file = str(secrets / "cookie_secret")
-    c.CryptKeeper.keys = [bytes.fromhex(read_secret(secrets / "crypt_key"))]
+    c.CryptKeeper.keys = [bytes.fromhex(read_secret_file("GPUHUB_SECRETS_DIR", str(secrets / "crypt_key")))]
 
     # --- login ------------------------------------------------------------------------------
     cls, traits = authenticator_config(settings)

@@ -49,7 +49,7 @@ def main(environ=os.environ) -> int:
         print("gpuhub init: created the database password")
     write_pgpass(settings)
 
-    certs = Path(environ.get("GPUHUB_CERTS_DIR", "/srv/gpuhub/certs"))
+    certs = Path(settings.certs_dir)
     if needs_certificate(certs / "local.crt"):
         hostnames = tuple(dict.fromkeys((settings.public_host, "localhost")))
         write_localhost_certificate(certs, secrets / "local-ca.key", hostnames)

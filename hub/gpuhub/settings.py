@@ -17,14 +17,9 @@ from typing import Mapping
 
 AUTHENTICATORS = ("demo", "generic", "github", "gitlab", "google", "azuread")
 
-# Providers whose group/organisation membership we can check, and what "group" means there.
-GROUP_SUPPORT = {
-    "demo": "the 'groups' claim of the demo provider",
-    "generic": "the groups claim named by OIDC_GROUPS_CLAIM",
-    "github": "GitHub organisations or teams (org or org:team)",
-    "gitlab": "GitLab group paths",
-    "azuread": "Azure AD group object ids (the 'groups' claim)",
-}
+# Providers whose group/organisation membership can be checked (what a "group" means for each
+# is documented in config/gpuhub.env.example).
+GROUP_SUPPORT = frozenset({"demo", "generic", "github", "gitlab", "azuread"})
 
 DEMO_USER = "demo"
 DEFAULT_CLIENT_SECRET_FILE = "/run/gpuhub/secrets/oauth_client_secret"
@@ -125,6 +120,7 @@ class Settings:
     user_network: str
     profiles_file: str
     secrets_dir: str
+    certs_dir: str
     operator_token_file: str
     db_host: str
     db_name: str
@@ -273,6 +269,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         user_network=_clean(environ, "GPUHUB_USER_NETWORK") or "gpuhub-users",
         profiles_file=_clean(environ, "GPUHUB_PROFILES_FILE") or "/srv/gpuhub/config/profiles.yaml",
         secrets_dir=_clean(environ, "GPUHUB_SECRETS_DIR") or "/srv/gpuhub/secrets",
+        certs_dir=_clean(environ, "GPUHUB_CERTS_DIR") or "/srv/gpuhub/certs",
         operator_token_file=_clean(environ, "GPUHUB_API_TOKEN_FILE") or "/run/gpuhub/secrets/api_token",
         db_host=_clean(environ, "GPUHUB_DB_HOST") or "db",
         db_name=_clean(environ, "GPUHUB_DB_NAME") or "jupyterhub",
