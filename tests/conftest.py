@@ -31,6 +31,10 @@ def environ(tmp_path):
     secrets.mkdir()
     for name in ("cookie_secret", "crypt_key", "proxy_api_password"):
         (secrets / name).write_text("ab" * 32)
+    (secrets / "gpu_allocator_token").write_text("cd" * 32)
+    monitor_secrets = tmp_path / "monitor-secrets"
+    monitor_secrets.mkdir()
+    (monitor_secrets / "api_token").write_text("ef" * 32)
     (tmp_path / "db_password").write_text("dbpass")
     (secrets / "pgpass").write_text("db:5432:jupyterhub:jupyterhub:dbpass\n")
     client_secret = tmp_path / "oauth_client_secret"
@@ -46,6 +50,7 @@ def environ(tmp_path):
         "GPUHUB_ADMIN_USERS": "alice",
         "GPUHUB_PROFILES_FILE": str(ROOT / "config" / "profiles.yaml"),
         "GPUHUB_SECRETS_DIR": str(secrets),
+        "GPUHUB_MONITOR_SECRETS_DIR": str(monitor_secrets),
         "GPUHUB_DB_PASSWORD_FILE": str(tmp_path / "db_password"),
         "GPUHUB_API_TOKEN_FILE": str(tmp_path / "no_api_token"),
     }

@@ -39,7 +39,24 @@ TEST_ENV = {
     "GPUHUB_ALLOWED_USERS": "alice,bob",
     "GPUHUB_ADMIN_USERS": "alice",
     "GPUHUB_USER_NETWORK": USER_NETWORK,
+    # short monitor timings, so that leaked devices come back within a test's patience
+    "GPUHUB_MONITOR_SAMPLE_SECONDS": "1",
+    "GPUHUB_MONITOR_RECONCILE_SECONDS": "3",
+    "GPUHUB_MONITOR_GRACE_SECONDS": "5",
+    "GPUHUB_CPU_SLICES": "2",
 }
+
+
+# Code for a user's kernel: reach(host, port) says 'open' or why not (gaierror: the name does
+# not resolve on the container's networks).
+REACH = (
+    "import socket\n"
+    "def reach(host, port):\n"
+    "    try:\n"
+    "        socket.create_connection((host, port), timeout=3).close(); return 'open'\n"
+    "    except OSError as e:\n"
+    "        return type(e).__name__\n"
+)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):

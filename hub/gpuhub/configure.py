@@ -8,6 +8,7 @@ created (never from the command line), and the operator token from a file the op
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 from .auth import authenticator_config
@@ -15,6 +16,13 @@ from .profiles import load_profiles
 from .settings import ConfigError, Settings, read_secret_file
 
 OPERATOR_SERVICE = "gpuhub-operator"
+# The GPU monitor (its own container, a hub service) and the hub's identity towards it.
+MONITOR_SERVICE = "gpu-monitor"
+ALLOCATOR_SERVICE = "gpuhub-spawner"
+# Custom scopes the monitor checks (gpu_monitor/settings.py names the same strings).
+SCOPE_ALLOCATE = "custom:gpu-monitor:allocate"
+SCOPE_READ_ALL = "custom:gpu-monitor:read-all"
+MONITOR_ACCESS = f"access:services!service={MONITOR_SERVICE}"
 
 DEMO_NOTICE = (
     "Demo mode: anyone on this computer can log in as 'demo' through the bundled test "
@@ -86,15 +94,22 @@ def configure(c: Any, settings: Settings) -> None:
     if settings.demo:
         c.JupyterHub.template_vars = {"announcement": DEMO_NOTICE, "announcement_login": DEMO_NOTICE}
 
-    # --- operator automation token -------------------------------------------------------
+    # --- services and roles: the operator's token, the GPU monitor, the hub's allocator ------
     token = _operator_token(settings)
-    if token:
-        c.JupyterHub.services = [{"name": OPERATOR_SERVICE, "api_token": token}]
-        c.JupyterHub.load_roles = [{"name": "admin", "services": [OPERATOR_SERVICE]}]
+    services, roles = _services_and_roles(settings, token)
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
+    c.JupyterHub.custom_scopes = {
+        SCOPE_ALLOCATE: {"description": "Allocate and release devices through the GPU monitor."},
+        SCOPE_READ_ALL: {"description": "See every GPU allocation, who holds it, and the monitor's metrics."},
+    }
 
     # --- spawner ------------------------------------------------------------------------------
     c.JupyterHub.spawner_class = "gpuhub.spawner.GPUDockerSpawner"
     c.GPUDockerSpawner.profiles = profiles
+    c.GPUDockerSpawner.monitor_url = settings.monitor_url
+    c.GPUDockerSpawner.monitor_token = read_secret_file(
+        "GPUHUB_SECRETS_DIR", str(secrets / "gpu_allocator_token"))
     c.DockerSpawner.network_name = settings.user_network
     c.DockerSpawner.use_internal_ip = True
     c.DockerSpawner.prefix = "gpuhub"
@@ -107,3 +122,54 @@ def configure(c: Any, settings: Settings) -> None:
     c.Spawner.default_url = "/lab"
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 60
+
+
+def _services_and_roles(settings: Settings, operator_token: str | None) -> tuple[list[dict], list[dict]]:
+    """The hub's services and the roles that give each exactly what it needs.
+
+    - gpu-monitor: an external service behind the proxy at /services/gpu-monitor/; people log
+      in to it through the hub (OAuth, no confirmation page). Its token may list users' servers
+      (reconciliation) and nothing else.
+    - gpuhub-spawner: the hub's own token towards the monitor, the only one (with admins) that
+      may allocate and release.
+    - every user may open the monitor; admins (GPUHUB_ADMIN_USERS) and the operator's token see
+      every allocation and the metrics.
+    """
+    monitor = urlsplit(settings.monitor_url)
+    monitor_token = read_secret_file(
+        "GPUHUB_MONITOR_SECRETS_DIR", str(Path(settings.monitor_secrets_dir) / "api_token"))
+    allocator_token = read_secret_file(
+        "GPUHUB_SECRETS_DIR", str(Path(settings.secrets_dir) / "gpu_allocator_token"))
+    services: list[dict] = [
+        {
+            "name": MONITOR_SERVICE,
+            "url": f"{monitor.scheme}://{monitor.netloc}",
+            "api_token": monitor_token,
+            "oauth_client_id": f"service-{MONITOR_SERVICE}",
+            "oauth_redirect_uri": f"/services/{MONITOR_SERVICE}/oauth_callback",
+            "oauth_no_confirm": True,
+            # what a person's login to the monitor may carry: read-all, if they have it
+            "oauth_client_allowed_scopes": [SCOPE_READ_ALL],
+            "display": True,
+        },
+        {"name": ALLOCATOR_SERVICE, "api_token": allocator_token, "display": False},
+    ]
+    monitor_admins: dict = {
+        "name": "gpu-monitor-admin",
+        "description": "See and manage every GPU allocation",
+        "scopes": [SCOPE_ALLOCATE, SCOPE_READ_ALL, MONITOR_ACCESS],
+        "users": sorted(settings.admin_users),
+    }
+    roles: list[dict] = [
+        {"name": "user", "scopes": ["self", MONITOR_ACCESS]},
+        {"name": "gpu-monitor-service", "description": "What the GPU monitor reads from the hub",
+         "scopes": ["list:users", "read:servers"], "services": [MONITOR_SERVICE]},
+        {"name": "gpu-allocator", "description": "Allocate and release GPUs (the hub's spawner)",
+         "scopes": [SCOPE_ALLOCATE, MONITOR_ACCESS], "services": [ALLOCATOR_SERVICE]},
+        monitor_admins,
+    ]
+    if operator_token:
+        services.append({"name": OPERATOR_SERVICE, "api_token": operator_token})
+        roles.append({"name": "admin", "services": [OPERATOR_SERVICE]})
+        monitor_admins["services"] = [OPERATOR_SERVICE]
+    return services, roles

@@ -18,7 +18,10 @@ from .settings import ConfigError, load_settings
 from .tls import needs_certificate, write_localhost_certificate
 
 POSTGRES_UID = 999  # the uid of `postgres` in the official image (and in our stand-in)
-HUB_SECRETS = ("cookie_secret", "crypt_key", "proxy_api_password")
+# gpu_allocator_token: the hub's token for the monitor's allocate API (service gpuhub-spawner)
+HUB_SECRETS = ("cookie_secret", "crypt_key", "proxy_api_password", "gpu_allocator_token")
+# The monitor's own API token (service gpu-monitor), in a volume only the hub and monitor mount.
+MONITOR_SECRETS = ("api_token",)
 
 
 def write_pgpass(settings) -> None:
@@ -45,6 +48,9 @@ def main(environ=os.environ) -> int:
     for name in HUB_SECRETS:
         if ensure_secret(secrets / name):
             print(f"gpuhub init: created secret {name}")
+    for name in MONITOR_SECRETS:
+        if ensure_secret(Path(settings.monitor_secrets_dir) / name):
+            print(f"gpuhub init: created the GPU monitor's secret {name}")
     if ensure_secret(settings.db_password_file, uid=POSTGRES_UID, gid=POSTGRES_UID):
         print("gpuhub init: created the database password")
     write_pgpass(settings)

@@ -128,6 +128,9 @@ class Settings:
     db_password_file: str
     proxy_api_url: str
     traefik_rules_file: str
+    # the GPU monitor service: where the hub reaches it, and the volume holding its token
+    monitor_url: str = "http://gpu-monitor:8000/services/gpu-monitor/"
+    monitor_secrets_dir: str = "/srv/gpuhub/monitor-secrets"
 
     @property
     def demo(self) -> bool:
@@ -278,4 +281,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         proxy_api_url=_url(environ, "GPUHUB_PROXY_API_URL") or "http://proxy:8099",
         traefik_rules_file=_clean(environ, "GPUHUB_TRAEFIK_RULES_FILE")
         or "/srv/gpuhub/traefik/rules.yaml",
+        monitor_url=(_url(environ, "GPUHUB_MONITOR_URL") or Settings.monitor_url).rstrip("/") + "/",
+        monitor_secrets_dir=_clean(environ, "GPUHUB_MONITOR_SECRETS_DIR") or Settings.monitor_secrets_dir,
     )

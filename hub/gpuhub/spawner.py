@@ -8,6 +8,11 @@ What it adds to DockerSpawner:
   does not depend on the profile (no capabilities, no-new-privileges), an explicit
   `NVIDIA_VISIBLE_DEVICES` so no daemon or image default can hand out GPUs, and labels that
   record user, server and profile so the stack can rebuild its view from Docker;
+- devices from the GPU monitor: before the container exists the spawner asks the monitor for
+  the GPUs (or, on a host without GPUs, CPU slices) the person chose, gives the container
+  exactly those (Docker device requests by UUID, or a cpuset), records the allocation in its
+  state and a label, and releases it after every stop, failed start or cancelled start;
+- a CUDA image newer than the host's driver is refused with both versions named;
 - progress messages for the spawn page, step by step.
 """
 
@@ -15,16 +20,76 @@ from __future__ import annotations
 
 import asyncio
 import html
+import inspect
+import json
 from typing import Any
 
 from dockerspawner import DockerSpawner
 from tornado import web
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
-from traitlets import Int, default
+from traitlets import Unicode, default
 
 from .profiles import Choice, OptionsError, Profiles, resolve_options
 
 LABEL_PREFIX = "org.gpuhub"
+CUDA_LABEL = f"{LABEL_PREFIX}.cuda-major"
+GPU_KINDS = ("gpu", "mig")
+
+
+class MonitorUnavailable(Exception):
+    """The GPU monitor did not answer (down, restarting, unreachable)."""
+
+
+def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: dict[str, Any]) -> str | None:
+    """Why a profile's CUDA image cannot run on this host's driver, or None if it can.
+
+    `host` is the monitor's host record: backend, driver_version, cuda_driver_version ("12.4").
+    No NVIDIA driver (CPU slices) or an image without the label: nothing to refuse.
+    """
+    host_cuda = host.get("cuda_driver_version")
+    if not image_cuda_major or not host_cuda:
+        return None
+    try:
+        needed = int(image_cuda_major)
+        host_major = int(str(host_cuda).split(".")[0])
+    except ValueError:
+        return None
+    if needed <= host_major:
+        return None
+    return (
+        f"Profile {profile!r} uses {image}, built for CUDA {needed}, but this host's NVIDIA driver "
+        f"{host.get('driver_version') or '(version unknown)'} supports CUDA up to {host_cuda}. "
+        f"Ask the operator to update the driver or to build the image with GPUHUB_CUDA_MAJOR={host_major}."
+    )
+
+
+def allocation_container_settings(allocation: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """What a container needs to hold exactly the allocated devices: (host config, environment).
+
+    GPUs and MIG instances: a Docker device request naming their ids (never `count`, which
+    always means GPUs 0..N-1) and NVIDIA_/CUDA_VISIBLE_DEVICES set to the same ids. CPU slices:
+    the cores as a cpuset, PoCL told how many compute units it has, and no GPU.
+    """
+    devices = allocation["devices"]
+    uuids = [d["uuid"] for d in devices]
+    env = {"GPUHUB_ALLOCATION": allocation["id"], "GPUHUB_DEVICES": ",".join(uuids)}
+    host: dict[str, Any] = {}
+    gpus = [d.get("docker_device_id") or d["uuid"] for d in devices if d.get("kind") in GPU_KINDS]
+    slices = [d for d in devices if d.get("kind") == "cpu-slice"]
+    if gpus:
+        host["device_requests"] = [{"driver": "nvidia", "device_ids": gpus, "capabilities": [["gpu"]]}]
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpus)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+    else:
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if slices:
+        host["cpuset_cpus"] = ",".join(d["cpuset"] for d in slices)
+        cores = str(sum(int(d.get("cores") or 0) for d in slices))
+        # PoCL 3 (Debian 12) reads POCL_MAX_PTHREAD_COUNT, PoCL 4+ POCL_CPU_MAX_CU_COUNT
+        env["POCL_MAX_PTHREAD_COUNT"] = env["POCL_CPU_MAX_CU_COUNT"] = cores
+    return host, env
 
 
 def _label_value(text: str) -> str:
@@ -38,25 +103,76 @@ class GPUDockerSpawner(DockerSpawner):
         help="""The gpuhub.profiles.Profiles a person may choose from (loaded from config/).""",
     )
 
-    gpus_available = Int(
-        0,
+    monitor_url = Unicode(
+        "",
         config=True,
-        help="""How many GPUs this hub can hand out. Until the GPU monitor allocates devices by
-        UUID, it is 0 and any request for a GPU is refused with a message instead of being
-        silently ignored.""",
+        help="""Base URL of the GPU monitor service's API, ending in /services/gpu-monitor/.
+        Empty: no monitor, and any request for a GPU is refused with a message.""",
     )
+
+    monitor_token = Unicode(
+        "",
+        config=True,
+        help="""The hub's API token for the monitor (scope custom:gpu-monitor:allocate).""",
+    )
+
+    allocation_id = Unicode("", help="The GPU monitor's allocation this server holds ('' if none).")
+
+    # ---- the GPU monitor's API -----------------------------------------------------------------
+
+    async def _monitor(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict[str, Any]]:
+        request = HTTPRequest(
+            self.monitor_url + path,
+            method=method,
+            headers={"Authorization": f"token {self.monitor_token}", "Content-Type": "application/json"},
+            body=None if body is None else json.dumps(body),
+            request_timeout=20,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except (OSError, HTTPClientError) as e:  # refused, unresolvable, timed out
+            raise MonitorUnavailable(f"the GPU monitor did not answer ({e})") from None
+        if response.code == 599 or response.code >= 502 and not response.body.startswith(b"{"):
+            raise MonitorUnavailable(f"the GPU monitor did not answer ({response.error or response.code})")
+        try:
+            data = json.loads(response.body or b"{}")
+        except ValueError:
+            data = {"message": response.body[:200].decode(errors="replace")}
+        return response.code, data
+
+    async def _monitor_devices(self) -> dict[str, Any]:
+        status, data = await self._monitor("GET", "api/devices")
+        if status != 200:
+            raise MonitorUnavailable(f"the GPU monitor answered {status}: {data.get('message')}")
+        return data
+
+    # ---- the spawn form -----------------------------------------------------------------------
 
     @default("options_form")
     def _default_options_form(self):
         return self._render_options_form
 
-    def _render_options_form(self, spawner: "GPUDockerSpawner") -> str:
+    async def _render_options_form(self, spawner: "GPUDockerSpawner") -> str:
         profiles: Profiles = self.profiles
-        rows = []
+        total = 0
+        if not self.monitor_url:
+            notice = "This hub has no GPU monitor: servers start without GPUs."
+        else:
+            try:
+                devices = await self._monitor_devices()
+            except MonitorUnavailable as e:
+                self.log.warning("spawn form for %s: %s", self.user.name, e)
+                notice = "The GPU monitor is not answering right now: only servers without GPUs can start."
+            else:
+                total = devices["total"]
+                cpu = devices["host"]["backend"] == "cpu-slices"
+                what = "CPU slices (this host has no NVIDIA GPU; OpenCL runs on PoCL)" if cpu else "GPUs"
+                notice = f"{devices['free']} of {total} {what} free right now."
+        rows = [f'<p class="gpuhub-free alert alert-info">{html.escape(notice)}</p>']
         for p in profiles.profiles:
             checked = " checked" if p.name == profiles.default else ""
             gpu_choices = "".join(
-                f'<option value="{n}">{n}</option>' for n in p.gpus if n <= self.gpus_available or n == 0
+                f'<option value="{n}">{n}</option>' for n in p.gpus if n <= total or n == 0
             )
             rows.append(
                 f"""
@@ -88,12 +204,9 @@ class GPUDockerSpawner(DockerSpawner):
             choice = resolve_options(self.profiles, user_options)
         except OptionsError as e:
             raise web.HTTPError(400, str(e)) from None
-        if choice.gpus > self.gpus_available:
+        if choice.gpus and not self.monitor_url:
             raise web.HTTPError(
-                400,
-                f"{choice.gpus} GPU(s) requested, but this hub has {self.gpus_available} to give "
-                "(no GPU allocator is configured yet)",
-            )
+                400, f"{choice.gpus} GPU(s) requested, but this hub has no GPU monitor to allocate them")
         # store the normalised choice so the hub's records say what actually started
         self.user_options = {"profile": choice.profile.name, "gpus": choice.gpus}
         self._configure_for(choice)
@@ -143,14 +256,98 @@ class GPUDockerSpawner(DockerSpawner):
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
         profile = self.user_options.get("profile", "?")
+        gpus = int(self.user_options.get("gpus", 0) or 0)
         self._report(10, f"Profile {profile}: checking image {self.image}")
         try:
+            if gpus:
+                await self._allocate(profile, gpus)
             result = await super().start()
-        except Exception:
-            self._report(100, "Starting the container failed; see the message below")
+        except BaseException as e:  # also a cancelled start: the devices go back either way
+            await self._release("the start did not complete")
+            if isinstance(e, Exception):
+                self._report(100, "Starting the server failed; see the message below")
             raise
         self._report(60, "Container started; waiting for JupyterLab to answer")
         return result
+
+    async def _allocate(self, profile: str, gpus: int) -> None:
+        try:
+            host = (await self._monitor_devices())["host"]
+        except MonitorUnavailable as e:
+            raise web.HTTPError(503, f"Cannot start a server with GPUs now: {e}. Try again in a minute.") from None
+        if host.get("cuda_driver_version"):
+            image = await self.docker("inspect_image", self.image)
+            labels = (image.get("Config") or {}).get("Labels") or {}
+            refusal = cuda_refusal(profile, self.image, labels.get(CUDA_LABEL), host)
+            if refusal:
+                raise web.HTTPError(400, refusal)
+        self._report(20, f"Allocating {gpus} device(s) from the GPU monitor")
+        request = {"user": self.user.name, "server": self.name or "", "profile": profile, "count": gpus}
+        status, data = await self._monitor("POST", "api/allocations", request)
+        if status == 409 and data.get("allocation_id"):
+            # This very server still holds an allocation of another size (a crash kept it):
+            # it is not running, so giving it back is safe.
+            self.log.warning("releasing %s's leftover allocation %s", self._log_name, data["allocation_id"])
+            await self._monitor("DELETE", f"api/allocations/{data['allocation_id']}")
+            status, data = await self._monitor("POST", "api/allocations", request)
+        if status not in (200, 201):
+            raise web.HTTPError(503 if status >= 500 else 400,
+                                f"No GPU for this server: {data.get('message', f'monitor answered {status}')}")
+        self.allocation_id = data["id"]
+        host_config, env = allocation_container_settings(data)
+        self.extra_host_config = {**self.extra_host_config, **host_config}
+        self.environment = {**self.environment, **env}
+        labels = self.extra_create_kwargs.setdefault("labels", {})
+        labels[f"{LABEL_PREFIX}.allocation"] = data["id"]
+        names = ", ".join(d.get("name") or d["uuid"] for d in data["devices"])
+        self._report(25, f"Allocated: {names}")
+
+    async def _release(self, why: str, allocation_id: str | None = None) -> None:
+        allocation_id = allocation_id or self.allocation_id
+        if not allocation_id:
+            return
+        self.allocation_id = ""
+        try:
+            status, data = await self._monitor("DELETE", f"api/allocations/{allocation_id}")
+        except MonitorUnavailable as e:
+            # the monitor's reconciliation frees it once no container holds it
+            self.log.warning("could not release %s's allocation %s (%s): %s", self._log_name, allocation_id, why, e)
+            return
+        if status in (200, 404):
+            self.log.info("released %s's allocation %s (%s)", self._log_name, allocation_id, why)
+        else:
+            self.log.warning("releasing %s's allocation %s: monitor answered %s: %s", self._log_name,
+                             allocation_id, status, data.get("message"))
+
+    async def stop(self, now: bool = False):
+        held = self.allocation_id  # DockerSpawner.stop() clears the state, and with it this id
+        try:
+            await super().stop(now=now)
+        finally:
+            await self._release("the server stopped", held)
+
+    async def run_post_stop_hook(self):
+        # JupyterHub calls stop() only for a server it finds running; one that died on its own
+        # (poll found the container gone) is cleaned up without it. This hook runs in both
+        # cases, before the state is cleared: release here too (a second release is a no-op).
+        await self._release("the server is gone")
+        result = super().run_post_stop_hook()
+        if inspect.isawaitable(result):
+            await result
+
+    def get_state(self):
+        state = super().get_state()
+        if self.allocation_id:
+            state["allocation_id"] = self.allocation_id
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.allocation_id = state.get("allocation_id", "")
+
+    def clear_state(self):
+        super().clear_state()
+        self.allocation_id = ""
 
     async def create_object(self):
         self._report(30, "Creating the container")

@@ -1,5 +1,6 @@
 """What a person does in a browser: log in through the OpenID Connect provider, start a server
-from the spawn form, run code in JupyterLab, stop the server, log out; and a person the hub does
+with a device from the spawn form, run code on it in JupyterLab, see it as theirs on the GPU
+monitor's page, stop the server, log out; and a person the hub does
 not allow is refused. Needs Docker and Chromium (marker `browser`)."""
 
 import re
@@ -33,14 +34,16 @@ def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Pa
     page.goto(f"{HUB}/")
     log_in_at_provider(page, user)
 
-    # back on the hub, logged in: the spawn form with the profiles, the default one chosen;
-    # the person picks OpenCL, with no GPU (none can be given before the GPU monitor exists)
+    # back on the hub, logged in: the spawn form with the profiles, the default one chosen, and
+    # what the GPU monitor has free (this host has no GPU: two CPU slices); the person picks
+    # OpenCL with one device
     expect(page).to_have_url(f"{HUB}/hub/spawn")
     expect(page.get_by_role("heading", name="Server Options")).to_be_visible()
     expect(page.get_by_role("radio", name="Minimal (CPU only)")).to_be_checked()
     expect(page.get_by_text("PoCL on the CPU")).to_be_visible()
+    expect(page.locator(".gpuhub-free")).to_have_text(re.compile(r"^2 of 2 CPU slices .* free right now\.$"))
     page.get_by_role("radio", name="OpenCL (PyOpenCL)").check()
-    expect(page.locator('select[name="gpus-opencl"]')).to_have_value("0")
+    page.locator('select[name="gpus-opencl"]').select_option("1")
     expect(page.locator("nav")).to_contain_text(user)
     page.get_by_role("button", name="Start").click()
 
@@ -57,17 +60,26 @@ def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Pa
         timeout=60_000)
     editor = notebook.locator(".jp-Cell .cm-content").first
     editor.click()
-    # an OpenCL computation on the PoCL device, which names itself
+    # an OpenCL computation on the PoCL device, which names itself and its compute units: one
+    # CPU slice, pinned to the container
     page.keyboard.type(
-        "import getpass, numpy as np, pyopencl as cl, pyopencl.array as cla; "
+        "import os, getpass, numpy as np, pyopencl as cl, pyopencl.array as cla; "
         "ctx = cl.create_some_context(interactive=False); q = cl.CommandQueue(ctx); "
         "d = ctx.devices[0]; "
         "print(d.platform.name, '/', d.name, '/', int((2 * cla.to_device(q, np.arange(10, dtype=np.int32))).get().sum()), "
-        "'/', getpass.getuser())")
+        "'/', getpass.getuser(), '/', d.max_compute_units, len(os.sched_getaffinity(0)), '/', os.environ['GPUHUB_DEVICES'])")
     page.keyboard.press("Shift+Enter")
     output = notebook.locator(".jp-OutputArea-output").first
-    expect(output).to_have_text(re.compile(r"^Portable Computing Language / pthread-\S.* / 90 / jovyan\s*$"),
+    expect(output).to_have_text(re.compile(r"^Portable Computing Language / pthread-\S.* / 90 / jovyan / 1 1 / CPU-\S+\s*$"),
                                 timeout=60_000)
+    device = output.inner_text().split("/")[-1].strip()
+
+    # the GPU monitor's page (a hub service; login through the hub) shows that device as theirs
+    page.goto(f"{HUB}/services/gpu-monitor/")
+    expect(page.get_by_role("heading", name="GPU monitor")).to_be_visible()
+    expect(page.locator(f'tr[data-uuid="{device}"]')).to_have_attribute("data-state", "yours")
+    expect(page.locator('tr[data-state="yours"]')).to_have_count(1)
+    expect(page.get_by_text("Held by")).to_have_count(0)  # not an admin: no one's names
 
     # the hub's home page: stop the server
     page.goto(f"{HUB}/hub/home")
@@ -86,6 +98,9 @@ def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Pa
     model = stack.api("GET", f"users/{user}").json()
     assert model["servers"] == {} and model["server"] is None, model
     assert f"gpuhub-{user}" not in stack.user_containers()
+    # stopping gave the device back
+    r = stack.session().get(f"{HUB}/services/gpu-monitor/api/allocations?user={user}", timeout=30)
+    assert r.status_code == 200 and r.json() == {"allocations": []}, r.text
 
 
 def test_user_not_allowed_is_refused_and_gets_nothing(page: Page, stack):

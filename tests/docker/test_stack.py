@@ -10,7 +10,7 @@ import threading
 import pytest
 import requests
 
-from ..stack import ROOT, wait_for
+from ..stack import REACH, ROOT, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -114,12 +114,7 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
 
     # what the README's security section promises, checked from inside the user's server
     reach = stack.run_code("alice", (
-        "import os, socket\n"
-        "def reach(host, port):\n"
-        "    try:\n"
-        "        socket.create_connection((host, port), timeout=3).close(); return 'open'\n"
-        "    except OSError as e:\n"
-        "        return type(e).__name__\n"
+        REACH + "import os\n"
         "print(os.path.exists('/var/run/docker.sock'), reach('hub', 8081), reach('db', 5432),"
         " reach('proxy', 8099), open('/proc/self/status').read().split('CapEff:')[1].split()[0])"))
     docker_socket, hub_api, database, proxy_api, capabilities = reach.split()
@@ -211,6 +206,11 @@ REFUSED_CONFIG = {
     "demo exposed to the network": (
         "init", {"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "0.0.0.0"},
         "gpuhub: configuration error: GPUHUB_LISTEN: is 0.0.0.0, but the demo login"),
+    "unknown monitor backend": (
+        "gpu-monitor", {"GPUHUB_MONITOR_BACKEND": "cuda"},
+        "gpu-monitor: configuration error: GPUHUB_MONITOR_BACKEND: expected one of auto, nvml, cpu-slices"),
+    "nvml demanded on a host without a driver": (
+        "gpu-monitor", {"GPUHUB_MONITOR_BACKEND": "nvml"}, "gpu-monitor: no devices: NVIDIA driver library"),
     "domain without acme e-mail": (
         "proxy", {"DOMAIN": "hub.example.org"},
         "gpuhub proxy: configuration error: ACME_EMAIL: is required with DOMAIN=hub.example.org"),
@@ -221,7 +221,8 @@ REFUSED_CONFIG = {
 def test_bad_configuration_stops_the_service_with_its_message(stack, service, change, message):
     r = stack.compose("run", "--rm", "--no-deps", "-T", service, check=False, env=change, timeout=120)
     assert r.returncode != 0
-    lines = [line for line in (r.stdout + r.stderr).splitlines() if "configuration error" in line]
+    lines = [line for line in (r.stdout + r.stderr).splitlines()
+             if "configuration error" in line or "no devices" in line]
     assert len(lines) == 1 and lines[0].startswith(message), r.stdout + r.stderr
 
 

@@ -6,7 +6,8 @@ import pytest
 from traitlets.config import Config
 
 from gpuhub.auth import authenticator_config
-from gpuhub.configure import DEMO_NOTICE, OPERATOR_SERVICE, configure
+from gpuhub.configure import (ALLOCATOR_SERVICE, DEMO_NOTICE, MONITOR_SERVICE, OPERATOR_SERVICE,
+                              SCOPE_ALLOCATE, SCOPE_READ_ALL, configure)
 from gpuhub.settings import ConfigError, load_settings
 
 
@@ -84,12 +85,46 @@ def test_operator_token_becomes_an_admin_service(environ, tmp_path):
     token.write_text("f" * 64)
     os.chmod(token, 0o600)
     c = configured({**environ, "GPUHUB_API_TOKEN_FILE": str(token)})
-    assert c.JupyterHub.services == [{"name": OPERATOR_SERVICE, "api_token": "f" * 64}]
-    assert c.JupyterHub.load_roles == [{"name": "admin", "services": [OPERATOR_SERVICE]}]
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    assert services[OPERATOR_SERVICE] == {"name": OPERATOR_SERVICE, "api_token": "f" * 64}
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["admin"] == {"name": "admin", "services": [OPERATOR_SERVICE]}
+    # the operator's token also manages GPU allocations
+    assert roles["gpu-monitor-admin"]["services"] == [OPERATOR_SERVICE]
 
 
-def test_no_operator_token_file_means_no_service(environ):
-    assert "services" not in configured(environ).JupyterHub
+def test_no_operator_token_file_means_no_operator_service(environ):
+    c = configured(environ)
+    assert OPERATOR_SERVICE not in {s["name"] for s in c.JupyterHub.services}
+    assert "admin" not in {r["name"] for r in c.JupyterHub.load_roles}
+
+
+def test_gpu_monitor_service_and_who_may_allocate(environ):
+    c = configured(environ)
+    services = {s["name"]: s for s in c.JupyterHub.services}
+    monitor = services[MONITOR_SERVICE]
+    assert monitor["url"] == "http://gpu-monitor:8000"
+    assert monitor["api_token"] == "ef" * 32
+    assert monitor["oauth_redirect_uri"] == "/services/gpu-monitor/oauth_callback"
+    assert services[ALLOCATOR_SERVICE]["api_token"] == "cd" * 32
+    assert c.GPUDockerSpawner.monitor_token == "cd" * 32
+    assert c.GPUDockerSpawner.monitor_url == "http://gpu-monitor:8000/services/gpu-monitor/"
+    assert set(c.JupyterHub.custom_scopes) == {SCOPE_ALLOCATE, SCOPE_READ_ALL}
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    # users may open the monitor, nothing more; only the spawner's token and admins allocate
+    assert roles["user"]["scopes"] == ["self", "access:services!service=gpu-monitor"]
+    allocating = {name for name, r in roles.items() if SCOPE_ALLOCATE in r["scopes"]}
+    assert allocating == {"gpu-allocator", "gpu-monitor-admin"}
+    assert roles["gpu-allocator"]["services"] == [ALLOCATOR_SERVICE]
+    assert roles["gpu-monitor-admin"]["users"] == ["alice"]
+    # the monitor's own token reads which servers run, and nothing else
+    assert roles["gpu-monitor-service"]["scopes"] == ["list:users", "read:servers"]
+
+
+def test_missing_monitor_token_stops_the_hub_with_the_variable(environ, tmp_path):
+    (tmp_path / "monitor-secrets" / "api_token").unlink()
+    with pytest.raises(ConfigError, match="GPUHUB_MONITOR_SECRETS_DIR"):
+        configured(environ)
 
 
 @pytest.mark.parametrize("mode, content, words", [

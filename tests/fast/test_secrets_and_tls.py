@@ -61,7 +61,8 @@ def test_init_creates_everything_and_refuses_bad_config(environ, tmp_path, capsy
     env = {**environ, "GPUHUB_SECRETS_DIR": str(secrets), "GPUHUB_DB_PASSWORD_FILE": str(tmp_path / "db" / "pw"),
            "GPUHUB_CERTS_DIR": str(tmp_path / "certs")}
     assert init_main(env) == 0
-    assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "local-ca.key", "pgpass", "proxy_api_password"]
+    assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "gpu_allocator_token", "local-ca.key", "pgpass",
+                                                         "proxy_api_password"]
     assert mode(tmp_path / "db" / "pw") == 0o600
     password = read_secret(tmp_path / "db" / "pw")
     assert read_secret(secrets / "pgpass") == f"db:5432:jupyterhub:jupyterhub:{password}"

@@ -77,3 +77,16 @@ ALLOWED = {
 @pytest.mark.parametrize("change", ALLOWED.values(), ids=ALLOWED.keys())
 def test_accepted_variants(environ, change):
     load_settings({**environ, **change})
+
+
+def test_every_compose_variable_is_documented_in_the_example():
+    """Each ${VAR} docker-compose.yml reads has its entry in config/gpuhub.env.example."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    used = set(re.findall(r"\$\{(\w+)", (root / "docker-compose.yml").read_text()))
+    used |= set(re.findall(r"\$\{(\w+)", (root / "docker-compose.gpu.yml").read_text()))
+    example = (root / "config" / "gpuhub.env.example").read_text()
+    documented = set(re.findall(r"^#? ?(\w+)=", example, re.M))
+    assert used - documented == set()

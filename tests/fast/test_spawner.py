@@ -1,12 +1,14 @@
 """GPUDockerSpawner's option handling and container settings, without Docker."""
 
+import asyncio
+import socket
 from types import SimpleNamespace
 
 import pytest
 from tornado import web
 
 from gpuhub.profiles import parse_profiles
-from gpuhub.spawner import GPUDockerSpawner
+from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
 
 PROFILES = parse_profiles({
     "profiles": [
@@ -24,10 +26,21 @@ def spawner():
 
 
 def test_form_lists_profiles_escaped_with_gpu_choices(spawner):
-    form = spawner._render_options_form(spawner)
+    form = asyncio.run(spawner._render_options_form(spawner))
     assert 'value="minimal" checked' in form
     assert "CPU &lt;only&gt;" in form and "<only>" not in form
-    # no GPU can be given yet: only 0 is offered, even for a profile declaring more
+    # no monitor, no GPU: only 0 is offered, even for a profile declaring more
+    assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
+    assert "no GPU monitor" in form
+
+
+def test_form_says_so_when_the_monitor_does_not_answer(spawner):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spawner.monitor_url = f"http://127.0.0.1:{port}/services/gpu-monitor/"
+    form = asyncio.run(spawner._render_options_form(spawner))
+    assert "not answering right now" in form
     assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
 
 
@@ -54,7 +67,7 @@ def test_choice_configures_the_container(spawner):
 REFUSED = {
     "image option": ({"image": "evil/miner"}, "unknown spawn option(s): image"),
     "unknown profile": ({"profile": "nope"}, "unknown profile 'nope'"),
-    "gpu without allocator": ({"profile": "cuda", "gpus": 1}, "this hub has 0 to give"),
+    "gpu without allocator": ({"profile": "cuda", "gpus": 1}, "this hub has no GPU monitor"),
     "negative": ({"profile": "cuda", "gpus": -2}, "cannot be negative"),
 }
 
@@ -66,3 +79,55 @@ def test_bad_options_are_http_400_before_any_container(spawner, options, words):
     assert info.value.status_code == 400
     assert words in info.value.log_message
     assert spawner.image != "evil/miner"
+
+
+HOST_12 = {"backend": "nvml", "driver_version": "535.104.05", "cuda_driver_version": "12.2"}
+CUDA_CASES = {
+    "13 image on a 12.2 driver": ("13", HOST_12, "built for CUDA 13, but this host's NVIDIA driver 535.104.05 "
+                                                 "supports CUDA up to 12.2"),
+    "12 image on a 12.2 driver": ("12", HOST_12, None),
+    "13 image on a 13.0 driver": ("13", {**HOST_12, "cuda_driver_version": "13.0"}, None),
+    "no driver (CPU slices)": ("13", {"backend": "cpu-slices", "cuda_driver_version": None}, None),
+    "image without the label": (None, HOST_12, None),
+}
+
+
+@pytest.mark.parametrize("image_major, host, words", CUDA_CASES.values(), ids=CUDA_CASES.keys())
+def test_cuda_image_newer_than_the_driver_is_refused_naming_both(image_major, host, words):
+    refusal = cuda_refusal("cuda", "gpuhub/singleuser-cuda:latest", image_major, host)
+    if words is None:
+        assert refusal is None
+    else:
+        assert words in refusal and "GPUHUB_CUDA_MAJOR=12" in refusal
+
+
+def test_gpus_are_requested_by_id_never_by_count():
+    allocation = {"id": "a1", "devices": [
+        {"uuid": "GPU-1", "kind": "gpu", "docker_device_id": "GPU-1"},
+        {"uuid": "MIG-2", "kind": "mig", "docker_device_id": "MIG-2"}]}
+    host, env = allocation_container_settings(allocation)
+    assert host == {"device_requests": [{"driver": "nvidia", "device_ids": ["GPU-1", "MIG-2"],
+                                         "capabilities": [["gpu"]]}]}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == env["CUDA_VISIBLE_DEVICES"] == "GPU-1,MIG-2"
+    assert env["GPUHUB_ALLOCATION"] == "a1"
+
+
+def test_cpu_slices_become_a_cpuset_and_no_gpu():
+    allocation = {"id": "a2", "devices": [
+        {"uuid": "CPU-a", "kind": "cpu-slice", "cpuset": "0-1", "cores": 2},
+        {"uuid": "CPU-b", "kind": "cpu-slice", "cpuset": "4-5", "cores": 2}]}
+    host, env = allocation_container_settings(allocation)
+    assert host == {"cpuset_cpus": "0-1,4-5"}
+    assert env["NVIDIA_VISIBLE_DEVICES"] == "void" and env["CUDA_VISIBLE_DEVICES"] == ""
+    assert env["POCL_CPU_MAX_CU_COUNT"] == "4"
+    assert env["GPUHUB_DEVICES"] == "CPU-a,CPU-b"
+
+
+def test_allocation_id_survives_a_hub_restart_in_the_state(spawner):
+    spawner.allocation_id = "a3"
+    state = spawner.get_state()
+    assert state["allocation_id"] == "a3"
+    spawner.clear_state()
+    assert spawner.allocation_id == ""
+    spawner.load_state(state)
+    assert spawner.allocation_id == "a3"

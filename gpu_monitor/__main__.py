@@ -1,0 +1,130 @@
+"""`python -m gpu_monitor`: the monitor service (compose service `gpu-monitor`).
+
+Reads its settings, finds the devices (NVML, or CPU slices where there is no NVIDIA driver),
+brings the allocation schema up to date, starts sampling and reconciliation, and serves the
+API under /services/gpu-monitor/. A wrong setting or a missing driver (with backend `nvml`)
+stops it with one line that says what to fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+import sqlalchemy as sa
+
+from .allocator import Policy
+from .app import MAX_READ_BYTES, HostInfo, Monitor, make_app
+from .backends.cpu_slices import CPUSliceBackend
+from .backends.nvml import NVMLBackend
+from .devices import Backend, BackendUnavailable, Device
+from .sampler import Sampler
+from .settings import SERVICE_NAME, Settings, SettingError, load_settings
+from .store import AllocationStore
+
+log = logging.getLogger("gpu_monitor")
+
+DB_WAIT_SECONDS = 120
+
+
+def choose_backend(settings: Settings) -> tuple[Backend, list[Device], HostInfo]:
+    if settings.backend in ("auto", "nvml"):
+        nvml = NVMLBackend()
+        try:
+            devices = nvml.discover()
+        except BackendUnavailable as e:
+            if settings.backend == "nvml":
+                raise
+            log.info("no NVIDIA GPU usable (%s); handing out %d CPU slice(s) instead", e, settings.cpu_slices)
+        else:
+            if devices or settings.backend == "nvml":
+                return nvml, devices, HostInfo("nvml", nvml.driver_version, nvml.cuda_driver_version)
+            nvml.close()
+    slices = CPUSliceBackend(settings.cpu_slices)
+    return slices, slices.discover(), HostInfo("cpu-slices")
+
+
+def open_store(settings: Settings) -> AllocationStore:
+    url = sa.URL.create("postgresql+psycopg2", username=settings.db_user,
+                        password=settings.read_db_password(), host=settings.db_host, port=5432,
+                        database=settings.db_name, query={"connect_timeout": "10"})
+    store = AllocationStore.from_url(url, pool_size=10, max_overflow=10)
+    deadline = time.monotonic() + DB_WAIT_SECONDS
+    while True:
+        try:
+            applied = store.migrate()
+            log.info("database ready (schema steps applied now: %s)", applied or "none")
+            return store
+        except sa.exc.OperationalError as e:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for PostgreSQL at %s: %s", settings.db_host, str(e.orig).strip().splitlines()[0])
+            time.sleep(2)
+
+
+async def serve(settings: Settings) -> None:
+    import docker
+    from jupyterhub.services.auth import HubOAuth
+
+    from .reconciler import Reconciler
+
+    backend, devices, host = choose_backend(settings)
+    for d in devices:
+        log.info("device %d: %s %s (%s)", d.index, d.kind, d.uuid, d.name)
+    token = settings.read_api_token()
+    store = open_store(settings)
+    sampler = Sampler(backend, settings.sample_seconds)
+    sampler.start()
+    policy = Policy(max_gpus_per_user=settings.max_gpus_per_user, share=settings.share)
+    monitor = Monitor(devices, host, sampler, store, policy)
+    prefix = settings.service_prefix
+    hub_auth = HubOAuth.instance(
+        api_token=token,
+        api_url=settings.hub_api_url,
+        hub_prefix="/hub/",
+        base_url=prefix,
+        oauth_client_id=f"service-{SERVICE_NAME}",
+        oauth_redirect_uri=f"{prefix}oauth_callback",
+        access_scopes={f"access:services!service={SERVICE_NAME}"},
+        cache_max_age=60,
+    )
+    app = make_app(monitor, hub_auth, prefix, cookie_secret=os.urandom(32))
+    server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES)
+    log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
+    reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
+                            token, settings.reconcile_seconds, settings.grace_seconds)
+    task = asyncio.create_task(reconciler.run_forever())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    task.cancel()
+    server.stop()
+    sampler.stop()
+    backend.close()
+    monitor.close()
+    store.dispose()
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load_settings()
+        asyncio.run(serve(settings))
+    except SettingError as e:
+        print(f"gpu-monitor: configuration error: {e}", file=sys.stderr)
+        return 1
+    except BackendUnavailable as e:
+        print(f"gpu-monitor: no devices: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

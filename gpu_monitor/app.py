@@ -1,0 +1,389 @@
+"""The monitor's HTTP service: a JupyterHub service under /services/gpu-monitor/.
+
+Routes (relative to the service prefix):
+
+    GET    api/health               no authentication; {"status": "ok"} (for the healthcheck)
+    GET    api/devices              any hub user or service allowed to use the service
+    GET    api/allocations          one's own; everyone's with scope custom:gpu-monitor:read-all
+    GET    api/allocations/{id}     one's own, or any with read-all; 404 otherwise
+    POST   api/allocations          scope custom:gpu-monitor:allocate (the hub; admins)
+    DELETE api/allocations/{id}     scope custom:gpu-monitor:allocate
+    GET    metrics                  scope custom:gpu-monitor:read-all (names users)
+    GET    /                        a small status page (the full dashboard is a later issue)
+
+Authentication is the hub's (`HubOAuth`): API tokens in an `Authorization: token ...` header,
+or the service's OAuth cookie for people in a browser. Requests that change state must carry a
+token header: a cookie alone never allocates or releases (no cross-site request forgery).
+Everything that blocks (PostgreSQL, Docker, rendering metrics) runs in a thread pool; the event
+loop only parses, checks and answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, TypeVar
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from tornado import web
+
+from .allocator import Allocation, AllocationRequest, Granted, Policy, Refused
+from .devices import Device
+from .metrics import MonitorCollector, render
+from .sampler import DeviceState, Sampler
+from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL, SERVICE_NAME
+from .store import AllocationStore
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_BODY_BYTES = 4096  # an allocation request is a few dozen bytes
+# What the HTTP server reads at all (larger: the connection is dropped); up to it, a clear 413.
+MAX_READ_BYTES = 8 * 1024 * 1024
+MAX_NAME_LENGTH = 255
+REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int}
+ALLOCATION_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+
+
+class BadRequest(Exception):
+    """A request the API refuses with 400 (or `status`); `str()` is the message."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def parse_allocation_request(body: bytes) -> AllocationRequest:
+    """The body of `POST api/allocations`, strictly: a JSON object with `user` and `count`,
+    optionally `server` ("" = default server) and `profile`; nothing else."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted", 413)
+    try:
+        data = json.loads(body or b"null")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest(f"the body is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise BadRequest('the body must be a JSON object like {"user": "ada", "count": 1}')
+    unknown = sorted(set(data) - set(REQUEST_FIELDS))
+    if unknown:
+        raise BadRequest(f"unknown field(s) {', '.join(map(repr, unknown))}; "
+                         f"the fields are {', '.join(sorted(REQUEST_FIELDS))}")
+    for name in ("user", "count"):
+        if name not in data:
+            raise BadRequest(f"field {name!r} is required")
+    for name, kind in REQUEST_FIELDS.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise BadRequest(f"field {name!r} must be a {'whole number' if kind is int else 'string'}, "
+                             f"not {type(value).__name__}")
+        if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
+            raise BadRequest(f"field {name!r} is longer than {MAX_NAME_LENGTH} characters")
+    if not data["user"]:
+        raise BadRequest("field 'user' must not be empty")
+    return AllocationRequest(user=data["user"], server=data.get("server", ""),
+                             profile=data.get("profile", ""), count=data["count"])
+
+
+@dataclass
+class HostInfo:
+    backend: str
+    driver_version: str | None = None
+    cuda_driver_version: tuple[int, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        cuda = self.cuda_driver_version
+        return {"backend": self.backend, "driver_version": self.driver_version,
+                "cuda_driver_version": f"{cuda[0]}.{cuda[1]}" if cuda else None}
+
+
+class Monitor:
+    """What the handlers share: devices, sampler, store, policy and the thread pool."""
+
+    def __init__(self, devices: list[Device], host: HostInfo, sampler: Sampler,
+                 store: AllocationStore, policy: Policy, workers: int = 8) -> None:
+        self.devices = devices
+        self.by_uuid = {d.uuid: d for d in devices}
+        self.host = host
+        self.sampler = sampler
+        self.store = store
+        self.policy = policy
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="gpu-monitor")
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
+
+    def allocation_json(self, a: Allocation) -> dict[str, Any]:
+        devices = []
+        for uuid in a.device_uuids:
+            d = self.by_uuid.get(uuid)
+            devices.append({"uuid": uuid, "index": d.index if d else None, "kind": d.kind if d else None,
+                            "name": d.name if d else None,
+                            "docker_device_id": d.docker_device_id if d else None,
+                            "cpuset": d.cpuset if d else None,
+                            "cores": int(d.attributes.get("cores", 0)) if d and d.kind == "cpu-slice" else None})
+        return {"id": a.id, "user": a.user, "server": a.server, "profile": a.profile,
+                "devices": devices, "created_at": a.created_at}
+
+    def devices_json(self, allocations: list[Allocation], viewer: str | None) -> dict[str, Any]:
+        states: dict[str, DeviceState] = self.sampler.states()
+        holders: dict[str, list[Allocation]] = {}
+        for a in allocations:
+            for uuid in a.device_uuids:
+                holders.setdefault(uuid, []).append(a)
+        parents = {d.parent_uuid for d in self.devices if d.parent_uuid}
+        rows = []
+        free = 0
+        for d in sorted(self.devices, key=lambda d: (d.index, d.uuid)):
+            held = holders.get(d.uuid, [])
+            seats = self.policy.seats(d.kind)
+            allocatable = d.uuid not in parents
+            is_free = allocatable and len(held) < seats
+            free += is_free
+            state = states.get(d.uuid)
+            last = state.last if state else None
+            rows.append({
+                "uuid": d.uuid, "index": d.index, "kind": d.kind, "name": d.name,
+                "memory_total_bytes": d.memory_total_bytes, "parent_uuid": d.parent_uuid,
+                "allocatable": allocatable, "seats": seats, "holders": len(held), "free": is_free,
+                "mine": viewer is not None and any(a.user == viewer for a in held),
+                "utilization_ratio": last.utilization_ratio if last else None,
+                "memory_used_bytes": last.memory_used_bytes if last else None,
+                "temperature_celsius": last.temperature_celsius if last else None,
+                "power_watts": last.power_watts if last else None,
+                "sampled_at": last.timestamp if last else None,
+                "sample_errors": list(last.errors) if last else [],
+                "busy_seconds": state.busy_seconds if state else 0.0,
+                "sampled_seconds": state.sampled_seconds if state else 0.0,
+            })
+        allocatable_total = sum(1 for r in rows if r["allocatable"])
+        return {"host": self.host.to_json(), "total": allocatable_total, "free": free, "devices": rows}
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class MonitorHandler(HubOAuthenticated, web.RequestHandler):
+    """JSON errors, hub authentication without blocking the event loop, scope checks."""
+
+    @property
+    def monitor(self) -> Monitor:
+        return self.settings["monitor"]
+
+    async def prepare(self) -> None:
+        # HubAuth.get_user(sync=True) would block the loop on the hub's API; ask asynchronously
+        # and let tornado's `current_user` read the result.
+        try:
+            model = await self.hub_auth.get_user(self, sync=False)
+        except web.HTTPError as e:
+            if e.status_code < 500:
+                raise
+            # HubAuth could not reach the hub to check the token: say so, as a retryable 503
+            raise web.HTTPError(503, reason="the hub does not answer, so the request's token "
+                                            "cannot be checked; try again shortly") from None
+        if model:
+            try:
+                model = self.check_hub_user(model)
+            except Exception:  # UserNotAllowed: authenticated, but not allowed to use the service
+                model = None
+                self._not_allowed = True
+        self._hub_auth_user_cache = model
+
+    def get_current_user(self) -> dict[str, Any] | None:
+        return getattr(self, "_hub_auth_user_cache", None)
+
+    def require_user(self) -> dict[str, Any]:
+        user = self.current_user
+        if not user:
+            if getattr(self, "_not_allowed", False):
+                raise web.HTTPError(403, reason="Forbidden")
+            raise web.HTTPError(401, reason="Unauthorized")
+        return user
+
+    def has_scope(self, scope: str) -> bool:
+        user = self.current_user or {}
+        return scope in set(user.get("scopes", ()))
+
+    def require_scope(self, scope: str) -> dict[str, Any]:
+        user = self.require_user()
+        if not self.has_scope(scope):
+            raise web.HTTPError(403, log_message=f"{user.get('kind')} {user.get('name')} lacks {scope}")
+        return user
+
+    def require_token_header(self) -> None:
+        if not self.request.headers.get("Authorization"):
+            raise web.HTTPError(403, log_message="state change without an API token header")
+
+    def viewer(self) -> str | None:
+        user = self.current_user or {}
+        return user.get("name") if user.get("kind", "user") == "user" else None
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps(data))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        messages = {401: "authentication required: log in through the hub or send an API token",
+                    403: "not allowed: this needs a scope your token does not have",
+                    404: "not found"}
+        message = messages.get(status_code, self._reason)
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, web.HTTPError) and exc.reason and exc.reason not in ("Unauthorized", "Forbidden"):
+            message = exc.reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+class HealthHandler(web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish('{"status": "ok"}')
+
+
+class DevicesHandler(MonitorHandler):
+    async def get(self) -> None:
+        self.require_user()
+        allocations = await self.monitor.run(self.monitor.store.list)
+        self.write_json(self.monitor.devices_json(allocations, self.viewer()))
+
+
+class AllocationsHandler(MonitorHandler):
+    async def get(self) -> None:
+        self.require_user()
+        if self.has_scope(SCOPE_READ_ALL):
+            user = self.get_argument("user", None)
+        else:
+            user = self.viewer() or ""  # a service without read-all holds nothing itself
+        allocations = await self.monitor.run(self.monitor.store.list, user)
+        self.write_json({"allocations": [self.monitor.allocation_json(a) for a in allocations]})
+
+    async def post(self) -> None:
+        self.require_scope(SCOPE_ALLOCATE)
+        self.require_token_header()
+        try:
+            request = parse_allocation_request(self.request.body)
+        except BadRequest as e:
+            raise web.HTTPError(e.status, reason=str(e)) from None
+        m = self.monitor
+        started = time.perf_counter()
+        decision = await m.run(m.store.allocate, request, m.devices, m.policy)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if isinstance(decision, Refused):
+            log.info("refused %s/%s %d device(s): %s (%.1f ms)", request.user, request.server,
+                     request.count, decision.code, elapsed_ms)
+            body: dict[str, Any] = {"status": decision.http_status, "code": decision.code,
+                                    "message": decision.reason}
+            if decision.code == "conflict":
+                held = [a for a in await m.run(m.store.list, request.user) if a.server == request.server]
+                if held:
+                    body["allocation_id"] = held[0].id
+            self.write_json(body, decision.http_status)
+            return
+        assert isinstance(decision, Granted)
+        a = decision.allocation
+        if not decision.existing:
+            log.info("granted %s to %s/%s (profile %s, %.1f ms)", ",".join(a.device_uuids), a.user,
+                     a.server, a.profile, elapsed_ms)
+        self.write_json(m.allocation_json(a), 200 if decision.existing else 201)
+
+
+class AllocationHandler(MonitorHandler):
+    async def get(self, allocation_id: str) -> None:
+        self.require_user()
+        a = await self.monitor.run(self.monitor.store.get, allocation_id)
+        if a is None or not (self.has_scope(SCOPE_READ_ALL) or a.user == self.viewer()):
+            # the same answer for "not there" and "not yours": ids of others are not confirmed
+            raise web.HTTPError(404, reason=f"no allocation {allocation_id} that you can see")
+        self.write_json(self.monitor.allocation_json(a))
+
+    async def delete(self, allocation_id: str) -> None:
+        self.require_scope(SCOPE_ALLOCATE)
+        self.require_token_header()
+        a = await self.monitor.run(self.monitor.store.release, allocation_id)
+        if a is None:
+            raise web.HTTPError(404, reason=f"no allocation {allocation_id} (already released?)")
+        log.info("released %s of %s/%s", allocation_id, a.user, a.server)
+        self.write_json(self.monitor.allocation_json(a))
+
+
+class MetricsHandler(MonitorHandler):
+    async def get(self) -> None:
+        self.require_scope(SCOPE_READ_ALL)
+        m = self.monitor
+        allocations = await m.run(m.store.list)
+        collector = MonitorCollector(lambda: m.devices, m.sampler.states, lambda: allocations)
+        body = await m.run(render, collector)
+        self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.finish(body)
+
+
+class StatusPageHandler(MonitorHandler):
+    """A plain page: each device's state, which are yours; an admin also sees who holds each."""
+
+    async def get(self) -> None:
+        if not self.current_user:
+            if getattr(self, "_not_allowed", False):
+                raise web.HTTPError(403)
+            self.redirect(self.get_login_url())
+            return
+        m = self.monitor
+        allocations = await m.run(m.store.list)
+        data = m.devices_json(allocations, self.viewer())
+        admin = self.has_scope(SCOPE_READ_ALL)
+        holders: dict[str, list[str]] = {}
+        for a in allocations:
+            for uuid in a.device_uuids:
+                holders.setdefault(uuid, []).append(f"{a.user}/{a.server}" if a.server else a.user)
+        rows = []
+        for d in data["devices"]:
+            util = "–" if d["utilization_ratio"] is None else f"{d['utilization_ratio'] * 100:.0f} %"
+            state = "yours" if d["mine"] else ("free" if d["free"] else "in use")
+            who = f"<td>{html.escape(', '.join(holders.get(d['uuid'], [])))}</td>" if admin else ""
+            rows.append(f'<tr data-uuid="{html.escape(d["uuid"])}" data-state="{state}"><td>{d["index"]}</td>'
+                        f"<td>{html.escape(d['name'])}</td><td>{state}</td><td>{util}</td>{who}</tr>")
+        host = data["host"]
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>GPU monitor</title>
+<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
+td,th{{border-bottom:1px solid #ccc;padding:.3rem .8rem;text-align:left}}</style></head>
+<body><h1>GPU monitor</h1>
+<p>Backend: {html.escape(host['backend'])}. {data['free']} of {data['total']} device(s) free.
+<a href="/hub/home">Back to the hub</a></p>
+<table><thead><tr><th>#</th><th>Device</th><th>State</th><th>Utilisation</th>{'<th>Held by</th>' if admin else ''}</tr></thead>
+<tbody>{''.join(rows)}</tbody></table></body></html>""")
+
+
+def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: bytes) -> web.Application:
+    """`hub_auth` must be the `HubOAuth.instance()` singleton: jupyterhub's own callback handler
+    finds it that way."""
+    p = prefix.rstrip("/")
+    return web.Application(
+        [
+            (rf"{p}/api/health", HealthHandler),
+            (rf"{p}/api/devices", DevicesHandler),
+            (rf"{p}/api/allocations", AllocationsHandler),
+            (rf"{p}/api/allocations/({ALLOCATION_ID})", AllocationHandler),
+            (rf"{p}/metrics", MetricsHandler),
+            (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
+            (rf"{p}/?", StatusPageHandler),
+        ],
+        monitor=monitor,
+        cookie_secret=cookie_secret,
+        login_url=hub_auth.login_url,
+        xsrf_cookies=False,  # state changes require a token header instead (see MonitorHandler)
+    )
+
+
+__all__ = ["Monitor", "HostInfo", "make_app", "parse_allocation_request", "BadRequest", "SERVICE_NAME"]

@@ -1,0 +1,115 @@
+"""Every setting the monitor service reads from its environment, read once and validated.
+
+`load_settings(environ)` is the only place that reads environment variables; a wrong value stops
+the monitor with one line naming the variable (`SettingError`). The operator-facing list is in
+config/gpuhub.env.example (section "GPU monitor"); compose fixes the wiring ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BACKENDS = ("auto", "nvml", "cpu-slices")
+SERVICE_NAME = "gpu-monitor"
+# The custom scopes the hub defines for this service (hub/gpuhub/configure.py uses the same).
+SCOPE_ALLOCATE = "custom:gpu-monitor:allocate"
+SCOPE_READ_ALL = "custom:gpu-monitor:read-all"
+
+
+class SettingError(Exception):
+    def __init__(self, variable: str, message: str):
+        self.variable = variable
+        super().__init__(f"{variable}: {message}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str = "auto"
+    cpu_slices: int = 2
+    sample_seconds: float = 5.0
+    reconcile_seconds: float = 60.0
+    grace_seconds: float = 120.0
+    max_gpus_per_user: int | None = None
+    share: dict[str, int] = field(default_factory=dict)
+    port: int = 8000
+    service_prefix: str = f"/services/{SERVICE_NAME}/"
+    hub_api_url: str = "http://hub:8081/hub/api"
+    api_token_file: str = "/srv/gpuhub/monitor-secrets/api_token"
+    db_host: str = "db"
+    db_name: str = "jupyterhub"
+    db_user: str = "jupyterhub"
+    db_password_file: str = "/run/gpuhub/db/password"
+    docker_url: str = "unix:///var/run/docker.sock"
+
+    def read_api_token(self) -> str:
+        return _read_file("GPUHUB_MONITOR_TOKEN_FILE", self.api_token_file, min_length=32)
+
+    def read_db_password(self) -> str:
+        return _read_file("GPUHUB_DB_PASSWORD_FILE", self.db_password_file, min_length=1)
+
+
+def _read_file(variable: str, path: str, min_length: int) -> str:
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as e:
+        raise SettingError(variable, f"cannot read {path}: {e.strerror}; the init service writes it") from None
+    if len(value) < min_length:
+        raise SettingError(variable, f"{path} holds fewer than {min_length} characters")
+    return value
+
+
+def _get(environ: Mapping[str, str], name: str) -> str:
+    return environ.get(name, "").strip()
+
+
+def _number(environ: Mapping[str, str], name: str, default: float, minimum: float,
+            integer: bool = False) -> float:
+    raw = _get(environ, name)
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise SettingError(name, f"expected {kind}, got {raw!r}") from None
+    if value < minimum:
+        raise SettingError(name, f"must be at least {minimum:g}, got {raw}")
+    return value
+
+
+def _share(environ: Mapping[str, str], name: str) -> dict[str, int]:
+    """"gpu=2,mig=1" -> {"gpu": 2, "mig": 1}: how many servers may hold one device of a kind."""
+    share: dict[str, int] = {}
+    for item in filter(None, (part.strip() for part in _get(environ, name).split(","))):
+        kind, sep, seats = item.partition("=")
+        if not sep or not seats.strip().isdigit() or int(seats) < 1:
+            raise SettingError(name, f"expected kind=N with N >= 1 (e.g. gpu=2), got {item!r}")
+        if kind.strip() not in ("gpu", "mig", "cpu-slice"):
+            raise SettingError(name, f"unknown device kind {kind.strip()!r}; use gpu, mig or cpu-slice")
+        share[kind.strip()] = int(seats)
+    return share
+
+
+def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
+    backend = _get(environ, "GPUHUB_MONITOR_BACKEND") or "auto"
+    if backend not in BACKENDS:
+        raise SettingError("GPUHUB_MONITOR_BACKEND", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    limit = _get(environ, "GPUHUB_MAX_GPUS_PER_USER")
+    defaults = Settings()
+    return Settings(
+        backend=backend,
+        cpu_slices=int(_number(environ, "GPUHUB_CPU_SLICES", defaults.cpu_slices, 1, integer=True)),
+        sample_seconds=_number(environ, "GPUHUB_MONITOR_SAMPLE_SECONDS", defaults.sample_seconds, 0.1),
+        reconcile_seconds=_number(environ, "GPUHUB_MONITOR_RECONCILE_SECONDS", defaults.reconcile_seconds, 1),
+        grace_seconds=_number(environ, "GPUHUB_MONITOR_GRACE_SECONDS", defaults.grace_seconds, 0),
+        max_gpus_per_user=(int(_number(environ, "GPUHUB_MAX_GPUS_PER_USER", 0, 0, integer=True))
+                           if limit else None),
+        share=_share(environ, "GPUHUB_GPU_SHARE"),
+        hub_api_url=(_get(environ, "GPUHUB_HUB_API_URL") or defaults.hub_api_url).rstrip("/"),
+        api_token_file=_get(environ, "GPUHUB_MONITOR_TOKEN_FILE") or defaults.api_token_file,
+        db_host=_get(environ, "GPUHUB_DB_HOST") or defaults.db_host,
+        db_password_file=_get(environ, "GPUHUB_DB_PASSWORD_FILE") or defaults.db_password_file,
+    )

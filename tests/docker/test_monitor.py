@@ -1,0 +1,284 @@
+"""The GPU monitor in the real stack, on CPU slices (this machine has no GPU): allocation through
+the hub, what each container holds, exhaustion, release, leaks, restarts, concurrency and who
+may do what. The test stack cuts the host's CPUs into 2 slices and reconciles every 3 s with a
+5 s grace (tests/stack.py)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from ..stack import REACH, wait_for
+
+pytestmark = pytest.mark.docker
+
+MONITOR = "services/gpu-monitor"
+CHECK_DEVICES = (
+    "import os, json, pyopencl as cl\n"
+    "devices = [d for p in cl.get_platforms() for d in p.get_devices()]\n"
+    "print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), 'env': os.environ['GPUHUB_DEVICES'],\n"
+    "    'units': [d.max_compute_units for d in devices], 'nvidia': os.environ['NVIDIA_VISIBLE_DEVICES']}))"
+)
+
+
+def monitor(stack, method: str, path: str, token: str | None = None, **kwargs):
+    s = stack.session()
+    if token is not None:
+        s.headers["Authorization"] = f"token {token}"
+    return s.request(method, f"{stack.base_url}/{MONITOR}/{path}", timeout=60, **kwargs)
+
+
+def allocations(stack, user: str | None = None) -> list[dict]:
+    r = monitor(stack, "GET", "api/allocations" + (f"?user={user}" if user else ""))
+    assert r.status_code == 200, r.text
+    return r.json()["allocations"]
+
+
+def devices(stack) -> dict:
+    r = monitor(stack, "GET", "api/devices")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def stored_allocations(stack) -> list[str]:
+    """The users holding allocations, read from PostgreSQL (the API needs the hub to check tokens)."""
+    out = stack.compose("exec", "-T", "db", "psql", "-U", "jupyterhub", "-d", "jupyterhub", "-tAc",
+                        "SELECT user_name FROM gpu_monitor.allocations ORDER BY user_name").stdout
+    return out.split()
+
+
+def user_token(stack, user: str) -> str:
+    stack.api("POST", f"users/{user}")
+    r = stack.api("POST", f"users/{user}/tokens", json={"note": "gpuhub test", "expires_in": 3600})
+    assert r.status_code in (200, 201), r.text
+    return r.json()["token"]
+
+
+def cpuset_cores(cpuset: str) -> list[int]:
+    cores: list[int] = []
+    for part in cpuset.split(","):
+        first, _, last = part.partition("-")
+        cores.extend(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def test_devices_are_cpu_slices_on_this_host(stack):
+    data = devices(stack)
+    assert data["host"] == {"backend": "cpu-slices", "driver_version": None, "cuda_driver_version": None}
+    assert data["total"] == 2 and data["free"] == 2
+    slices = [d for d in data["devices"] if d["kind"] == "cpu-slice"]
+    assert len({d["uuid"] for d in slices}) == 2
+
+
+def test_each_server_gets_its_own_device_a_third_is_refused_stopping_frees(stack):
+    try:
+        for user in ("alice", "bob"):
+            r = stack.start_server(user, {"profile": "opencl", "gpus": 1})
+            assert r.status_code in (201, 202), r.text
+        held = {a["user"]: a for a in allocations(stack)}
+        assert set(held) == {"alice", "bob"}
+        uuids = {user: [d["uuid"] for d in a["devices"]] for user, a in held.items()}
+        assert len(uuids["alice"]) == len(uuids["bob"]) == 1 and uuids["alice"] != uuids["bob"]
+
+        seen = {}
+        for user in ("alice", "bob"):
+            seen[user] = json.loads(stack.run_code(user, CHECK_DEVICES))
+            device = held[user]["devices"][0]
+            # the container is pinned to its slice's cores and PoCL shows exactly those
+            assert seen[user]["cpus"] == cpuset_cores(device["cpuset"]), (user, seen[user], device)
+            assert seen[user]["units"] == [device["cores"]]
+            assert seen[user]["env"] == device["uuid"] and seen[user]["nvidia"] == "void"
+            label = subprocess.run(["docker", "inspect", f"gpuhub-{user}", "--format",
+                                    '{{index .Config.Labels "org.gpuhub.allocation"}}'],
+                                   capture_output=True, text=True, check=True).stdout.strip()
+            assert label == held[user]["id"]
+        assert not set(seen["alice"]["cpus"]) & set(seen["bob"]["cpus"])
+        assert devices(stack)["free"] == 0
+
+        r = stack.start_server("carol", {"profile": "opencl", "gpus": 1})
+        assert r.status_code == 503, r.text
+        assert "1 GPU(s) requested, 0 free (2 of 2 in use)" in r.json()["message"]
+        assert not stack.api("GET", "users/carol").json()["servers"]
+        assert "gpuhub-carol" not in stack.user_containers()
+        assert {a["user"] for a in allocations(stack)} == {"alice", "bob"}
+
+        stack.stop_server("alice")
+        assert {a["user"] for a in allocations(stack)} == {"bob"}
+        r = stack.start_server("carol", {"profile": "opencl", "gpus": 1})
+        assert r.status_code in (201, 202), r.text
+        assert [d["uuid"] for d in allocations(stack, "carol")[0]["devices"]] == uuids["alice"]
+    finally:
+        for user in ("alice", "bob", "carol"):
+            if stack.api("GET", f"users/{user}").json().get("servers"):
+                stack.stop_server(user)
+    assert allocations(stack) == []
+
+
+def test_a_container_killed_behind_the_hubs_back_frees_its_device(stack):
+    r = stack.start_server("bob", {"profile": "opencl", "gpus": 1})
+    assert r.status_code in (201, 202), r.text
+    assert len(allocations(stack, "bob")) == 1
+    subprocess.run(["docker", "kill", "gpuhub-bob"], capture_output=True, check=True)
+    killed = time.monotonic()
+    # The hub polls its servers every 30 s (Spawner.poll_interval); on finding the container gone
+    # it cleans the server up and the spawner's post-stop hook releases. Bound: the poll interval
+    # (reconciliation keeps what the hub still lists, so it does not act sooner).
+    wait_for(lambda: not allocations(stack, "bob"), 30 + 3 + 10, interval=0.5, what="bob's device released")
+    print(f"\nkilled container -> device free: {time.monotonic() - killed:.1f} s (bound 30 s + 3 s)")
+    wait_for(lambda: not stack.api("GET", "users/bob").json()["servers"], 30, what="bob's server stopped")
+    assert "gpuhub-bob" not in stack.user_containers()
+    logs = stack.compose("logs", "--no-color", "hub").stdout
+    assert "released bob's allocation" in logs or "released bob" in logs, "the hub did not release"
+
+
+def test_with_the_hub_down_reconciliation_frees_a_killed_containers_device(stack):
+    r = stack.start_server("bob", {"profile": "opencl", "gpus": 1})
+    assert r.status_code in (201, 202), r.text
+    stack.compose("stop", "hub")
+    try:
+        subprocess.run(["docker", "kill", "gpuhub-bob"], capture_output=True, check=True)
+        killed = time.monotonic()
+        # the hub cannot be asked: Docker alone decides, after the grace (5 s) and a round (3 s)
+        assert stored_allocations(stack) == ["bob"]
+        wait_for(lambda: stored_allocations(stack) == [], 5 + 3 + 10, interval=0.5, what="bob's device released")
+        print(f"\nhub down: killed container -> device free: {time.monotonic() - killed:.1f} s (bound 8 s)")
+        # DockerSpawner creates containers with auto-remove (c.DockerSpawner.remove): none is left
+        # to restart later with a stale device request
+        assert "gpuhub-bob" not in stack.user_containers()
+        logs = stack.compose("logs", "--no-color", "gpu-monitor").stdout
+        assert "reconcile: released" in logs and "the hub is unreachable" in logs
+    finally:
+        stack.compose("start", "hub")
+        stack.wait_hub()
+    assert not allocations(stack, "bob")
+    # the hub finds the container gone and shows the server as stopped
+    wait_for(lambda: not stack.api("GET", "users/bob").json()["servers"], 60, what="bob's server stopped")
+
+
+def test_restarting_the_monitor_and_the_hub_keeps_every_allocation(stack):
+    r = stack.start_server("alice", {"profile": "opencl", "gpus": 1})
+    assert r.status_code in (201, 202), r.text
+    try:
+        before = allocations(stack)
+        assert len(before) == 1
+        stack.compose("restart", "gpu-monitor", "hub")
+        stack.wait_hub()
+        wait_for(lambda: monitor(stack, "GET", "api/devices").status_code == 200, 60, what="monitor back")
+        assert allocations(stack) == before
+        assert stack.api("GET", "users/alice").json()["servers"][""]["ready"]
+        seen = json.loads(stack.run_code("alice", CHECK_DEVICES))
+        assert seen["env"] == before[0]["devices"][0]["uuid"]
+    finally:
+        stack.stop_server("alice")
+    assert allocations(stack) == []
+
+
+def test_a_hundred_concurrent_requests_grant_exactly_the_free_devices(stack):
+    assert allocations(stack) == []
+
+    def ask(i: int):
+        started = time.perf_counter()
+        r = monitor(stack, "POST", "api/allocations",
+                    json={"user": f"burst-{i}", "server": "", "profile": "opencl", "count": 1})
+        return r.status_code, r.json(), time.perf_counter() - started
+
+    with ThreadPoolExecutor(100) as pool:
+        results = list(pool.map(ask, range(100)))
+    granted = [body for status, body, _ in results if status == 201]
+    refused = [body for status, body, _ in results if status != 201]
+    try:
+        assert len(granted) == 2
+        assert len({g["devices"][0]["uuid"] for g in granted}) == 2
+        assert all(body["code"] == "none_free" for body in refused), {b.get("code") for b in refused}
+        assert len(allocations(stack)) == 2
+        latencies = sorted(t for _, _, t in results)
+        print(f"\n100 concurrent POST api/allocations through the proxy: p50 "
+              f"{statistics.median(latencies) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    finally:
+        for g in granted:
+            assert monitor(stack, "DELETE", f"api/allocations/{g['id']}").status_code == 200
+    assert allocations(stack) == []
+    # releasing twice changes nothing and says so
+    r = monitor(stack, "DELETE", f"api/allocations/{granted[0]['id']}")
+    assert r.status_code == 404 and "already released" in r.json()["message"]
+
+
+def test_users_see_devices_and_only_their_own_allocations(stack):
+    grant = monitor(stack, "POST", "api/allocations", json={"user": "alice", "count": 1, "profile": "opencl"})
+    assert grant.status_code == 201, grant.text
+    alices = grant.json()["id"]
+    try:
+        bob = user_token(stack, "bob")  # not an admin
+        assert monitor(stack, "GET", "api/devices", token=bob).status_code == 200
+        mine = [d["mine"] for d in monitor(stack, "GET", "api/devices", token=bob).json()["devices"]]
+        assert mine == [False, False]
+        assert monitor(stack, "GET", "api/allocations", token=bob).json() == {"allocations": []}
+        # someone else's allocation: not shown, not confirmed, not releasable
+        assert monitor(stack, "GET", f"api/allocations/{alices}", token=bob).status_code == 404
+        assert monitor(stack, "DELETE", f"api/allocations/{alices}", token=bob).status_code == 403
+        r = monitor(stack, "POST", "api/allocations", token=bob, json={"user": "bob", "count": 1})
+        assert r.status_code == 403
+        assert monitor(stack, "GET", "metrics", token=bob).status_code == 403
+        assert monitor(stack, "GET", "api/devices", token="").status_code in (401, 403)
+
+        alice = user_token(stack, "alice")  # an admin (GPUHUB_ADMIN_USERS)
+        assert [a["id"] for a in monitor(stack, "GET", "api/allocations", token=alice).json()["allocations"]] == [alices]
+        assert monitor(stack, "GET", "metrics", token=alice).status_code == 200
+        assert allocations(stack)[0]["id"] == alices  # nothing changed by the refused calls
+    finally:
+        monitor(stack, "DELETE", f"api/allocations/{alices}")
+    assert allocations(stack) == []
+
+
+def test_bad_requests_are_4xx_with_a_message_and_change_nothing(stack):
+    cases = {
+        "unknown field": ({"user": "x", "count": 1, "image": "evil"}, 400, "unknown field(s) 'image'"),
+        "count as text": ({"user": "x", "count": "1"}, 400, "must be a whole number"),
+        "count as bool": ({"user": "x", "count": True}, 400, "must be a whole number"),
+        "negative count": ({"user": "x", "count": -1}, 400, "at least 1"),
+        "zero count": ({"user": "x", "count": 0}, 400, "at least 1"),
+        "more than the host has": ({"user": "x", "count": 3}, 400, "this host has 2 in all"),
+        "absurd count": ({"user": "x", "count": 10**40}, 400, "at most 1024"),
+        "no user": ({"count": 1}, 400, "'user' is required"),
+        "not an object": ([1, 2], 400, "must be a JSON object"),
+        "long name": ({"user": "x" * 300, "count": 1}, 400, "longer than 255"),
+    }
+    for name, (body, status, words) in cases.items():
+        r = monitor(stack, "POST", "api/allocations", json=body)
+        assert r.status_code == status, (name, r.status_code, r.text)
+        assert words in r.json()["message"], (name, r.text)
+    r = monitor(stack, "POST", "api/allocations", data=b"{not json")
+    assert r.status_code == 400 and "not JSON" in r.json()["message"]
+    for size in (10_000, 2_000_000):
+        r = monitor(stack, "POST", "api/allocations", data=b" " * size)
+        assert r.status_code == 413 and "at most 4096" in r.json()["message"], (size, r.status_code)
+    assert monitor(stack, "DELETE", "api/allocations/0b7e2b1a-0000-4000-8000-000000000000").status_code == 404
+    assert monitor(stack, "DELETE", "api/allocations/../../hub").status_code == 404
+    assert allocations(stack) == []
+
+
+def test_a_user_server_cannot_allocate_or_reach_the_monitor_directly(stack):
+    r = stack.start_server("carol", {"profile": "minimal", "gpus": 0})
+    assert r.status_code in (201, 202), r.text
+    try:
+        out = stack.run_code("carol", (
+            REACH + "import os, urllib.request as u, ssl\n"
+            "req = u.Request('https://proxy/services/gpu-monitor/api/allocations', method='POST',\n"
+            "    data=b'{\"user\": \"carol\", \"count\": 1}',\n"
+            "    headers={'Authorization': 'token ' + os.environ['JUPYTERHUB_API_TOKEN']})\n"
+            "try:\n"
+            "    status = u.urlopen(req, context=ssl._create_unverified_context(), timeout=10).status\n"
+            "except u.HTTPError as e:\n"
+            "    status = e.code\n"
+            "print(reach('gpu-monitor', 8000), status)"))
+        direct, status = out.split()
+        assert direct == "gaierror"  # not on the monitor's networks: the name does not resolve
+        assert status in ("401", "403")
+    finally:
+        stack.stop_server("carol")
+    assert allocations(stack) == []

@@ -1,0 +1,127 @@
+"""The monitor service's own logic without a hub, Docker or PostgreSQL: request parsing, its
+settings, and how a container's `docker inspect` becomes what the reconciler plans with.
+The HTTP service itself runs in the docker tier (tests/docker/test_monitor.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpu_monitor.allocator import AllocationRequest
+from gpu_monitor.app import MAX_BODY_BYTES, BadRequest, parse_allocation_request
+from gpu_monitor.devices import Device
+from gpu_monitor.reconciler import container_view
+from gpu_monitor.settings import SettingError, load_settings
+
+GOOD = {
+    "full": ({"user": "ada", "server": "big", "profile": "cuda", "count": 2},
+             AllocationRequest("ada", "big", "cuda", 2)),
+    "defaults": ({"user": "ada", "count": 1}, AllocationRequest("ada", "", "", 1)),
+    # the allocator, not the parser, judges the number (400 with its own sentence)
+    "negative count passes to the allocator": ({"user": "ada", "count": -1}, AllocationRequest("ada", "", "", -1)),
+}
+
+
+@pytest.mark.parametrize("body, expected", GOOD.values(), ids=GOOD.keys())
+def test_good_requests(body, expected):
+    assert parse_allocation_request(json.dumps(body).encode()) == expected
+
+
+BAD = {
+    "empty body": (b"", "must be a JSON object"),
+    "not json": (b"{user", "not JSON"),
+    "not utf-8": (b"\xff\xfe", "not JSON"),
+    "a list": (b"[]", "must be a JSON object"),
+    "unknown field": (b'{"user": "a", "count": 1, "image": "x"}', "unknown field(s) 'image'"),
+    "missing count": (b'{"user": "a"}', "'count' is required"),
+    "count float": (b'{"user": "a", "count": 1.0}', "'count' must be a whole number, not float"),
+    "count bool": (b'{"user": "a", "count": true}', "'count' must be a whole number, not bool"),
+    "user number": (b'{"user": 7, "count": 1}', "'user' must be a string"),
+    "empty user": (b'{"user": "", "count": 1}', "'user' must not be empty"),
+    "server null": (b'{"user": "a", "server": null, "count": 1}', "'server' must be a string"),
+    "long profile": (json.dumps({"user": "a", "count": 1, "profile": "p" * 256}).encode(), "longer than 255"),
+}
+
+
+@pytest.mark.parametrize("body, words", BAD.values(), ids=BAD.keys())
+def test_bad_requests_say_what_is_wrong(body, words):
+    with pytest.raises(BadRequest) as info:
+        parse_allocation_request(body)
+    assert words in str(info.value)
+    assert info.value.status == 400
+
+
+def test_a_huge_body_is_413_before_parsing():
+    with pytest.raises(BadRequest) as info:
+        parse_allocation_request(b"[" * (MAX_BODY_BYTES + 1))
+    assert info.value.status == 413
+
+
+SLICES = [Device(uuid="CPU-a", index=0, kind="cpu-slice", name="s0", cpuset="0-1"),
+          Device(uuid="CPU-b", index=1, kind="cpu-slice", name="s1", cpuset="2-3"),
+          Device(uuid="GPU-x", index=2, kind="gpu", name="g", docker_device_id="GPU-x")]
+
+
+def inspect(running=True, labels=None, cpuset="", requests=None, name="/gpuhub-ada"):
+    return {"Name": name, "State": {"Running": running},
+            "Config": {"Labels": labels if labels is not None else
+                       {"org.gpuhub.allocation": "a1", "org.gpuhub.user": "ada", "org.gpuhub.server": ""}},
+            "HostConfig": {"CpusetCpus": cpuset, "DeviceRequests": requests}}
+
+
+VIEWS = {
+    "cpu slice by cpuset": (inspect(cpuset="2-3"), ("CPU-b",)),
+    "gpu by device request": (inspect(requests=[{"Driver": "nvidia", "DeviceIDs": ["GPU-x"]}]), ("GPU-x",)),
+    "an unknown id is kept as it is (so it never matches an allocation)": (
+        inspect(requests=[{"DeviceIDs": ["GPU-gone"]}]), ("GPU-gone",)),
+    "no devices": (inspect(), ()),
+}
+
+
+@pytest.mark.parametrize("attrs, ids", VIEWS.values(), ids=VIEWS.keys())
+def test_container_view_maps_devices_back_to_uuids(attrs, ids):
+    view = container_view(attrs, SLICES)
+    assert view.device_ids == ids
+    assert (view.name, view.allocation_id, view.user, view.server, view.running) == ("gpuhub-ada", "a1", "ada", "", True)
+
+
+def test_container_without_allocation_label_holds_nothing():
+    view = container_view(inspect(labels={"org.gpuhub.user": "ada"}, running=False), SLICES)
+    assert view.allocation_id is None and view.running is False
+
+
+def test_settings_defaults_and_values():
+    s = load_settings({})
+    assert (s.backend, s.cpu_slices, s.reconcile_seconds, s.grace_seconds) == ("auto", 2, 60.0, 120.0)
+    s = load_settings({"GPUHUB_MONITOR_BACKEND": "cpu-slices", "GPUHUB_CPU_SLICES": "4",
+                       "GPUHUB_GPU_SHARE": "gpu=2, mig=1", "GPUHUB_MAX_GPUS_PER_USER": "3"})
+    assert (s.backend, s.cpu_slices, s.share, s.max_gpus_per_user) == ("cpu-slices", 4, {"gpu": 2, "mig": 1}, 3)
+
+
+BAD_SETTINGS = {
+    "backend": ({"GPUHUB_MONITOR_BACKEND": "rocm"}, "GPUHUB_MONITOR_BACKEND: expected one of auto, nvml, cpu-slices"),
+    "slices": ({"GPUHUB_CPU_SLICES": "0"}, "GPUHUB_CPU_SLICES: must be at least 1"),
+    "slices text": ({"GPUHUB_CPU_SLICES": "two"}, "GPUHUB_CPU_SLICES: expected a whole number"),
+    "interval": ({"GPUHUB_MONITOR_RECONCILE_SECONDS": "0"}, "GPUHUB_MONITOR_RECONCILE_SECONDS: must be at least 1"),
+    "share syntax": ({"GPUHUB_GPU_SHARE": "gpu:2"}, "GPUHUB_GPU_SHARE: expected kind=N"),
+    "share kind": ({"GPUHUB_GPU_SHARE": "tpu=2"}, "GPUHUB_GPU_SHARE: unknown device kind 'tpu'"),
+    "limit": ({"GPUHUB_MAX_GPUS_PER_USER": "-1"}, "GPUHUB_MAX_GPUS_PER_USER: must be at least 0"),
+}
+
+
+@pytest.mark.parametrize("environ, message", BAD_SETTINGS.values(), ids=BAD_SETTINGS.keys())
+def test_bad_settings_name_the_variable(environ, message):
+    with pytest.raises(SettingError) as info:
+        load_settings(environ)
+    assert str(info.value).startswith(message)
+
+
+def test_token_file_problems_name_the_variable(tmp_path):
+    s = load_settings({"GPUHUB_MONITOR_TOKEN_FILE": str(tmp_path / "missing")})
+    with pytest.raises(SettingError, match="GPUHUB_MONITOR_TOKEN_FILE: cannot read"):
+        s.read_api_token()
+    (tmp_path / "short").write_text("abc")
+    s = load_settings({"GPUHUB_MONITOR_TOKEN_FILE": str(tmp_path / "short")})
+    with pytest.raises(SettingError, match="fewer than 32"):
+        s.read_api_token()
