@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""How fast the GPU monitor answers: scrape, device list and allocation latency, sampling cost.
+
+Starts the test stack (tests/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
+monitor's CPU slices made shareable (GPUHUB_GPU_SHARE=cpu-slice=200), so that 200 allocations
+can exist at once, then measures from inside the `hub` container, on the compose network, with
+plain HTTP to http://gpu-monitor:8000 (what the hub's spawner and a Prometheus on that network
+see; no TLS, no proxy):
+
+  * GET metrics and GET api/devices with 200 allocations held: sequential requests, p50/p99;
+  * POST api/allocations at 50 concurrent requests (distinct users), in rounds, each round's
+    grants released before the next: p50/p99 per request and allocations per second;
+  * the server's own time per request, from the monitor's access log (tornado request_time);
+  * the sampling cost of the backend this host has (CPU slices from /proc/stat; NVML is
+    measured on a GPU machine by tests/gpu, see docs/gpu-results.md).
+
+Results print and, unless --no-docs, replace the "Benchmark" section of docs/monitor.md.
+This machine has no GPU, so the comparison with `nvidia-smi` per sample the issue asks for is
+not made here. Usage:
+
+    .venv/bin/python bench/monitor_api.py [--requests 300] [--rounds 5] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
+
+DOCS = REPO / "docs" / "monitor.md"
+BEGIN, END = "<!-- bench/monitor_api.py: begin -->", "<!-- bench/monitor_api.py: end -->"
+
+# Runs inside the hub container (python3 with only the standard library needed). The token is
+# read from stdin with the script, never from a command line.
+CLIENT = r'''
+import json, sys, time, threading, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+BASE = "http://gpu-monitor:8000/services/gpu-monitor/"
+HEAD = {"Authorization": "token " + cfg["token"], "Content-Type": "application/json"}
+
+def call(method, path, body=None):
+    req = urllib.request.Request(BASE + path, method=method, headers=HEAD,
+                                 data=None if body is None else json.dumps(body).encode())
+    t = time.perf_counter()
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            status, data = r.status, r.read()
+    except urllib.error.HTTPError as e:
+        status, data = e.code, e.read()
+    return status, data, time.perf_counter() - t
+
+out = {}
+# 200 allocations held while reading
+held = []
+for i in range(cfg["held"]):
+    s, d, _ = call("POST", "api/allocations", {"user": f"bench-held-{i}", "count": 1, "profile": "opencl"})
+    assert s == 201, (s, d)
+    held.append(json.loads(d)["id"])
+for path in ("metrics", "api/devices"):
+    call("GET", path)  # warm up
+    times = []
+    for _ in range(cfg["requests"]):
+        s, d, t = call("GET", path)
+        assert s == 200, (s, d[:200])
+        times.append(t)
+    out[path] = {"times": times, "bytes": len(d)}
+for a in held:
+    call("DELETE", f"api/allocations/{a}")
+
+alloc, wall = [], []
+for r in range(cfg["rounds"]):
+    def ask(i):
+        return call("POST", "api/allocations", {"user": f"bench-{r}-{i}", "count": 1, "profile": "opencl"})
+    t = time.perf_counter()
+    with ThreadPoolExecutor(cfg["concurrency"]) as pool:
+        results = list(pool.map(ask, range(cfg["concurrency"])))
+    wall.append(time.perf_counter() - t)
+    assert all(s == 201 for s, _, _ in results), [s for s, _, _ in results]
+    alloc.extend(t for _, _, t in results)
+    for _, d, _ in results:
+        call("DELETE", "api/allocations/" + json.loads(d)["id"])
+out["allocate"] = {"times": alloc, "wall": wall}
+print(json.dumps(out))
+'''
+
+
+# the first stdin line is the settings (with the token), the rest the client
+LAUNCHER = "import json, sys; first, code = sys.stdin.read().split(chr(10), 1); cfg = json.loads(first); exec(code)"
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+def ms(values: list[float]) -> str:
+    return f"{statistics.median(values) * 1000:.1f} / {pct(values, 99) * 1000:.1f} / {max(values) * 1000:.1f}"
+
+
+def server_times(logs: str, method: str, path_re: str) -> list[float]:
+    """tornado's access log: '200 GET /services/gpu-monitor/metrics (1.2.3.4) 3.21ms'."""
+    pattern = re.compile(rf"tornado\.access: \d+ {method} /services/gpu-monitor/{path_re} \(.*?\) ([\d.]+)ms")
+    return [float(m.group(1)) / 1000 for m in pattern.finditer(logs)]
+
+
+def sampling_cost(calls: int = 2000) -> tuple[float, int]:
+    from gpu_monitor.backends.cpu_slices import CPUSliceBackend
+
+    backend = CPUSliceBackend(min(2, os.cpu_count() or 1))
+    devices = backend.discover()
+    backend.sample()
+    t = time.perf_counter()
+    for _ in range(calls):
+        backend.sample()
+    return (time.perf_counter() - t) / calls, len(devices)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=300, help="sequential GETs per endpoint")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of concurrent allocations")
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--held", type=int, default=200, help="allocations held while reading")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+
+    TEST_ENV.update({"GPUHUB_GPU_SHARE": "cpu-slice=500", "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
+                     "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"})
+    workdir = Path(tempfile.mkdtemp(prefix="gpuhub-bench-"))
+    print("bench: starting the stack", file=sys.stderr)
+    stack: Stack = start_stack(workdir)
+    try:
+        since = time.time()
+        cfg = {"token": stack.token, "requests": args.requests, "rounds": args.rounds,
+               "concurrency": args.concurrency, "held": args.held}
+        print("bench: measuring inside the hub container", file=sys.stderr)
+        run = subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c",
+                                               LAUNCHER),
+                             input=json.dumps(cfg) + "\n" + CLIENT, capture_output=True, text=True,
+                             env={**os.environ, **stack.env}, timeout=1800)
+        if run.returncode:
+            print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
+            return 1
+        result = json.loads(run.stdout.strip().splitlines()[-1])
+        logs = stack.compose("logs", "--no-color", "--since", str(int(since)), "gpu-monitor").stdout
+    finally:
+        stack.down()
+
+    per_call, devices = sampling_cost()
+    server = {
+        "metrics": server_times(logs, "GET", "metrics"),
+        "api/devices": server_times(logs, "GET", "api/devices"),
+        "allocate": server_times(logs, "POST", "api/allocations"),
+    }
+    alloc = result["allocate"]
+    rate = args.concurrency / statistics.median(alloc["wall"])
+    cpu = platform.processor() or platform.machine()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    lines = [
+        BEGIN,
+        "## Benchmark",
+        "",
+        f"`bench/monitor_api.py` (defaults), {datetime.date.today()}, commit {commit}, on this "
+        f"{os.cpu_count()}-CPU machine ({cpu}, {platform.system()} {platform.release()}); monitor on "
+        "CPU slices (2 devices, shared so that 200 allocations can be held), PostgreSQL 15 in Docker. "
+        "Client inside the hub container, plain HTTP on the compose network. Latency in ms as "
+        "p50 / p99 / max; *server* is the monitor's own request time from its access log.",
+        "",
+        "| what | client | server | goal |",
+        "| --- | --- | --- | --- |",
+        f"| `GET metrics`, 200 allocations held, {args.requests} sequential ({result['metrics']['bytes']} bytes) "
+        f"| {ms(result['metrics']['times'])} | {ms(server['metrics'])} | < 5 ms p99 |",
+        f"| `GET api/devices`, same | {ms(result['api/devices']['times'])} | {ms(server['api/devices'])} | – |",
+        f"| `POST api/allocations`, {args.concurrency} concurrent × {args.rounds} rounds "
+        f"| {ms(alloc['times'])} | {ms(server['allocate'])} | < 20 ms p99 |",
+        "",
+        f"Allocation throughput: {rate:.0f} grants/s (median round: {args.concurrency} requests in "
+        f"{statistics.median(alloc['wall']) * 1000:.0f} ms). Sampling {devices} CPU slices from "
+        f"/proc/stat: {per_call * 1e3:.3f} ms per poll ({per_call / devices * 1e3:.3f} ms per device). "
+        "NVML on an H200: 0.053 ms per device (docs/gpu-results.md); `nvidia-smi` per sample "
+        "could not be compared on this GPU-less machine.",
+        END,
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if not args.no_docs:
+        text = DOCS.read_text()
+        if BEGIN in text:
+            text = text[:text.index(BEGIN)] + report + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + report + "\n"
+        DOCS.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
