@@ -82,6 +82,7 @@ for a in held:
     call("DELETE", f"api/allocations/{a}")
 
 alloc, wall = [], []
+alloc_start = time.time()
 for r in range(cfg["rounds"]):
     def ask(i):
         return call("POST", "api/allocations", {"user": f"bench-{r}-{i}", "count": 1, "profile": "opencl"})
@@ -93,7 +94,7 @@ for r in range(cfg["rounds"]):
     alloc.extend(t for _, _, t in results)
     for _, d, _ in results:
         call("DELETE", "api/allocations/" + json.loads(d)["id"])
-out["allocate"] = {"times": alloc, "wall": wall}
+out["allocate"] = {"times": alloc, "wall": wall, "start": alloc_start}
 print(json.dumps(out))
 '''
 
@@ -111,10 +112,17 @@ def ms(values: list[float]) -> str:
     return f"{statistics.median(values) * 1000:.1f} / {pct(values, 99) * 1000:.1f} / {max(values) * 1000:.1f}"
 
 
-def server_times(logs: str, method: str, path_re: str) -> list[float]:
-    """tornado's access log: '200 GET /services/gpu-monitor/metrics (1.2.3.4) 3.21ms'."""
-    pattern = re.compile(rf"tornado\.access: \d+ {method} /services/gpu-monitor/{path_re} \(.*?\) ([\d.]+)ms")
-    return [float(m.group(1)) / 1000 for m in pattern.finditer(logs)]
+def server_times(logs: str, method: str, path_re: str, after: float = 0.0) -> list[float]:
+    """tornado's access log, with compose's timestamps:
+    '<iso time> ... tornado.access: 200 GET /services/gpu-monitor/metrics (1.2.3.4) 3.21ms'."""
+    pattern = re.compile(rf"(\d{{4}}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+)Z .*tornado\.access: \d+ {method} "
+                         rf"/services/gpu-monitor/{path_re} \(.*?\) ([\d.]+)ms")
+    times = []
+    for m in pattern.finditer(logs):
+        stamp = datetime.datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=datetime.timezone.utc)
+        if stamp.timestamp() >= after:
+            times.append(float(m.group(2)) / 1000)
+    return times
 
 
 def sampling_cost(calls: int = 2000) -> tuple[float, int]:
@@ -156,7 +164,8 @@ def main() -> int:
             print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
             return 1
         result = json.loads(run.stdout.strip().splitlines()[-1])
-        logs = stack.compose("logs", "--no-color", "--since", str(int(since)), "gpu-monitor").stdout
+        logs = stack.compose("logs", "--no-color", "--timestamps", "--since", str(int(since)),
+                             "gpu-monitor").stdout
     finally:
         stack.down()
 
@@ -164,7 +173,7 @@ def main() -> int:
     server = {
         "metrics": server_times(logs, "GET", "metrics"),
         "api/devices": server_times(logs, "GET", "api/devices"),
-        "allocate": server_times(logs, "POST", "api/allocations"),
+        "allocate": server_times(logs, "POST", "api/allocations", after=result["allocate"]["start"]),
     }
     alloc = result["allocate"]
     rate = args.concurrency / statistics.median(alloc["wall"])

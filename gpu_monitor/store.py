@@ -2,7 +2,8 @@
 
 `AllocationStore` is the thin shell around `allocator.decide()`: every allocating transaction
 takes one advisory lock, reads the allocations, decides and inserts, then commits (which drops
-the lock), exactly as the allocator's docstring asks. Everything lives in the schema
+the lock), exactly as the allocator's docstring asks. A batch of requests can share one such
+transaction (`allocate_many`), decided in order as if they had come one after another. Everything lives in the schema
 `gpu_monitor`, so the store can share the hub's database or have its own; `migrate()` creates
 and upgrades that schema. The store is synchronous (SQLAlchemy Core over psycopg2): an asyncio
 service calls it in an executor. It reads no environment: the caller gives the URL or engine.
@@ -174,55 +175,68 @@ class AllocationStore:
         requests never both get the last free device. Asking again for what (user, server)
         holds returns it (`existing=True`) without writing.
         """
+        return self.allocate_many([request], devices, policy, now)[0]
+
+    def allocate_many(
+        self,
+        requests: Sequence[AllocationRequest],
+        devices: Sequence[Device],
+        policy: Policy,
+        now: float | None = None,
+    ) -> builtins.list[Decision]:
+        """Decide a batch of requests in one transaction, in order, each seeing the grants of
+        the ones before it: exactly as if they had come one after another, for the cost of one
+        lock and one commit. The service batches requests that arrive together (group commit).
+        """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return self._allocate_once(request, devices, policy, now)
+                return self._allocate_once(requests, devices, policy, now)
             except IntegrityError as e:
                 if getattr(e.orig, "pgcode", None) != _UNIQUE_VIOLATION or attempt == _ATTEMPTS:
                     raise
                 # Someone inserted (user, server) without taking the lock; deciding again
                 # returns their row as existing, or a conflict.
-                log.warning(
-                    "allocation for user %r server %r raced a writer that skipped the lock; "
-                    "deciding again",
-                    request.user,
-                    request.server,
-                )
+                log.warning("an allocation raced a writer that skipped the lock; deciding again")
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _allocate_once(
         self,
-        request: AllocationRequest,
+        requests: Sequence[AllocationRequest],
         devices: Sequence[Device],
         policy: Policy,
         now: float | None,
-    ) -> Decision:
+    ) -> builtins.list[Decision]:
         with self.engine.begin() as conn:
             self._lock(conn)
             # READ COMMITTED takes a new snapshot per statement: this read, after the lock,
             # sees every allocation committed by earlier lock holders.
             held = self._select(conn, sa.select(*_columns))
-            decision = decide(
-                request,
-                devices,
-                held,
-                policy,
-                now=time.time() if now is None else now,
-                new_id=str(uuid.uuid4()),
-            )
-            if isinstance(decision, Granted) and not decision.existing:
-                a = decision.allocation
-                conn.execute(
-                    sa.insert(allocations_table).values(
-                        id=a.id,
-                        user_name=a.user,
-                        server_name=a.server,
-                        profile=a.profile,
-                        device_uuids=list(a.device_uuids),
-                        created_at=a.created_at,
-                    )
+            decisions: builtins.list[Decision] = []
+            new_rows = []
+            for request in requests:
+                decision = decide(
+                    request,
+                    devices,
+                    held,
+                    policy,
+                    now=time.time() if now is None else now,
+                    new_id=str(uuid.uuid4()),
                 )
-            return decision
+                if isinstance(decision, Granted) and not decision.existing:
+                    a = decision.allocation
+                    held.append(a)
+                    new_rows.append({
+                        "id": a.id,
+                        "user_name": a.user,
+                        "server_name": a.server,
+                        "profile": a.profile,
+                        "device_uuids": list(a.device_uuids),
+                        "created_at": a.created_at,
+                    })
+                decisions.append(decision)
+            if new_rows:
+                conn.execute(sa.insert(allocations_table), new_rows)
+            return decisions
 
     def _lock(self, conn: Connection) -> None:
         """Wait for the allocation lock; the transaction's commit or rollback drops it."""

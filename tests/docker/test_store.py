@@ -137,6 +137,29 @@ def test_migrate_creates_the_schema_once_even_when_monitors_start_together(datab
             s.dispose()
 
 
+def test_a_batch_is_decided_in_order_as_if_one_after_another(store):
+    batch = [request("alice"), request("alice"), request("bob"), request("carol"), request("dave", count=0)]
+    decisions = store.allocate_many(batch, DEVICES, POLICY, now=5.0)
+    first, repeat, bob, carol, bad = decisions
+    assert isinstance(first, Granted) and not first.existing
+    # the same server asking twice in one batch gets the first grant back, not a second device
+    assert repeat == Granted(first.allocation, existing=True)
+    assert isinstance(bob, Granted) and bob.allocation.device_uuids == ("GPU-1",)
+    assert isinstance(carol, Refused) and carol.code == "none_free"
+    assert isinstance(bad, Refused) and bad.code == "bad_request"
+    assert sorted(a.user for a in store.list()) == ["alice", "bob"]
+    # one by one, from a clean state, gives the same answers
+    for d in (first, bob):
+        store.release(d.allocation.id)
+    one_by_one = [store.allocate(r, DEVICES, POLICY, now=5.0) for r in batch]
+    assert [type(d) for d in one_by_one] == [type(d) for d in decisions]
+    assert [d.allocation.device_uuids for d in one_by_one if isinstance(d, Granted)] == \
+        [d.allocation.device_uuids for d in decisions if isinstance(d, Granted)]
+    for d in one_by_one:
+        if isinstance(d, Granted) and not d.existing:
+            store.release(d.allocation.id)
+
+
 def test_grant_repeat_and_release(store):
     first = store.allocate(request("alice", count=2), DEVICES, POLICY, now=100.0)
     assert isinstance(first, Granted) and not first.existing
