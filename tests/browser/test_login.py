@@ -127,3 +127,31 @@ def test_user_not_allowed_is_refused_and_gets_nothing(page: Page, stack):
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
                            capture_output=True, text=True, check=True).stdout.split()
     assert f"gpuhub-{user}" not in names
+
+
+def test_when_no_device_is_free_the_spawn_page_says_so(page: Page, stack, hub_user):
+    """Both devices held by others: the form says none is free, and asking anyway ends on a
+    readable refusal, not a spinner; nothing is started."""
+    s = stack.session()
+    monitor = f"{HUB}/services/gpu-monitor/api/allocations"
+    holders = []
+    try:
+        for i in range(2):
+            r = s.post(monitor, json={"user": f"holder-{i}", "count": 1, "profile": "opencl"}, timeout=30)
+            assert r.status_code == 201, r.text
+            holders.append(r.json()["id"])
+        user = hub_user("bob")
+        page.goto(f"{HUB}/")
+        log_in_at_provider(page, user)
+        expect(page).to_have_url(f"{HUB}/hub/spawn")
+        expect(page.locator(".gpuhub-free")).to_have_text(re.compile(r"^0 of 2 CPU slices .* free right now\.$"))
+        page.get_by_role("radio", name="OpenCL (PyOpenCL)").check()
+        page.locator('select[name="gpus-opencl"]').select_option("1")
+        page.get_by_role("button", name="Start").click()
+        expect(page.get_by_text(re.compile(
+            r"No GPU for this server: 1 GPU\(s\) requested, 0 free \(2 of 2 in use\)"))).to_be_visible(timeout=60_000)
+        assert stack.api("GET", f"users/{user}").json()["servers"] == {}
+        assert f"gpuhub-{user}" not in stack.user_containers()
+    finally:
+        for allocation in holders:
+            s.delete(f"{monitor}/{allocation}", timeout=30)

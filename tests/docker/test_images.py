@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from ..smoke import run_smoke_in_image
+from ..stack import ROOT
 
 pytestmark = pytest.mark.docker
 
@@ -71,3 +72,39 @@ def test_cuda_notebook_without_gpu_says_so_and_its_cpu_path_matches_numpy(stack)
     result = result_from_notebook(notebook)
     assert result["path"] == "cpu" and result["ok"] is True, result
     assert result["checks"] and all(check["ok"] for check in result["checks"].values()), result
+
+
+def discover_in_opencl_image(*env: str) -> subprocess.CompletedProcess:
+    """The monitor's OpenCL backend, run on its own inside the OpenCL image (which has pyopencl,
+    the ICD loader and PoCL; the monitor's image has none of them)."""
+    code = ("import json; from gpu_monitor.backends.opencl import OpenCLBackend\n"
+            "from gpu_monitor.devices import BackendUnavailable\n"
+            "try:\n"
+            "    b = OpenCLBackend(); ds = b.discover()\n"
+            "    print(json.dumps([[d.uuid, d.kind, d.name, d.attributes, s.errors] for d, s in zip(ds, b.sample())]))\n"
+            "except BackendUnavailable as e:\n"
+            "    print('unavailable:', e)\n")
+    env_args = [arg for item in env for arg in ("-e", item)]
+    return subprocess.run(["docker", "run", "--rm", "--network", "none", *env_args,
+                           "-v", f"{ROOT / 'gpu_monitor'}:/opt/monitor-src/gpu_monitor:ro",
+                           "-e", "PYTHONPATH=/opt/monitor-src", OPENCL, "python", "-c", code],
+                          capture_output=True, text=True, check=True)
+
+
+def test_opencl_discovery_lists_pocl_devices_with_stable_ids(stack):
+    first = json.loads(discover_in_opencl_image("POCL_DEVICES=pthread pthread").stdout)
+    again = json.loads(discover_in_opencl_image("POCL_DEVICES=pthread pthread").stdout)
+    assert len(first) == 2
+    assert [d[0] for d in first] == [d[0] for d in again]  # same host, same ids
+    assert len({d[0] for d in first}) == 2 and all(d[0].startswith("OCL-") for d in first)
+    for uuid, kind, name, attributes, errors in first:
+        assert kind == "opencl" and name.startswith("pthread")
+        assert attributes["platform"] == "Portable Computing Language" and attributes["type"] == "cpu"
+        assert int(attributes["compute_units"]) >= 1
+        # no utilisation query in OpenCL: said, not faked as 0
+        assert errors == ["utilization: OpenCL has no utilisation query"]
+
+
+def test_opencl_discovery_without_any_icd_says_what_to_install(stack):
+    out = discover_in_opencl_image("OCL_ICD_VENDORS=/nonexistent").stdout
+    assert out.startswith("unavailable: no OpenCL platform") and "pocl-opencl-icd" in out, out

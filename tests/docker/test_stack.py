@@ -168,7 +168,8 @@ def test_spawn_progress_shows_each_step(stack):
     """The spawn page follows /progress: it must show our steps, not a bare spinner."""
     stack.api("POST", "users/carol")
     started = {}
-    spawn = threading.Thread(target=lambda: started.update(r=stack.api("POST", "users/carol/server", json={})))
+    spawn = threading.Thread(target=lambda: started.update(
+        r=stack.api("POST", "users/carol/server", json={"profile": "opencl", "gpus": 1})))
     spawn.start()
     try:
         wait_for(lambda: stack.api("GET", "users/carol").json()["servers"].get("", {}).get("pending") == "spawn",
@@ -184,6 +185,9 @@ def test_spawn_progress_shows_each_step(stack):
         spawn.join(120)
         messages = [e["message"] for e in events]
         assert any("Creating the container" in m for m in messages), messages
+        # the allocation is a step of its own, and names what was given
+        assert any(m == "Allocating 1 device(s) from the GPU monitor" for m in messages), messages
+        assert any(m.startswith("Allocated: CPU slice") for m in messages), messages
         assert events[-1].get("ready") is True, events[-1]
         progress = [e["progress"] for e in events if "progress" in e]
         assert progress == sorted(progress) and progress[-1] == 100, progress

@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -19,6 +20,13 @@ PROFILES = parse_profiles({
 })
 
 
+def run_async(coroutine):
+    """Run a coroutine to its end on a loop of its own (in a thread: the browser tier's
+    Playwright keeps an event loop running in the main thread of the same pytest process)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 @pytest.fixture
 def spawner():
     user = SimpleNamespace(name="al{ice}", id=1, url="/user/al{ice}/")
@@ -26,7 +34,7 @@ def spawner():
 
 
 def test_form_lists_profiles_escaped_with_gpu_choices(spawner):
-    form = asyncio.run(spawner._render_options_form(spawner))
+    form = run_async(spawner._render_options_form(spawner))
     assert 'value="minimal" checked' in form
     assert "CPU &lt;only&gt;" in form and "<only>" not in form
     # no monitor, no GPU: only 0 is offered, even for a profile declaring more
@@ -39,7 +47,7 @@ def test_form_says_so_when_the_monitor_does_not_answer(spawner):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spawner.monitor_url = f"http://127.0.0.1:{port}/services/gpu-monitor/"
-    form = asyncio.run(spawner._render_options_form(spawner))
+    form = run_async(spawner._render_options_form(spawner))
     assert "not answering right now" in form
     assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
 
