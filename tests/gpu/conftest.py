@@ -34,3 +34,21 @@ def pytest_collection_modifyitems(config, items):
             reason = reason or _nvml_reason() or ""
             if reason:
                 item.add_marker(pytest.mark.skip(reason=f"GPU tier: {reason}"))
+
+
+@pytest.fixture
+def nvidia_icd(tmp_path, monkeypatch):
+    """pyopencl, and the ICD loader pointed at the vendor file the OpenCL image ships, so it
+    finds NVIDIA's OpenCL library. Skips (with the reason) where pyopencl is not installed."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("pyopencl") is None:
+        pytest.skip("pyopencl is not installed here: carry its wheel (tests/gpu/README.md)")
+    vendors = tmp_path / "vendors"
+    vendors.mkdir()
+    icd = Path(__file__).resolve().parents[2] / "images" / "opencl" / "nvidia.icd"
+    (vendors / "nvidia.icd").write_text(icd.read_text())
+    monkeypatch.setenv("OCL_ICD_VENDORS", str(vendors))
+    monkeypatch.setenv("POCL_CACHE_DIR", str(tmp_path / "pocl"))
+    return vendors

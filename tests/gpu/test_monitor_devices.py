@@ -3,15 +3,8 @@ OpenCL discovery on NVIDIA's platform lining up with NVML (no Docker needed)."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-import pytest
-
 from gpu_monitor.allocator import AllocationRequest, Granted, Policy, Refused, decide
 from gpu_monitor.backends.nvml import NVMLBackend
-
-IMAGES = Path(__file__).resolve().parents[2] / "images"
 
 
 def test_two_allocations_land_on_different_gpus_or_the_second_is_refused():
@@ -40,15 +33,9 @@ def test_two_allocations_land_on_different_gpus_or_the_second_is_refused():
     print(f"driver {backend.driver_version}, CUDA {backend.cuda_driver_version}")
 
 
-def test_opencl_discovery_finds_the_nvidia_gpus(tmp_path, monkeypatch):
-    if importlib.util.find_spec("pyopencl") is None:
-        pytest.skip("pyopencl is not installed here: carry its wheel (tests/gpu/README.md)")
+def test_opencl_discovery_finds_the_nvidia_gpus(nvidia_icd):
     from gpu_monitor.backends.opencl import OpenCLBackend
 
-    vendors = tmp_path / "vendors"
-    vendors.mkdir()
-    (vendors / "nvidia.icd").write_text((IMAGES / "opencl" / "nvidia.icd").read_text())
-    monkeypatch.setenv("OCL_ICD_VENDORS", str(vendors))
     found = OpenCLBackend().discover()
     nvml = NVMLBackend()
     try:
