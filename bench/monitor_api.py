@@ -2,7 +2,7 @@
 """How fast the GPU monitor answers: scrape, device list and allocation latency, sampling cost.
 
 Starts the test stack (tests/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
-monitor's CPU slices made shareable (GPUHUB_GPU_SHARE=cpu-slice=200), so that 200 allocations
+monitor's CPU slices made shareable (a policy file with cpu-slice: {shared: 128}), so that 200 allocations
 can exist at once, then measures from inside the `hub` container, on the compose network, with
 plain HTTP to http://gpu-monitor:8000 (what the hub's spawner and a Prometheus on that network
 see; no TLS, no proxy):
@@ -142,11 +142,14 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=300, help="sequential GETs per endpoint")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of concurrent allocations")
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--held", type=int, default=200, help="allocations held while reading")
+    parser.add_argument("--held", type=int, default=200, help="allocations held while reading (at most 256)")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
 
-    TEST_ENV.update({"GPUHUB_GPU_SHARE": "cpu-slice=500", "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
+    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
+    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
+    policy.chmod(0o644)
+    TEST_ENV.update({"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
                      "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"})
     workdir = Path(tempfile.mkdtemp(prefix="gpuhub-bench-"))
     print("bench: starting the stack", file=sys.stderr)

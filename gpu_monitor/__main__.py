@@ -17,12 +17,13 @@ import time
 
 import sqlalchemy as sa
 
-from .allocator import Policy
 from .app import MAX_READ_BYTES, HostInfo, Monitor, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .devices import Backend, BackendUnavailable, Device
 from .sampler import Sampler
+from .idle import IdleReclaimer
+from .policy import load_policy
 from .settings import SERVICE_NAME, Settings, SettingError, load_settings
 from .store import AllocationStore
 
@@ -72,6 +73,7 @@ async def serve(settings: Settings) -> None:
 
     from .reconciler import Reconciler
 
+    policy = load_policy(settings.policy_file)
     backend, devices, host = choose_backend(settings)
     for d in devices:
         log.info("device %d: %s %s (%s)", d.index, d.kind, d.uuid, d.name)
@@ -79,8 +81,9 @@ async def serve(settings: Settings) -> None:
     store = open_store(settings)
     sampler = Sampler(backend, settings.sample_seconds)
     sampler.start()
-    policy = Policy(max_gpus_per_user=settings.max_gpus_per_user, share=settings.share)
-    monitor = Monitor(devices, host, sampler, store, policy)
+    monitor = Monitor(devices, host, sampler, store, policy.allocation, flush_seconds=settings.flush_seconds)
+    log.info("policy from %s: %s; idle reclaim %s", settings.policy_file, policy.allocation,
+             "on" if policy.idle_reclaim.enabled else "off")
     prefix = settings.service_prefix
     hub_auth = HubOAuth.instance(
         api_token=token,
@@ -97,14 +100,22 @@ async def serve(settings: Settings) -> None:
     log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
                             token, settings.reconcile_seconds, settings.grace_seconds)
-    task = asyncio.create_task(reconciler.run_forever())
+    monitor.idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
+                                 interval=min(30.0, settings.reconcile_seconds))
+    tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(monitor.usage.run_forever()),
+             asyncio.create_task(monitor.idle.run_forever())]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
-    task.cancel()
+    for task in tasks:
+        task.cancel()
+    try:
+        await monitor.usage.flush()  # what was measured since the last write
+    except Exception:  # noqa: BLE001 - stopping anyway
+        log.exception("could not write the last usage")
     server.stop()
     sampler.stop()
     backend.close()

@@ -28,7 +28,9 @@ Rules, in the order they are checked:
 3. A count larger than the devices this host could ever give one server is a bad request
    (HTTP 400), not "none free" (HTTP 503): waiting would not help.
 4. Limits, per user across all their servers: `Policy.max_gpus_per_profile` (devices held
-   under that profile) and `Policy.max_gpus_per_user` (devices held in all).
+   under that profile), `Policy.max_gpus_per_group` (devices held in all; of the user's groups
+   that have a limit, the largest applies) and `Policy.max_gpus_per_user` (devices held in
+   all, site-wide: it caps the group limit too).
 5. Capacity: a device of kind K can be held by `Policy.share[K]` allocations at once
    (default 1: exclusive). One allocation never holds the same device twice. A GPU whose MIG
    instances are listed among the devices is handed out only as those instances.
@@ -37,10 +39,9 @@ Device choice is deterministic: least-shared devices first (an idle device befor
 shared one), then by index, then by UUID. No attempt is made to keep a multi-device grant on
 one MIG parent; MIG instances of one GPU have neighbouring indexes, so they mostly are.
 
-Room left for later: group limits would be a `max_gpus_per_group: dict[str, int]` in `Policy`
-and the user's groups in `AllocationRequest`, checked with the other limits in step 4. A
-refusal saying when a device is likely to free up would be a `free_at: float | None` on
-`Refused`, computed from the allocations' `created_at` and a per-profile time limit.
+Room left for later: a refusal saying when a device is likely to free up would be a
+`free_at: float | None` on `Refused`, computed from the allocations' `created_at` and a
+per-profile time limit.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ from typing import Literal, TypeAlias
 from .devices import Device
 
 RefusalCode = Literal[
-    "bad_request", "conflict", "over_user_limit", "over_profile_limit", "none_free"
+    "bad_request", "conflict", "over_user_limit", "over_profile_limit", "over_group_limit",
+    "none_free"
 ]
 
 # What the HTTP API answers for each refusal: the caller's fault, a clash with what it
@@ -63,6 +65,7 @@ HTTP_STATUS: dict[RefusalCode, int] = {
     "conflict": 409,
     "over_user_limit": 503,
     "over_profile_limit": 503,
+    "over_group_limit": 503,
     "none_free": 503,
 }
 
@@ -86,12 +89,15 @@ class AllocationRequest:
     server: str
     profile: str
     count: int
+    groups: tuple[str, ...] = ()  # the user's hub groups, for group limits and accounting
 
 
 @dataclass(frozen=True)
 class Policy:
     max_gpus_per_user: int | None = None  # site-wide, over all of a user's servers
     max_gpus_per_profile: dict[str, int] = field(default_factory=dict)  # per user
+    # per user, by hub group: a member of several limited groups gets the largest limit
+    max_gpus_per_group: dict[str, int] = field(default_factory=dict)
     share: dict[str, int] = field(default_factory=dict)  # device kind -> servers per device
 
     def __post_init__(self) -> None:
@@ -103,6 +109,9 @@ class Policy:
                 raise ValueError(
                     f"max_gpus_per_profile[{profile!r}] must be 0 or more, not {limit}"
                 )
+        for group, limit in self.max_gpus_per_group.items():
+            if limit < 0:
+                raise ValueError(f"max_gpus_per_group[{group!r}] must be 0 or more, not {limit}")
         for kind, seats in self.share.items():
             if seats < 1:
                 raise ValueError(f"share[{kind!r}] must be 1 (exclusive) or more, not {seats}")
@@ -177,6 +186,16 @@ def decide(
                 f"{count} GPU(s) requested, but profile {request.profile!r} allows "
                 f"{profile_limit} per user and you already hold {in_profile} with it",
                 "over_profile_limit",
+            )
+    group_limits = {g: policy.max_gpus_per_group[g] for g in request.groups if g in policy.max_gpus_per_group}
+    if group_limits:
+        group, group_limit = max(group_limits.items(), key=lambda item: (item[1], item[0]))
+        held_by_me = sum(len(a.device_uuids) for a in mine)
+        if held_by_me + count > group_limit:
+            return Refused(
+                f"{count} GPU(s) requested, but your group {group!r} allows {group_limit} per "
+                f"user and you already hold {held_by_me}",
+                "over_group_limit",
             )
     if policy.max_gpus_per_user is not None:
         held_by_me = sum(len(a.device_uuids) for a in mine)

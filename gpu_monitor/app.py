@@ -21,6 +21,7 @@ loop only parses, checks and answers.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import html
 import json
 import logging
@@ -33,8 +34,11 @@ from typing import Any, Callable, TypeVar
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
 from tornado import web
 
+from .accounting import account, to_csv
+from .dashboard import STATIC, render_dashboard
 from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, Refused
 from .devices import Device
+from .loops import every
 from .metrics import MonitorCollector, render
 from .sampler import DeviceState, Sampler
 from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL, SERVICE_NAME
@@ -48,7 +52,8 @@ MAX_BODY_BYTES = 4096  # an allocation request is a few dozen bytes
 # What the HTTP server reads at all (larger: the connection is dropped); up to it, a clear 413.
 MAX_READ_BYTES = 8 * 1024 * 1024
 MAX_NAME_LENGTH = 255
-REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int}
+REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list}
+MAX_GROUPS = 256
 ALLOCATION_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
@@ -83,14 +88,19 @@ def parse_allocation_request(body: bytes) -> AllocationRequest:
             continue
         value = data[name]
         if not isinstance(value, kind) or isinstance(value, bool):
-            raise BadRequest(f"field {name!r} must be a {'whole number' if kind is int else 'string'}, "
-                             f"not {type(value).__name__}")
+            what = {int: "whole number", str: "string", list: "list of strings"}[kind]
+            raise BadRequest(f"field {name!r} must be a {what}, not {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
             raise BadRequest(f"field {name!r} is longer than {MAX_NAME_LENGTH} characters")
     if not data["user"]:
         raise BadRequest("field 'user' must not be empty")
+    groups = data.get("groups", [])
+    if len(groups) > MAX_GROUPS or not all(isinstance(g, str) and 0 < len(g) <= MAX_NAME_LENGTH for g in groups):
+        raise BadRequest(f"field 'groups' must list at most {MAX_GROUPS} non-empty names of at most "
+                         f"{MAX_NAME_LENGTH} characters")
     return AllocationRequest(user=data["user"], server=data.get("server", ""),
-                             profile=data.get("profile", ""), count=data["count"])
+                             profile=data.get("profile", ""), count=data["count"],
+                             groups=tuple(sorted(set(groups))))
 
 
 @dataclass
@@ -150,11 +160,53 @@ class AllocationBatcher:
             self._draining = False
 
 
+class UsageRecorder:
+    """Every `interval` seconds: what each device did since the last time (the sampler's
+    cumulative busy and sampled seconds) goes to every allocation holding it, per hour, and
+    each device's utilisation and memory become a point of its per-minute history."""
+
+    def __init__(self, monitor: Monitor, interval: float) -> None:
+        self.monitor = monitor
+        self.interval = interval
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def deltas(self, states: dict[str, DeviceState], allocations: list[Allocation], now: float
+               ) -> tuple[list[tuple[str, float, float, float]], list[tuple[str, float, float | None, float | None]]]:
+        hour = now - now % 3600
+        minute = now - now % 60
+        usage: dict[str, list[float]] = {}
+        points = []
+        for uuid, state in states.items():
+            busy0, sampled0 = self._last.get(uuid, (state.busy_seconds, state.sampled_seconds))
+            busy, sampled = state.busy_seconds - busy0, state.sampled_seconds - sampled0
+            self._last[uuid] = (state.busy_seconds, state.sampled_seconds)
+            if sampled <= 0:
+                continue
+            points.append((uuid, minute, busy / sampled if state.last.utilization_ratio is not None else None,
+                           None if state.last.memory_used_bytes is None else float(state.last.memory_used_bytes)))
+            for a in allocations:
+                if uuid in a.device_uuids:
+                    total = usage.setdefault(a.id, [0.0, 0.0])
+                    total[0] += busy
+                    total[1] += sampled
+        return [(a, hour, b, s) for a, (b, s) in usage.items()], points
+
+    async def flush(self) -> None:
+        m = self.monitor
+        allocations = await m.run(m.store.list)
+        usage, points = self.deltas(m.sampler.states(), allocations, time.time())
+        await m.run(m.store.record_usage, usage, points)
+
+    async def run_forever(self) -> None:
+        await every(self.interval, self.flush, "writing usage")
+
+
 class Monitor:
     """What the handlers share: devices, sampler, store, policy and the thread pool."""
 
     def __init__(self, devices: list[Device], host: HostInfo, sampler: Sampler,
-                 store: AllocationStore, policy: Policy, workers: int = 8) -> None:
+                 store: AllocationStore, policy: Policy, workers: int = 8,
+                 flush_seconds: float = 60.0) -> None:
         self.devices = devices
         self.by_uuid = {d.uuid: d for d in devices}
         self.host = host
@@ -163,6 +215,17 @@ class Monitor:
         self.policy = policy
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="gpu-monitor")
         self.allocations = AllocationBatcher(self)
+        self.usage = UsageRecorder(self, flush_seconds)
+        self.idle: Any = None  # an idle.IdleReclaimer once the service runs; None in tests
+
+    def notice(self, allocation_id: str) -> dict[str, float] | None:
+        n = self.idle.notices.get(allocation_id) if self.idle is not None else None
+        return None if n is None else {"idle_since": n.idle_since, "reclaim_at": n.reclaim_at}
+
+    def soonest_reclaim(self) -> float | None:
+        if self.idle is None or not self.idle.notices:
+            return None
+        return min(n.reclaim_at for n in self.idle.notices.values())
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))
@@ -310,8 +373,17 @@ class AllocationsHandler(MonitorHandler):
             user = self.get_argument("user", None)
         else:
             user = self.viewer() or ""  # a service without read-all holds nothing itself
-        allocations = await self.monitor.run(self.monitor.store.list, user)
-        self.write_json({"allocations": [self.monitor.allocation_json(a) for a in allocations]})
+        m = self.monitor
+        allocations = await m.run(m.store.list, user)
+        usage = await m.run(m.store.usage_totals, [a.id for a in allocations])
+        rows = []
+        for a in allocations:
+            row = m.allocation_json(a)
+            busy, sampled = usage.get(a.id, (0.0, 0.0))
+            row["busy_seconds"], row["sampled_seconds"] = busy, sampled
+            row["idle_notice"] = m.notice(a.id)
+            rows.append(row)
+        self.write_json({"allocations": rows})
 
     async def post(self) -> None:
         self.require_scope(SCOPE_ALLOCATE)
@@ -329,6 +401,11 @@ class AllocationsHandler(MonitorHandler):
                      request.count, decision.code, elapsed_ms)
             body: dict[str, Any] = {"status": decision.http_status, "code": decision.code,
                                     "message": decision.reason}
+            if decision.code == "none_free" and (free_at := m.soonest_reclaim()) is not None:
+                # an idle server is due to be stopped: say when its device is likely to be free
+                body["free_at"] = free_at
+                body["message"] += (f"; the soonest device is likely to be free at "
+                                    f"{time.strftime('%H:%M UTC', time.gmtime(free_at))} (an idle server is due to stop)")
             if decision.code == "conflict":
                 held = [a for a in await m.run(m.store.list, request.user) if a.server == request.server]
                 if held:
@@ -362,6 +439,66 @@ class AllocationHandler(MonitorHandler):
         self.write_json(self.monitor.allocation_json(a))
 
 
+WINDOWS = {"hour": 3600, "day": 86400}
+
+
+class HistoryHandler(MonitorHandler):
+    """Per-device utilisation and memory, one point a minute, for the last hour or day. Names
+    no one: every user may read it."""
+
+    async def get(self) -> None:
+        self.require_user()
+        window = self.get_argument("window", "hour")
+        if window not in WINDOWS:
+            raise web.HTTPError(400, reason=f"window must be one of {', '.join(WINDOWS)}, not {window[:40]!r}")
+        points = await self.monitor.run(self.monitor.store.device_history, time.time() - WINDOWS[window])
+        devices: dict[str, list[list[float | None]]] = {}
+        for uuid, minute, util, memory in points:
+            devices.setdefault(uuid, []).append([minute, util, memory])
+        self.write_json({"window": window, "devices": devices})
+
+
+def _instant(text: str, name: str) -> float:
+    """An ISO 8601 date or time (UTC unless it says otherwise), or seconds since the epoch."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        value = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise web.HTTPError(400, reason=f"{name} must be an ISO 8601 date/time or epoch seconds, not {text[:40]!r}") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.timezone.utc)
+    return value.timestamp()
+
+
+class AccountingHandler(MonitorHandler):
+    """GPU-hours, busy and idle hours per user or group over a period (default: the last 7
+    days), as JSON or CSV. Admins (read-all) only: it names everyone."""
+
+    async def get(self) -> None:
+        self.require_scope(SCOPE_READ_ALL)
+        now = time.time()
+        end = _instant(self.get_argument("end"), "end") if self.get_argument("end", None) else now
+        start = (_instant(self.get_argument("start"), "start") if self.get_argument("start", None)
+                 else end - 7 * 86400)
+        by = self.get_argument("by", "user")
+        fmt = self.get_argument("format", "json")
+        if by not in ("user", "group") or fmt not in ("json", "csv"):
+            raise web.HTTPError(400, reason="by must be user or group, format json or csv")
+        if end <= start:
+            raise web.HTTPError(400, reason="the period must end after it starts")
+        rows = await self.monitor.run(self.monitor.store.history, start, end)
+        table = account(rows, start, end, now, by)
+        if fmt == "csv":
+            self.set_header("Content-Type", "text/csv; charset=utf-8")
+            self.set_header("Content-Disposition", f'attachment; filename="gpu-accounting-by-{by}.csv"')
+            self.finish(to_csv(table))
+            return
+        self.write_json({"start": start, "end": end, "by": by, "rows": table})
+
+
 class MetricsHandler(MonitorHandler):
     async def get(self) -> None:
         self.require_scope(SCOPE_READ_ALL)
@@ -373,8 +510,11 @@ class MetricsHandler(MonitorHandler):
         self.finish(body)
 
 
-class StatusPageHandler(MonitorHandler):
-    """A plain page: each device's state, which are yours; an admin also sees who holds each."""
+class DashboardHandler(MonitorHandler):
+    """The dashboard: every device's state, utilisation, memory, temperature and power, which
+    are yours, history charts for the last hour or day; admins also see who holds what, since
+    when and how busy, and the accounting. Rendered on the server once (readable without
+    JavaScript), then kept live by static/dashboard.js."""
 
     async def get(self) -> None:
         if not self.current_user:
@@ -386,29 +526,15 @@ class StatusPageHandler(MonitorHandler):
         allocations = await m.run(m.store.list)
         data = m.devices_json(allocations, self.viewer())
         admin = self.has_scope(SCOPE_READ_ALL)
-        holders: dict[str, list[str]] = {}
-        for a in allocations:
-            for uuid in a.device_uuids:
-                holders.setdefault(uuid, []).append(f"{a.user}/{a.server}" if a.server else a.user)
-        rows = []
-        for d in data["devices"]:
-            util = "–" if d["utilization_ratio"] is None else f"{d['utilization_ratio'] * 100:.0f} %"
-            state = "yours" if d["mine"] else ("free" if d["free"] else "in use")
-            who = f"<td>{html.escape(', '.join(holders.get(d['uuid'], [])))}</td>" if admin else ""
-            rows.append(f'<tr data-uuid="{html.escape(d["uuid"])}" data-state="{state}"><td>{d["index"]}</td>'
-                        f"<td>{html.escape(d['name'])}</td><td>{state}</td><td>{util}</td>{who}</tr>")
-        host = data["host"]
         self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="5">
-<meta name="viewport" content="width=device-width, initial-scale=1"><title>GPU monitor</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
-td,th{{border-bottom:1px solid #ccc;padding:.3rem .8rem;text-align:left}}</style></head>
-<body><h1>GPU monitor</h1>
-<p>Backend: {html.escape(host['backend'])}. {data['free']} of {data['total']} device(s) free.
-<a href="/hub/home">Back to the hub</a></p>
-<table><thead><tr><th>#</th><th>Device</th><th>State</th><th>Utilisation</th>{'<th>Held by</th>' if admin else ''}</tr></thead>
-<tbody>{''.join(rows)}</tbody></table></body></html>""")
+        self.set_header("Content-Security-Policy",
+                        "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+        # The page's script reads the API with the login cookie; JupyterHub accepts a cookie on
+        # such (fetch) requests only with this XSRF token in a header.
+        xsrf = self.xsrf_token
+        self.finish(render_dashboard(data, allocations, admin, self.settings["prefix"],
+                                     (self.current_user or {}).get("name", ""),
+                                     xsrf.decode() if isinstance(xsrf, bytes) else str(xsrf)))
 
 
 def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: bytes) -> web.Application:
@@ -421,11 +547,15 @@ def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: b
             (rf"{p}/api/devices", DevicesHandler),
             (rf"{p}/api/allocations", AllocationsHandler),
             (rf"{p}/api/allocations/({ALLOCATION_ID})", AllocationHandler),
+            (rf"{p}/api/history", HistoryHandler),
+            (rf"{p}/api/accounting", AccountingHandler),
             (rf"{p}/metrics", MetricsHandler),
             (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
-            (rf"{p}/?", StatusPageHandler),
+            (rf"{p}/static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
+            (rf"{p}/?", DashboardHandler),
         ],
         monitor=monitor,
+        prefix=prefix,
         cookie_secret=cookie_secret,
         login_url=hub_auth.login_url,
         xsrf_cookies=False,  # state changes require a token header instead (see MonitorHandler)

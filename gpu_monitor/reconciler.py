@@ -9,7 +9,6 @@ a hub outage neither keeps devices forever nor releases on the hub's word.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -20,6 +19,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from .app import Monitor
 from .devices import Device
+from .loops import every
 from .reconcile import ContainerView, Plan, plan
 
 log = logging.getLogger(__name__)
@@ -122,11 +122,4 @@ class Reconciler:
         return result
 
     async def run_forever(self) -> None:
-        while True:
-            try:
-                await self.once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # noqa: BLE001 - Docker or PostgreSQL away: try again next round
-                log.exception("reconcile failed; trying again in %.0f s", self.interval)
-            await asyncio.sleep(self.interval)
+        await every(self.interval, self.once, "reconcile", now=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BACKENDS = ("auto", "nvml", "cpu-slices")
@@ -32,8 +32,8 @@ class Settings:
     sample_seconds: float = 5.0
     reconcile_seconds: float = 60.0
     grace_seconds: float = 120.0
-    max_gpus_per_user: int | None = None
-    share: dict[str, int] = field(default_factory=dict)
+    flush_seconds: float = 60.0
+    policy_file: str = "/srv/gpuhub/config/gpu-policy.yaml"
     port: int = 8000
     service_prefix: str = f"/services/{SERVICE_NAME}/"
     hub_api_url: str = "http://hub:8081/hub/api"
@@ -80,24 +80,10 @@ def _number(environ: Mapping[str, str], name: str, default: float, minimum: floa
     return value
 
 
-def _share(environ: Mapping[str, str], name: str) -> dict[str, int]:
-    """"gpu=2,mig=1" -> {"gpu": 2, "mig": 1}: how many servers may hold one device of a kind."""
-    share: dict[str, int] = {}
-    for item in filter(None, (part.strip() for part in _get(environ, name).split(","))):
-        kind, sep, seats = item.partition("=")
-        if not sep or not seats.strip().isdigit() or int(seats) < 1:
-            raise SettingError(name, f"expected kind=N with N >= 1 (e.g. gpu=2), got {item!r}")
-        if kind.strip() not in ("gpu", "mig", "cpu-slice"):
-            raise SettingError(name, f"unknown device kind {kind.strip()!r}; use gpu, mig or cpu-slice")
-        share[kind.strip()] = int(seats)
-    return share
-
-
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     backend = _get(environ, "GPUHUB_MONITOR_BACKEND") or "auto"
     if backend not in BACKENDS:
         raise SettingError("GPUHUB_MONITOR_BACKEND", f"expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    limit = _get(environ, "GPUHUB_MAX_GPUS_PER_USER")
     defaults = Settings()
     return Settings(
         backend=backend,
@@ -105,9 +91,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         sample_seconds=_number(environ, "GPUHUB_MONITOR_SAMPLE_SECONDS", defaults.sample_seconds, 0.1),
         reconcile_seconds=_number(environ, "GPUHUB_MONITOR_RECONCILE_SECONDS", defaults.reconcile_seconds, 1),
         grace_seconds=_number(environ, "GPUHUB_MONITOR_GRACE_SECONDS", defaults.grace_seconds, 0),
-        max_gpus_per_user=(int(_number(environ, "GPUHUB_MAX_GPUS_PER_USER", 0, 0, integer=True))
-                           if limit else None),
-        share=_share(environ, "GPUHUB_GPU_SHARE"),
+        flush_seconds=_number(environ, "GPUHUB_MONITOR_FLUSH_SECONDS", defaults.flush_seconds, 1),
+        policy_file=_get(environ, "GPUHUB_POLICY_FILE") or defaults.policy_file,
         hub_api_url=(_get(environ, "GPUHUB_HUB_API_URL") or defaults.hub_api_url).rstrip("/"),
         api_token_file=_get(environ, "GPUHUB_MONITOR_TOKEN_FILE") or defaults.api_token_file,
         db_host=_get(environ, "GPUHUB_DB_HOST") or defaults.db_host,

@@ -54,7 +54,49 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         )
         """,
     ),
+    (
+        2,
+        "allocation history, hourly usage, device history",
+        f"""
+        -- every allocation ever granted; ended_at is set when it is released
+        CREATE TABLE {SCHEMA}.allocation_history (
+            id text PRIMARY KEY,
+            user_name text NOT NULL,
+            server_name text NOT NULL,
+            profile text NOT NULL,
+            groups text[] NOT NULL,  -- the user's hub groups when it was granted
+            device_uuids text[] NOT NULL,
+            started_at double precision NOT NULL,
+            ended_at double precision
+        );
+        CREATE INDEX allocation_history_period ON {SCHEMA}.allocation_history (started_at, ended_at);
+        -- per allocation and hour: device-seconds sampled while held, and how busy they were
+        CREATE TABLE {SCHEMA}.allocation_usage (
+            allocation_id text NOT NULL REFERENCES {SCHEMA}.allocation_history (id) ON DELETE CASCADE,
+            hour double precision NOT NULL,  -- start of the hour, seconds since the epoch
+            busy_seconds double precision NOT NULL,
+            sampled_seconds double precision NOT NULL,
+            PRIMARY KEY (allocation_id, hour)
+        );
+        -- per device and minute, kept DEVICE_HISTORY_SECONDS: what the dashboard charts
+        CREATE TABLE {SCHEMA}.device_history (
+            uuid text NOT NULL,
+            minute double precision NOT NULL,
+            utilization_ratio double precision,
+            memory_used_bytes double precision,
+            PRIMARY KEY (uuid, minute)
+        );
+        -- allocations granted before this step have their history row too
+        INSERT INTO {SCHEMA}.allocation_history
+            (id, user_name, server_name, profile, groups, device_uuids, started_at)
+            SELECT id, user_name, server_name, profile, '{{}}', device_uuids, created_at
+            FROM {SCHEMA}.allocations
+        """,
+    ),
 )
+
+# Device history is kept one day (the dashboard's longest chart) and a little more.
+DEVICE_HISTORY_SECONDS = 25 * 3600
 
 _metadata = sa.MetaData(schema=SCHEMA)
 allocations_table = sa.Table(
@@ -66,6 +108,34 @@ allocations_table = sa.Table(
     sa.Column("profile", sa.Text, nullable=False),
     sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+)
+history_table = sa.Table(
+    "allocation_history",
+    _metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("user_name", sa.Text, nullable=False),
+    sa.Column("server_name", sa.Text, nullable=False),
+    sa.Column("profile", sa.Text, nullable=False),
+    sa.Column("groups", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
+    sa.Column("started_at", sa.Double, nullable=False),
+    sa.Column("ended_at", sa.Double),
+)
+usage_table = sa.Table(
+    "allocation_usage",
+    _metadata,
+    sa.Column("allocation_id", sa.Text, primary_key=True),
+    sa.Column("hour", sa.Double, primary_key=True),
+    sa.Column("busy_seconds", sa.Double, nullable=False),
+    sa.Column("sampled_seconds", sa.Double, nullable=False),
+)
+device_history_table = sa.Table(
+    "device_history",
+    _metadata,
+    sa.Column("uuid", sa.Text, primary_key=True),
+    sa.Column("minute", sa.Double, primary_key=True),
+    sa.Column("utilization_ratio", sa.Double),
+    sa.Column("memory_used_bytes", sa.Double),
 )
 _columns = (
     allocations_table.c.id,
@@ -213,6 +283,7 @@ class AllocationStore:
             held = self._select(conn, sa.select(*_columns))
             decisions: builtins.list[Decision] = []
             new_rows = []
+            history_rows = []
             for request in requests:
                 decision = decide(
                     request,
@@ -233,18 +304,29 @@ class AllocationStore:
                         "device_uuids": list(a.device_uuids),
                         "created_at": a.created_at,
                     })
+                    history_rows.append({
+                        "id": a.id,
+                        "user_name": a.user,
+                        "server_name": a.server,
+                        "profile": a.profile,
+                        "groups": sorted(request.groups),
+                        "device_uuids": list(a.device_uuids),
+                        "started_at": a.created_at,
+                        "ended_at": None,
+                    })
                 decisions.append(decision)
             if new_rows:
                 conn.execute(sa.insert(allocations_table), new_rows)
+                conn.execute(sa.insert(history_table), history_rows)
             return decisions
 
     def _lock(self, conn: Connection) -> None:
         """Wait for the allocation lock; the transaction's commit or rollback drops it."""
         conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ALLOCATE_LOCK)))
 
-    def release(self, allocation_id: str) -> Allocation | None:
+    def release(self, allocation_id: str, now: float | None = None) -> Allocation | None:
         """Remove an allocation; returns it, or None if it was not there (releasing twice is
-        fine: the stop hook may run more than once)."""
+        fine: the stop hook may run more than once). Its history row records the end."""
         with self.engine.begin() as conn:
             rows = self._select(
                 conn,
@@ -252,7 +334,91 @@ class AllocationStore:
                 .where(allocations_table.c.id == allocation_id)
                 .returning(*_columns),
             )
+            if rows:
+                conn.execute(
+                    sa.update(history_table)
+                    .where(history_table.c.id == allocation_id, history_table.c.ended_at.is_(None))
+                    .values(ended_at=time.time() if now is None else now)
+                )
         return rows[0] if rows else None
+
+    # ---- usage, history, accounting -------------------------------------------------------------
+    def record_usage(
+        self,
+        usage: Sequence[tuple[str, float, float, float]],
+        device_points: Sequence[tuple[str, float, float | None, float | None]],
+        now: float | None = None,
+    ) -> None:
+        """Add (allocation id, hour, busy s, sampled s) to the hourly usage, store
+        (uuid, minute, utilisation, memory) device points, and drop device history older than
+        DEVICE_HISTORY_SECONDS, in one transaction. Usage of an allocation released meanwhile
+        still counts (its history row stays)."""
+        now = time.time() if now is None else now
+        with self.engine.begin() as conn:
+            if usage:
+                known = set(conn.execute(
+                    sa.select(history_table.c.id).where(history_table.c.id.in_({u[0] for u in usage}))
+                ).scalars())
+                rows = [{"allocation_id": a, "hour": h, "busy_seconds": b, "sampled_seconds": s}
+                        for a, h, b, s in usage if a in known]
+                if rows:
+                    insert = postgresql.insert(usage_table).values(rows)
+                    conn.execute(insert.on_conflict_do_update(
+                        index_elements=[usage_table.c.allocation_id, usage_table.c.hour],
+                        set_={
+                            "busy_seconds": usage_table.c.busy_seconds + insert.excluded.busy_seconds,
+                            "sampled_seconds": usage_table.c.sampled_seconds + insert.excluded.sampled_seconds,
+                        },
+                    ))
+            if device_points:
+                insert = postgresql.insert(device_history_table).values([
+                    {"uuid": u, "minute": m, "utilization_ratio": util, "memory_used_bytes": mem}
+                    for u, m, util, mem in device_points])
+                conn.execute(insert.on_conflict_do_update(
+                    index_elements=[device_history_table.c.uuid, device_history_table.c.minute],
+                    set_={"utilization_ratio": insert.excluded.utilization_ratio,
+                          "memory_used_bytes": insert.excluded.memory_used_bytes},
+                ))
+            conn.execute(sa.delete(device_history_table).where(
+                device_history_table.c.minute < now - DEVICE_HISTORY_SECONDS))
+
+    def usage_totals(self, ids: Sequence[str]) -> dict[str, tuple[float, float]]:
+        """{allocation id: (busy seconds, sampled seconds)} over its whole life so far."""
+        if not ids:
+            return {}
+        u = usage_table
+        with self.engine.connect() as conn:
+            return {r[0]: (float(r[1]), float(r[2])) for r in conn.execute(
+                sa.select(u.c.allocation_id, sa.func.sum(u.c.busy_seconds), sa.func.sum(u.c.sampled_seconds))
+                .where(u.c.allocation_id.in_(list(ids))).group_by(u.c.allocation_id))}
+
+    def device_history(self, since: float) -> builtins.list[tuple[str, float, float | None, float | None]]:
+        """(uuid, minute, utilisation, memory) since `since`, oldest first."""
+        t = device_history_table
+        with self.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(  # type: ignore[misc]
+                sa.select(t.c.uuid, t.c.minute, t.c.utilization_ratio, t.c.memory_used_bytes)
+                .where(t.c.minute >= since).order_by(t.c.uuid, t.c.minute))]
+
+    def history(self, start: float, end: float) -> builtins.list[dict[str, Any]]:
+        """Allocations that overlap [start, end), with their usage per hour in that window."""
+        h, u = history_table, usage_table
+        with self.engine.connect() as conn:
+            rows = [dict(r._mapping) for r in conn.execute(
+                sa.select(h).where(h.c.started_at < end,
+                                   sa.or_(h.c.ended_at.is_(None), h.c.ended_at > start))
+                .order_by(h.c.started_at, h.c.id))]
+            usage: dict[str, builtins.list[tuple[float, float, float]]] = {}
+            if rows:
+                for r in conn.execute(
+                    sa.select(u.c.allocation_id, u.c.hour, u.c.busy_seconds, u.c.sampled_seconds)
+                    .where(u.c.allocation_id.in_([row["id"] for row in rows]),
+                           u.c.hour < end, u.c.hour + 3600 > start)
+                ):
+                    usage.setdefault(r.allocation_id, []).append((r.hour, r.busy_seconds, r.sampled_seconds))
+        for row in rows:
+            row["usage"] = sorted(usage.get(row["id"], []))
+        return rows
 
     def get(self, allocation_id: str) -> Allocation | None:
         with self.engine.connect() as conn:

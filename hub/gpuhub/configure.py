@@ -7,8 +7,11 @@ created (never from the command line), and the operator token from a file the op
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import yaml
 from typing import Any
 
 from .auth import authenticator_config
@@ -124,6 +127,18 @@ def configure(c: Any, settings: Settings) -> None:
     c.Spawner.http_timeout = 60
 
 
+def _idle_reclaim_enabled(settings: Settings) -> bool:
+    """Whether the GPU policy (validated by the monitor, which refuses to start on a bad file)
+    turns idle reclaim on: then the monitor's token may stop servers."""
+    try:
+        with open(settings.policy_file) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    reclaim = data.get("idle_reclaim") if isinstance(data, dict) else None
+    return isinstance(reclaim, dict) and reclaim.get("enabled") is True
+
+
 def _services_and_roles(settings: Settings, operator_token: str | None) -> tuple[list[dict], list[dict]]:
     """The hub's services and the roles that give each exactly what it needs.
 
@@ -163,11 +178,20 @@ def _services_and_roles(settings: Settings, operator_token: str | None) -> tuple
     roles: list[dict] = [
         {"name": "user", "scopes": ["self", MONITOR_ACCESS]},
         {"name": "gpu-monitor-service", "description": "What the GPU monitor reads from the hub",
-         "scopes": ["list:users", "read:servers"], "services": [MONITOR_SERVICE]},
+         # stopping servers only when the policy reclaims idle devices
+         "scopes": ["list:users", "read:servers"] + (["servers"] if _idle_reclaim_enabled(settings) else []),
+         "services": [MONITOR_SERVICE]},
         {"name": "gpu-allocator", "description": "Allocate and release GPUs (the hub's spawner)",
          "scopes": [SCOPE_ALLOCATE, MONITOR_ACCESS], "services": [ALLOCATOR_SERVICE]},
         monitor_admins,
     ]
+    if settings.cull_idle_seconds:
+        # jupyterhub-idle-culler, run by the hub (its token reaches it in the environment)
+        services.append({"name": "idle-culler", "command": [
+            sys.executable, "-m", "jupyterhub_idle_culler", f"--timeout={settings.cull_idle_seconds}"]})
+        roles.append({"name": "idle-culler", "description": "Stop servers idle for GPUHUB_CULL_IDLE_SECONDS",
+                      "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+                      "services": ["idle-culler"]})
     if operator_token:
         services.append({"name": OPERATOR_SERVICE, "api_token": operator_token})
         roles.append({"name": "admin", "services": [OPERATOR_SERVICE]})

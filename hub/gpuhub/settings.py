@@ -66,6 +66,15 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _seconds(environ: Mapping[str, str], name: str) -> int:
+    value = _clean(environ, name)
+    if not value:
+        return 0
+    if not value.isdigit():
+        raise ConfigError(name, f"expected a whole number of seconds (0: off), got {value!r}")
+    return int(value)
+
+
 def _url(environ: Mapping[str, str], name: str, required_for: str | None = None) -> str:
     value = _clean(environ, name)
     if not value:
@@ -131,6 +140,8 @@ class Settings:
     # the GPU monitor service: where the hub reaches it, and the volume holding its token
     monitor_url: str = "http://gpu-monitor:8000/services/gpu-monitor/"
     monitor_secrets_dir: str = "/srv/gpuhub/monitor-secrets"
+    policy_file: str = "/srv/gpuhub/config/gpu-policy.yaml"
+    cull_idle_seconds: int = 0  # jupyterhub-idle-culler's --timeout; 0: not run
 
     @property
     def demo(self) -> bool:
@@ -283,4 +294,6 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         or "/srv/gpuhub/traefik/rules.yaml",
         monitor_url=(_url(environ, "GPUHUB_MONITOR_URL") or Settings.monitor_url).rstrip("/") + "/",
         monitor_secrets_dir=_clean(environ, "GPUHUB_MONITOR_SECRETS_DIR") or Settings.monitor_secrets_dir,
+        policy_file=_clean(environ, "GPUHUB_POLICY_FILE") or Settings.policy_file,
+        cull_idle_seconds=_seconds(environ, "GPUHUB_CULL_IDLE_SECONDS"),
     )

@@ -282,7 +282,9 @@ class GPUDockerSpawner(DockerSpawner):
             if refusal:
                 raise web.HTTPError(400, refusal)
         self._report(20, f"Allocating {gpus} device(s) from the GPU monitor")
-        request = {"user": self.user.name, "server": self.name or "", "profile": profile, "count": gpus}
+        groups = sorted(g.name for g in getattr(self.user, "groups", None) or [])
+        request = {"user": self.user.name, "server": self.name or "", "profile": profile, "count": gpus,
+                   "groups": groups}
         status, data = await self._monitor("POST", "api/allocations", request)
         if status == 409 and data.get("allocation_id"):
             # This very server still holds an allocation of another size (a crash kept it):

@@ -38,8 +38,8 @@ def held(id: str, user: str, server: str, *uuids: str, profile: str = "cuda") ->
     return Allocation(id, user, server, profile, tuple(uuids), NOW - 60)
 
 
-def ask(user: str, count: int, server: str = "", profile: str = "cuda") -> AllocationRequest:
-    return AllocationRequest(user=user, server=server, profile=profile, count=count)
+def ask(user: str, count: int, server: str = "", profile: str = "cuda", groups=()) -> AllocationRequest:
+    return AllocationRequest(user=user, server=server, profile=profile, count=count, groups=tuple(groups))
 
 
 TWO = [gpu(0), gpu(1)]
@@ -121,6 +121,24 @@ CASES: dict[str, tuple[list[Device], Policy, list[Allocation], AllocationRequest
     "profile limit 0 forbids GPUs": (
         FOUR, Policy(max_gpus_per_profile={"cuda": 0}), [], ask("alice", 1),
         Refusal("over_profile_limit", "allows 0 per user"),
+    ),
+    "group limit counts all of the user's servers": (
+        FOUR, Policy(max_gpus_per_group={"students": 1}), [held("a1", "alice", "", "GPU-0")],
+        ask("alice", 1, server="second", groups=["students"]),
+        Refusal("over_group_limit", "your group 'students' allows 1 per user and you already hold 1"),
+    ),
+    "of several limited groups the largest limit applies": (
+        FOUR, Policy(max_gpus_per_group={"students": 1, "staff": 3}), [held("a1", "alice", "", "GPU-0")],
+        ask("alice", 2, server="second", groups=["students", "staff"]), Grant(("GPU-1", "GPU-2")),
+    ),
+    "a group without a limit sets none": (
+        FOUR, Policy(max_gpus_per_group={"students": 1}), [], ask("alice", 2, groups=["staff"]),
+        Grant(("GPU-0", "GPU-1")),
+    ),
+    "the site-wide limit caps a generous group": (
+        FOUR, Policy(max_gpus_per_user=1, max_gpus_per_group={"staff": 4}), [],
+        ask("alice", 2, groups=["staff"]),
+        Refusal("over_user_limit", "limit is 1 per user"),
     ),
     "shared device: an idle one first": (
         TWO, Policy(share={"gpu": 2}), [held("a1", "bob", "", "GPU-0")], ask("alice", 1),

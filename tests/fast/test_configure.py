@@ -137,3 +137,24 @@ def test_bad_operator_token_files_are_refused(environ, tmp_path, mode, content, 
     os.chmod(token, mode)
     with pytest.raises(ConfigError, match=words):
         configured({**environ, "GPUHUB_API_TOKEN_FILE": str(token)})
+
+
+def test_the_monitor_may_stop_servers_only_when_idle_reclaim_is_on(environ, tmp_path):
+    policy = tmp_path / "gpu-policy.yaml"
+    policy.write_text("idle_reclaim: {enabled: true}\n")
+    roles = {r["name"]: r for r in configured({**environ, "GPUHUB_POLICY_FILE": str(policy)}).JupyterHub.load_roles}
+    assert roles["gpu-monitor-service"]["scopes"] == ["list:users", "read:servers", "servers"]
+    policy.write_text("idle_reclaim: {enabled: false}\n")
+    roles = {r["name"]: r for r in configured({**environ, "GPUHUB_POLICY_FILE": str(policy)}).JupyterHub.load_roles}
+    assert roles["gpu-monitor-service"]["scopes"] == ["list:users", "read:servers"]
+
+
+def test_idle_culler_runs_only_when_asked(environ):
+    assert "idle-culler" not in {s["name"] for s in configured(environ).JupyterHub.services}
+    c = configured({**environ, "GPUHUB_CULL_IDLE_SECONDS": "3600"})
+    culler = {s["name"]: s for s in c.JupyterHub.services}["idle-culler"]
+    assert culler["command"][1:] == ["-m", "jupyterhub_idle_culler", "--timeout=3600"]
+    roles = {r["name"]: r for r in c.JupyterHub.load_roles}
+    assert roles["idle-culler"]["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
+    with pytest.raises(ConfigError, match="GPUHUB_CULL_IDLE_SECONDS: expected a whole number"):
+        configured({**environ, "GPUHUB_CULL_IDLE_SECONDS": "1h"})

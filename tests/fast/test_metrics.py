@@ -214,3 +214,25 @@ def test_collector_reads_state_at_scrape_time_not_construction():
     assert b"gpuhub_gpu_info{" not in render(collector)
     world.devices = [GPU0]
     assert b'gpuhub_gpu_info{index="0"' in render(collector)
+
+
+def test_the_grafana_dashboard_queries_only_metrics_the_monitor_exports():
+    """docs/grafana-gpuhub.json: every metric its queries name is one the collector emits."""
+    import json
+    import re
+    from pathlib import Path
+
+    from gpu_monitor.allocator import Allocation
+    from gpu_monitor.devices import Device, Sample
+    from gpu_monitor.metrics import MonitorCollector, render
+    from gpu_monitor.sampler import DeviceState
+
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "docs" / "grafana-gpuhub.json").read_text())
+    device = Device(uuid="GPU-0", index=0, kind="gpu", name="G", memory_total_bytes=10)
+    sample = Sample("GPU-0", 1.0, utilization_ratio=0.5, memory_used_bytes=5, temperature_celsius=40.0, power_watts=100.0)
+    exported = set(re.findall(r"^(gpuhub_\w+?)(?:\{| )", render(MonitorCollector(
+        lambda: [device], lambda: {"GPU-0": DeviceState(sample, 1.0, 2.0)},
+        lambda: [Allocation("a", "ada", "", "cuda", ("GPU-0",), 0.0)])).decode(), re.M))
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"\bgpuhub_\w+", target["expr"])}
+    assert queried and queried <= exported, queried - exported

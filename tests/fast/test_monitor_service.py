@@ -95,8 +95,8 @@ def test_settings_defaults_and_values():
     s = load_settings({})
     assert (s.backend, s.cpu_slices, s.reconcile_seconds, s.grace_seconds) == ("auto", 2, 60.0, 120.0)
     s = load_settings({"GPUHUB_MONITOR_BACKEND": "cpu-slices", "GPUHUB_CPU_SLICES": "4",
-                       "GPUHUB_GPU_SHARE": "gpu=2, mig=1", "GPUHUB_MAX_GPUS_PER_USER": "3"})
-    assert (s.backend, s.cpu_slices, s.share, s.max_gpus_per_user) == ("cpu-slices", 4, {"gpu": 2, "mig": 1}, 3)
+                       "GPUHUB_POLICY_FILE": "/etc/p.yaml", "GPUHUB_MONITOR_FLUSH_SECONDS": "2.5"})
+    assert (s.backend, s.cpu_slices, s.policy_file, s.flush_seconds) == ("cpu-slices", 4, "/etc/p.yaml", 2.5)
 
 
 BAD_SETTINGS = {
@@ -104,9 +104,7 @@ BAD_SETTINGS = {
     "slices": ({"GPUHUB_CPU_SLICES": "0"}, "GPUHUB_CPU_SLICES: must be at least 1"),
     "slices text": ({"GPUHUB_CPU_SLICES": "two"}, "GPUHUB_CPU_SLICES: expected a whole number"),
     "interval": ({"GPUHUB_MONITOR_RECONCILE_SECONDS": "0"}, "GPUHUB_MONITOR_RECONCILE_SECONDS: must be at least 1"),
-    "share syntax": ({"GPUHUB_GPU_SHARE": "gpu:2"}, "GPUHUB_GPU_SHARE: expected kind=N"),
-    "share kind": ({"GPUHUB_GPU_SHARE": "tpu=2"}, "GPUHUB_GPU_SHARE: unknown device kind 'tpu'"),
-    "limit": ({"GPUHUB_MAX_GPUS_PER_USER": "-1"}, "GPUHUB_MAX_GPUS_PER_USER: must be at least 0"),
+    "flush": ({"GPUHUB_MONITOR_FLUSH_SECONDS": "0.5"}, "GPUHUB_MONITOR_FLUSH_SECONDS: must be at least 1"),
 }
 
 
@@ -125,3 +123,25 @@ def test_token_file_problems_name_the_variable(tmp_path):
     s = load_settings({"GPUHUB_MONITOR_TOKEN_FILE": str(tmp_path / "short")})
     with pytest.raises(SettingError, match="fewer than 32"):
         s.read_api_token()
+
+
+def test_usage_goes_to_the_holders_of_each_device_per_hour_and_minute():
+    from gpu_monitor.allocator import Allocation
+    from gpu_monitor.app import UsageRecorder
+    from gpu_monitor.devices import Sample
+    from gpu_monitor.sampler import DeviceState
+
+    recorder = UsageRecorder(monitor=None, interval=60)  # type: ignore[arg-type]
+    now = 1_800_003_725.0  # 1 h 2 min 5 s past a whole hour of the epoch
+    def states(busy, sampled):
+        return {"GPU-0": DeviceState(Sample("GPU-0", now, utilization_ratio=0.5, memory_used_bytes=100), busy, sampled),
+                "GPU-1": DeviceState(Sample("GPU-1", now, utilization_ratio=None), 0.0, sampled)}
+    held = [Allocation("a1", "ada", "", "cuda", ("GPU-0", "GPU-1"), now - 500),
+            Allocation("a2", "bob", "", "cuda", ("GPU-0",), now - 500)]  # GPU-0 shared by two
+    # the first call only sets the starting point
+    assert recorder.deltas(states(10.0, 20.0), held, now) == ([], [])
+    usage, points = recorder.deltas(states(40.0, 80.0), held, now + 60)
+    hour = now - now % 3600
+    assert sorted(usage) == [("a1", hour, 30.0, 120.0), ("a2", hour, 30.0, 60.0)]
+    minute = (now + 60) - (now + 60) % 60
+    assert sorted(points) == [("GPU-0", minute, 0.5, 100.0), ("GPU-1", minute, None, None)]
