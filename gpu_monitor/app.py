@@ -32,11 +32,12 @@ from functools import partial
 from typing import Any, Callable, TypeVar
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from sqlalchemy.exc import DBAPIError
 from tornado import web
 
 from .accounting import account, to_csv
-from .dashboard import STATIC, render_dashboard
 from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, Refused
+from .dashboard import STATIC, render_dashboard
 from .devices import Device
 from .loops import every
 from .metrics import MonitorCollector, render
@@ -280,7 +281,32 @@ class Monitor:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
-class MonitorHandler(HubOAuthenticated, web.RequestHandler):
+class JSONErrorHandler(web.RequestHandler):
+    """Every error as JSON with a sentence: a wrong method, an unknown path, a bad request."""
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        messages = {401: "authentication required: log in through the hub or send an API token",
+                    403: "not allowed: this needs a scope your token does not have",
+                    404: "not found"}
+        message = messages.get(status_code, self._reason)
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, DBAPIError):
+            # PostgreSQL away (restart, outage): a retryable answer with a sentence, no traceback
+            status_code = 503
+            self.set_status(503)
+            message = "the database is not answering; try again shortly"
+        if isinstance(exc, web.HTTPError) and exc.reason and exc.reason not in ("Unauthorized", "Forbidden"):
+            message = exc.reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+
+class NotFoundHandler(JSONErrorHandler):
+    def prepare(self) -> None:
+        raise web.HTTPError(404)
+
+
+class MonitorHandler(HubOAuthenticated, JSONErrorHandler):
     """JSON errors, hub authentication without blocking the event loop, scope checks."""
 
     @property
@@ -341,19 +367,7 @@ class MonitorHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Cache-Control", "no-store")
         self.finish(json.dumps(data))
 
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        messages = {401: "authentication required: log in through the hub or send an API token",
-                    403: "not allowed: this needs a scope your token does not have",
-                    404: "not found"}
-        message = messages.get(status_code, self._reason)
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, web.HTTPError) and exc.reason and exc.reason not in ("Unauthorized", "Forbidden"):
-            message = exc.reason
-        self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"status": status_code, "message": message}))
-
-
-class HealthHandler(web.RequestHandler):
+class HealthHandler(JSONErrorHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish('{"status": "ok"}')
@@ -558,6 +572,7 @@ def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: b
         prefix=prefix,
         cookie_secret=cookie_secret,
         login_url=hub_auth.login_url,
+        default_handler_class=NotFoundHandler,
         xsrf_cookies=False,  # state changes require a token header instead (see MonitorHandler)
     )
 

@@ -5,7 +5,9 @@
 # certificate) is in proxy/dynamic/; routes to the hub and to user servers are written by the
 # hub into rules.yaml in the same watched directory. The provider throttle is cut from Traefik's
 # 2 s default to 100 ms: every spawn waits for its route, and 2 s was most of a route add
-# (docs/proxy.md).
+# (docs/proxy.md). The API entrypoint (the hub adds routes through it) listens only on the
+# address of the alias proxy-api, which exists on the edge network alone: user servers, on the
+# users' network, cannot even connect to it.
 set -eu
 
 fail() { echo "gpuhub proxy: configuration error: $1" >&2; exit 1; }
@@ -35,7 +37,7 @@ set -- \
   --entrypoints.websecure.address=:443 \
   --entrypoints.websecure.http.tls=true \
   --entrypoints.websecure.http.middlewares=gpuhub-headers@file \
-  --entrypoints.api.address=:8099 \
+  --entrypoints.api.address=proxy-api:8099 \
   --api=true \
   --api.dashboard=false \
   --ping=true \

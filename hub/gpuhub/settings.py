@@ -289,7 +289,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         db_name=_clean(environ, "GPUHUB_DB_NAME") or "jupyterhub",
         db_user=_clean(environ, "GPUHUB_DB_USER") or "jupyterhub",
         db_password_file=_clean(environ, "GPUHUB_DB_PASSWORD_FILE") or "/run/gpuhub/db/password",
-        proxy_api_url=_url(environ, "GPUHUB_PROXY_API_URL") or "http://proxy:8099",
+        proxy_api_url=_url(environ, "GPUHUB_PROXY_API_URL") or "http://proxy-api:8099",
         traefik_rules_file=_clean(environ, "GPUHUB_TRAEFIK_RULES_FILE")
         or "/srv/gpuhub/traefik/rules.yaml",
         monitor_url=(_url(environ, "GPUHUB_MONITOR_URL") or Settings.monitor_url).rstrip("/") + "/",

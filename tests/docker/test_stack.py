@@ -122,9 +122,8 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
     assert hub_api == "open"  # the single-user server must reach the hub's API
     assert database == "gaierror"  # not on the database network: the name does not even resolve
     assert capabilities == "0000000000000000"
-    # The proxy's API entrypoint is reachable from the users' network (basic auth protects it);
-    # narrowing that is the hardening issue's. Recorded here so a change is noticed.
-    assert proxy_api == "open"
+    # Traefik's API entrypoint listens on the edge network only (test_hardening.py says more)
+    assert proxy_api == "ConnectionRefusedError"
 
     container_id = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", "gpuhub-alice"],
                                   capture_output=True, text=True, check=True).stdout.strip()

@@ -1,0 +1,216 @@
+"""Faults the stack must survive and abuse it must refuse (issue "Survive faults, refuse abuse"),
+in the real stack. Each prints the figure it measured. Markers: docker, plus reliability or
+security."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from ..stack import PROJECT, wait_for
+from .test_monitor import allocations, monitor
+
+pytestmark = pytest.mark.docker
+
+SECRET_FILES = {
+    "hub": ["/srv/gpuhub/secrets/cookie_secret", "/srv/gpuhub/secrets/crypt_key",
+            "/srv/gpuhub/secrets/proxy_api_password", "/srv/gpuhub/secrets/gpu_allocator_token",
+            "/srv/gpuhub/monitor-secrets/api_token", "/run/gpuhub/db/password"],
+}
+
+
+def project_containers() -> list[str]:
+    out = subprocess.run(["docker", "ps", "--filter", f"label=com.docker.compose.project={PROJECT}",
+                          "--format", "{{.Names}}"], capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def command_lines(container: str) -> str:
+    """Every process's command line in the container, read from the host (`docker top`), so it
+    works whatever the image ships."""
+    return subprocess.run(["docker", "top", container, "-o", "pid,args"], capture_output=True, text=True,
+                          check=True).stdout
+
+
+@pytest.mark.security
+def test_no_secret_in_any_command_line_environment_or_log(stack):
+    secrets = {path: stack.compose("exec", "-T", "hub", "cat", path).stdout.strip()
+               for path in SECRET_FILES["hub"]}
+    secrets["operator token"] = stack.token
+    assert all(len(value) >= 16 for value in secrets.values()), "a secret could not be read"
+    r = stack.start_server("carol", {"profile": "opencl", "gpus": 1})
+    assert r.status_code in (201, 202), r.text
+    try:
+        containers = project_containers() + ["gpuhub-carol"]
+        server_token = subprocess.run(["docker", "exec", "gpuhub-carol", "printenv", "JUPYTERHUB_API_TOKEN"],
+                                      capture_output=True, text=True, check=True).stdout.strip()
+        checked = 0
+        for container in containers:
+            where = {"command lines": command_lines(container),
+                     "docker inspect": subprocess.run(["docker", "inspect", container], capture_output=True,
+                                                      text=True, check=True).stdout,
+                     "logs": subprocess.run(["docker", "logs", container], capture_output=True, text=True).stdout
+                     + subprocess.run(["docker", "logs", container], capture_output=True, text=True).stderr}
+            for what, text in where.items():
+                for name, value in secrets.items():
+                    assert value not in text, f"{name} appears in {container}'s {what}"
+                # a server's own token is in its own environment (JupyterHub's design), nowhere else
+                if container != "gpuhub-carol" or what != "docker inspect":
+                    assert server_token not in text, f"carol's server token appears in {container}'s {what}"
+                checked += 1
+        print(f"\n{len(secrets) + 1} secrets checked in {checked} places ({len(containers)} containers)")
+    finally:
+        stack.stop_server("carol")
+
+
+@pytest.mark.security
+def test_metrics_need_authentication(stack):
+    anonymous = stack.session()
+    del anonymous.headers["Authorization"]
+    for path in ("hub/metrics", "services/gpu-monitor/metrics"):
+        r = anonymous.get(f"{stack.base_url}/{path}", timeout=30, allow_redirects=False)
+        assert r.status_code in (401, 403), (path, r.status_code)
+        assert "gpuhub_" not in r.text and "jupyterhub_" not in r.text
+        assert stack.session().get(f"{stack.base_url}/{path}", timeout=30).status_code == 200, path
+
+
+@pytest.mark.security
+def test_a_user_server_cannot_reach_the_proxy_api(stack):
+    from ..stack import REACH
+
+    r = stack.start_server("carol", {"profile": "minimal", "gpus": 0})
+    assert r.status_code in (201, 202), r.text
+    try:
+        out = stack.run_code("carol", REACH + "print(reach('proxy', 8099), reach('proxy', 443), reach('hub', 8081))")
+        proxy_api, proxy_https, hub_api = out.split()
+        assert proxy_https == "open" and hub_api == "open"  # what a server needs
+        assert proxy_api != "open", "Traefik's API is reachable from the users' network"
+    finally:
+        stack.stop_server("carol")
+
+
+@pytest.mark.reliability
+def test_after_a_proxy_restart_routes_come_back_within_the_bound(stack):
+    r = stack.start_server("carol", {"profile": "minimal", "gpus": 0})
+    assert r.status_code in (201, 202), r.text
+    try:
+        s = stack.session()
+        url = f"{stack.base_url}/user/carol/api/status"
+        assert s.get(url, timeout=30).status_code == 200
+        stack.compose("restart", "proxy")
+        restarted = time.monotonic()
+        wait_for(lambda: s.get(url, timeout=5).status_code == 200, 30, interval=0.2,
+                 what="carol's server through the restarted proxy")
+        print(f"\nproxy restart: routes back {time.monotonic() - restarted:.1f} s after `restart` returned (bound 30 s)")
+        assert stack.api("GET", "/").status_code == 200
+    finally:
+        stack.stop_server("carol")
+
+
+@pytest.mark.reliability
+def test_a_database_outage_leaves_servers_running_and_everything_recovers(stack):
+    r = stack.start_server("carol", {"profile": "opencl", "gpus": 1})
+    assert r.status_code in (201, 202), r.text
+    s = stack.session()
+    server = f"{stack.base_url}/user/carol/api/status"
+    try:
+        # Tokens are checked against the hub's database. The server and the monitor cache a
+        # token's identity for minutes, so people already working carry on; the hub's own API
+        # cannot check any token while PostgreSQL is away and answers with an error.
+        assert s.get(server, timeout=10).status_code == 200
+        assert monitor(stack, "GET", "api/devices").status_code == 200
+        stack.compose("stop", "db")
+        down = time.monotonic()
+        during = {"server": [], "hub": [], "monitor": []}
+        while time.monotonic() - down < 30:
+            during["server"].append(s.get(server, timeout=10).status_code)
+            r = stack.api("GET", "users/carol")
+            during["hub"].append(r.status_code)
+            if r.status_code != 200:
+                assert r.json()["message"], r.text
+            r = monitor(stack, "GET", "api/devices")
+            during["monitor"].append(r.status_code)
+            if r.status_code != 200:
+                assert r.status_code == 503 and "database is not answering" in r.json()["message"], r.text
+            time.sleep(2)
+        assert set(during["server"]) == {200}, during  # the running server never noticed
+        stack.compose("start", "db")
+        back = time.monotonic()
+        wait_for(lambda: stack.api("GET", "users/carol").status_code == 200, 60, what="the hub answering again")
+        wait_for(lambda: monitor(stack, "GET", "api/devices").status_code == 200, 60, what="the monitor answering again")
+        print(f"\ndatabase down 30 s: server answered {len(during['server'])}/{len(during['server'])}; hub "
+              f"{sorted(set(during['hub']))}, monitor {sorted(set(during['monitor']))} meanwhile; both back "
+              f"{time.monotonic() - back:.1f} s after PostgreSQL (no restart)")
+        assert len(allocations(stack, "carol")) == 1
+    finally:
+        stack.compose("start", "db")
+        wait_for(lambda: stack.api("GET", "users/carol").status_code == 200, 60, what="the hub")
+        stack.stop_server("carol")
+    assert allocations(stack, "carol") == []
+
+
+ODD_NAMES = ["ünïcödé", "dot.name", "dot-2ename", "at@example.org", "x" * 120]
+
+
+@pytest.mark.security
+def test_odd_usernames_get_safe_distinct_names_and_working_routes(stack):
+    names = {}
+    try:
+        for user in ODD_NAMES:
+            assert stack.api("POST", f"users/{user}").status_code in (201, 409)
+            r = stack.api("POST", f"users/{user}/server", json={"profile": "minimal", "gpus": 0})
+            assert r.status_code in (201, 202), (user, r.text)
+            wait_for(lambda: stack.api("GET", f"users/{user}").json()["servers"].get("", {}).get("ready"), 120,
+                     what=f"{user}'s server")
+            out = subprocess.run(["docker", "ps", "--filter", f"label=org.gpuhub.user={user}",
+                                  "--format", "{{.Names}} {{.Mounts}}"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            names[user] = out
+            url = stack.api("GET", f"users/{user}").json()["servers"][""]["url"]
+            assert stack.session().get(f"{stack.base_url}{url}api/status", timeout=30).status_code == 200, user
+        containers = [n[0] for n in names.values()]
+        assert len(set(containers)) == len(ODD_NAMES), names
+        for name in containers:
+            assert name.startswith("gpuhub-") and all(c.isalnum() or c in "-_." for c in name), name
+        print(f"\ncontainers: {containers}")
+    finally:
+        for user in ODD_NAMES:
+            if stack.api("GET", f"users/{user}").json().get("servers"):
+                stack.stop_server(user)
+            stack.api("DELETE", f"users/{user}")
+        for volume in subprocess.run(["docker", "volume", "ls", "-q", "--filter", "name=gpuhub-home-"],
+                                     capture_output=True, text=True).stdout.split():
+            if not any(volume.endswith(f"-{u}") for u in ("alice", "bob", "carol", "mallory")):
+                subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
+    assert stack.api("POST", "users/sl%2Fash").status_code >= 400
+
+
+# ---- the monitor's API fuzzed from its OpenAPI description (schemathesis) -------------------
+
+import schemathesis  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+from ..stack import ROOT  # noqa: E402
+
+SCHEMA = schemathesis.openapi.from_path(str(ROOT / "gpu_monitor" / "openapi.yaml"))
+
+
+@pytest.mark.security
+@SCHEMA.parametrize()
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def test_the_monitor_api_fuzzed_never_fails_and_refusals_change_nothing(case, stack):
+    s = stack.session()  # the operator's token: every scope, so the deepest paths are reached
+    before = sorted(a["id"] for a in allocations(stack))
+    response = case.call(base_url=f"{stack.base_url}/services/gpu-monitor", session=s, timeout=30,
+                         verify=stack.cafile)
+    assert response.status_code < 500, (case.method, case.formatted_path, response.status_code, response.text[:300])
+    if response.status_code >= 400:
+        # schemathesis' response: lower-case header names, each with a list of values
+        assert response.headers.get("content-type", [""])[0].startswith("application/json"), (
+            case.method, case.formatted_path, case.headers, response.status_code, dict(response.headers))
+        assert response.json()["message"]
+        assert sorted(a["id"] for a in allocations(stack)) == before, "a refused request changed the allocations"
+    elif case.method == "POST" and response.status_code == 201:
+        monitor(stack, "DELETE", f"api/allocations/{response.json()['id']}")
