@@ -17,7 +17,7 @@ import time
 
 import sqlalchemy as sa
 
-from .app import MAX_READ_BYTES, HostInfo, Monitor, make_app
+from .app import MAX_READ_BYTES, HostInfo, Monitor, MonitorHubOAuth, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .devices import Backend, BackendUnavailable, Device
@@ -69,8 +69,6 @@ def open_store(settings: Settings) -> AllocationStore:
 
 async def serve(settings: Settings) -> None:
     import docker
-    from jupyterhub.services.auth import HubOAuth
-
     from .reconciler import Reconciler
 
     policy = load_policy(settings.policy_file)
@@ -85,7 +83,7 @@ async def serve(settings: Settings) -> None:
     log.info("policy from %s: %s; idle reclaim %s", settings.policy_file, policy.allocation,
              "on" if policy.idle_reclaim.enabled else "off")
     prefix = settings.service_prefix
-    hub_auth = HubOAuth.instance(
+    hub_auth = MonitorHubOAuth.instance(
         api_token=token,
         api_url=settings.hub_api_url,
         hub_prefix="/hub/",
@@ -93,7 +91,7 @@ async def serve(settings: Settings) -> None:
         oauth_client_id=f"service-{SERVICE_NAME}",
         oauth_redirect_uri=f"{prefix}oauth_callback",
         access_scopes={f"access:services!service={SERVICE_NAME}"},
-        cache_max_age=60,
+        cache_max_age=300,  # as JupyterHub's own default; refusals: MonitorHubOAuth
     )
     app = make_app(monitor, hub_auth, prefix, cookie_secret=os.urandom(32))
     server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES)

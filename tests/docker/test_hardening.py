@@ -10,7 +10,7 @@ import time
 import pytest
 
 from ..stack import PROJECT, wait_for
-from .test_monitor import allocations, monitor
+from .test_monitor import allocations, monitor, user_token
 
 pytestmark = pytest.mark.docker
 
@@ -77,12 +77,24 @@ def test_metrics_need_authentication(stack):
 
 
 @pytest.mark.security
-def test_a_user_server_cannot_reach_the_proxy_api(stack):
+def test_a_user_server_is_confined_and_cannot_reach_the_proxy_api(stack):
+    import json
+
     from ..stack import REACH
 
     r = stack.start_server("carol", {"profile": "minimal", "gpus": 0})
     assert r.status_code in (201, 202), r.text
     try:
+        host = json.loads(subprocess.run(["docker", "inspect", "gpuhub-carol", "--format", "{{json .HostConfig}}"],
+                                         capture_output=True, text=True, check=True).stdout)
+        # the minimal profile's limits (config/profiles.yaml) and the spawner's hardening
+        assert host["Memory"] == 2 * 1024**3
+        cpus = host["NanoCpus"] / 1e9 or host["CpuQuota"] / host["CpuPeriod"]
+        assert cpus == 1.0, host
+        assert host["PidsLimit"] and host["PidsLimit"] <= 4096
+        assert host["Privileged"] is False and host["CapDrop"] == ["ALL"]
+        assert "no-new-privileges:true" in host["SecurityOpt"]
+        assert not any("docker.sock" in bind for bind in host.get("Binds") or [])
         out = stack.run_code("carol", REACH + "print(reach('proxy', 8099), reach('proxy', 443), reach('hub', 8081))")
         proxy_api, proxy_https, hub_api = out.split()
         assert proxy_https == "open" and hub_api == "open"  # what a server needs
@@ -120,7 +132,9 @@ def test_a_database_outage_leaves_servers_running_and_everything_recovers(stack)
         # token's identity for minutes, so people already working carry on; the hub's own API
         # cannot check any token while PostgreSQL is away and answers with an error.
         assert s.get(server, timeout=10).status_code == 200
-        assert monitor(stack, "GET", "api/devices").status_code == 200
+        # a token first used now: its identity stays cached in the monitor for 5 minutes
+        admin = user_token(stack, "alice")
+        assert monitor(stack, "GET", "api/devices", token=admin).status_code == 200
         stack.compose("stop", "db")
         down = time.monotonic()
         during = {"server": [], "hub": [], "monitor": []}
@@ -130,7 +144,7 @@ def test_a_database_outage_leaves_servers_running_and_everything_recovers(stack)
             during["hub"].append(r.status_code)
             if r.status_code != 200:
                 assert r.json()["message"], r.text
-            r = monitor(stack, "GET", "api/devices")
+            r = monitor(stack, "GET", "api/devices", token=admin)
             during["monitor"].append(r.status_code)
             if r.status_code != 200:
                 assert r.status_code == 503 and "database is not answering" in r.json()["message"], r.text
@@ -214,3 +228,82 @@ def test_the_monitor_api_fuzzed_never_fails_and_refusals_change_nothing(case, st
         assert sorted(a["id"] for a in allocations(stack)) == before, "a refused request changed the allocations"
     elif case.method == "POST" and response.status_code == 201:
         monitor(stack, "DELETE", f"api/allocations/{response.json()['id']}")
+
+
+# ---- TLS, scanned with sslyze -------------------------------------------------------------------
+
+WEAK = ("NULL", "EXPORT", "RC4", "3DES", "DES_CBC", "MD5", "ANON", "_CBC_")  # CBC: no AEAD, Lucky13 family
+
+
+@pytest.mark.security
+def test_tls_scan_finds_only_modern_protocols_and_ciphers(stack):
+    from sslyze import (Scanner, ScanCommand, ScanCommandAttemptStatusEnum, ServerNetworkLocation,
+                        ServerScanRequest)
+
+    commands = {ScanCommand.SSL_2_0_CIPHER_SUITES, ScanCommand.SSL_3_0_CIPHER_SUITES,
+                ScanCommand.TLS_1_0_CIPHER_SUITES, ScanCommand.TLS_1_1_CIPHER_SUITES,
+                ScanCommand.TLS_1_2_CIPHER_SUITES, ScanCommand.TLS_1_3_CIPHER_SUITES,
+                ScanCommand.HEARTBLEED, ScanCommand.TLS_COMPRESSION, ScanCommand.HTTP_HEADERS}
+    scanner = Scanner()
+    scanner.queue_scans([ServerScanRequest(server_location=ServerNetworkLocation("localhost", 443),
+                                           scan_commands=commands)])
+    (result,) = list(scanner.get_results())
+    assert result.scan_result is not None, result.connectivity_error_trace
+    r = result.scan_result
+
+    def accepted(attempt):
+        assert attempt.status == ScanCommandAttemptStatusEnum.COMPLETED, attempt.error_trace
+        return [c.cipher_suite.name for c in attempt.result.accepted_cipher_suites]
+
+    for old in ("ssl_2_0_cipher_suites", "ssl_3_0_cipher_suites", "tls_1_0_cipher_suites", "tls_1_1_cipher_suites"):
+        assert accepted(getattr(r, old)) == [], old
+    tls12, tls13 = accepted(r.tls_1_2_cipher_suites), accepted(r.tls_1_3_cipher_suites)
+    assert tls12 and tls13
+    weak = [c for c in tls12 + tls13 if any(w in c for w in WEAK)]
+    assert weak == [], weak
+    assert r.heartbleed.result.is_vulnerable_to_heartbleed is False
+    assert r.tls_compression.result.supports_compression is False
+    hsts = r.http_headers.result.strict_transport_security_header
+    assert hsts is not None and hsts.max_age >= 180 * 86400, hsts
+    print(f"\nTLS 1.2 suites: {tls12}\nTLS 1.3 suites: {tls13}\nHSTS max-age {hsts.max_age}")
+
+
+@pytest.mark.reliability
+def test_a_spawn_failure_storm_gives_messages_releases_devices_and_the_hub_stays_up(stack):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..stack import ROOT
+    from .test_policy import recreated
+
+    subprocess.run(["docker", "build", "-q", "-t", "gpuhub-test/broken:latest", "-f",
+                    str(ROOT / "tests" / "fixtures" / "broken.Dockerfile"), str(ROOT / "tests" / "fixtures")],
+                   capture_output=True, text=True, check=True)
+    users = [f"storm-{i}" for i in range(6)]
+    with recreated(stack, ("hub",), {"GPUHUB_PROFILES_FILE": "/srv/gpuhub/test-fixtures/profiles-broken.yaml"}):
+        def spawn(user):
+            stack.api("POST", f"users/{user}")
+            started = time.monotonic()
+            r = stack.api("POST", f"users/{user}/server", json={"profile": "broken", "gpus": 1})
+            if r.status_code == 202:  # still starting after 10 s: follow it to its end
+                wait_for(lambda: not stack.api("GET", f"users/{user}").json()["servers"], 150,
+                         what=f"{user}'s failed spawn to end")
+            return r.status_code, r.json().get("message", ""), time.monotonic() - started
+
+        try:
+            with ThreadPoolExecutor(len(users)) as pool:
+                results = list(pool.map(spawn, users))
+            for status, message, _ in results:
+                assert status in (202, 500, 503), (status, message)
+                if status != 202:
+                    assert message, status  # a sentence, not a bare error
+            slowest = max(t for _, _, t in results)
+            print(f"\nstorm of {len(users)} broken spawns with 1 device each: statuses "
+                  f"{sorted(s for s, _, _ in results)}, all ended within {slowest:.1f} s")
+            assert all(not stack.api("GET", f"users/{u}").json()["servers"] for u in users)
+            wait_for(lambda: allocations(stack) == [], 30, what="every device released")
+            assert stack.api("GET", "/").status_code == 200
+            assert not [c for c in stack.user_containers() if c.startswith("gpuhub-storm")]
+        finally:
+            for user in users:
+                stack.api("DELETE", f"users/{user}")
+                subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
