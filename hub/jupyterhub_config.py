@@ -8,7 +8,7 @@ from gpuhub.settings import ConfigError, load_settings
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 
 try:
-    configure(c, load_settings())
+    configure(c, load_settings(), check_crypt_key=True)
 except ConfigError as e:
     print(f"gpuhub: configuration error: {e}", file=sys.stderr)
     sys.exit(1)

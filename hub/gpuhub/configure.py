@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import yaml
 from typing import Any
 
+from . import cryptcheck
 from .auth import authenticator_config
 from .profiles import load_profiles
 from .settings import ConfigError, Settings, read_secret_file
@@ -49,7 +50,9 @@ def _operator_token(settings: Settings) -> str | None:
     return token
 
 
-def configure(c: Any, settings: Settings) -> None:
+def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None:
+    """Fill `c`. With `check_crypt_key` (the running hub), the crypt key's fingerprint is
+    compared with the one recorded in the database (gpuhub.cryptcheck)."""
     secrets = Path(settings.secrets_dir)
     profiles = load_profiles(settings.profiles_file)
 
@@ -87,7 +90,19 @@ def configure(c: Any, settings: Settings) -> None:
 
     # --- secrets ----------------------------------------------------------------------------
     c.JupyterHub.cookie_secret_file = str(secrets / "cookie_secret")
-    c.CryptKeeper.keys = [bytes.fromhex(read_secret_file("GPUHUB_SECRETS_DIR", str(secrets / "crypt_key")))]
+    crypt_key = bytes.fromhex(read_secret_file("GPUHUB_SECRETS_DIR", str(secrets / "crypt_key")))
+    c.CryptKeeper.keys = [crypt_key]
+    if check_crypt_key:
+        import psycopg2
+
+        try:
+            conn = cryptcheck.connect(settings)
+        except psycopg2.OperationalError as e:
+            raise ConfigError("GPUHUB_DB_HOST", f"cannot reach the database to check the crypt key: {e}".strip()) from None
+        try:
+            cryptcheck.check(conn, crypt_key)
+        finally:
+            conn.close()
 
     # --- login ------------------------------------------------------------------------------
     cls, traits = authenticator_config(settings)

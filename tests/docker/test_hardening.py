@@ -361,3 +361,78 @@ def test_restarting_the_monitor_during_a_burst_of_spawns_gives_no_device_twice_a
             stack.api("DELETE", f"users/{user}")
             subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
     assert allocations(stack) == []
+
+
+@pytest.mark.security
+def test_lets_encrypt_path_obtains_a_certificate_from_a_local_acme_server(stack):
+    """Traefik's ACME configuration (DOMAIN, ACME_EMAIL, ACME_CA_SERVER) for real: pebble, Let's
+    Encrypt's test server, issues the certificate over an HTTP-01 challenge that Traefik
+    answers on port 80, and Traefik serves it for the domain."""
+    import json
+    import socket
+    import ssl
+    from pathlib import Path
+
+    from cryptography import x509
+
+    from gpuhub.tls import write_localhost_certificate
+
+    from ..stack import ROOT
+    from .test_policy import recreated
+
+    pebble = stack.workdir / "pebble"
+    pebble.mkdir(exist_ok=True)
+    write_localhost_certificate(pebble, pebble / "ca.key", ("pebble",))
+    (pebble / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+        "certificate": "/pebble/local.crt", "privateKey": "/pebble/local.key",
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    for f in pebble.iterdir():
+        f.chmod(0o644)
+    env = {"GPUHUB_TEST_PEBBLE_DIR": str(pebble)}
+    stack.compose("--profile", "acme", "up", "-d", "--build", "pebble", env=env, timeout=600)
+
+    def served(name: str) -> x509.Certificate:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection(("127.0.0.1", 443), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+    acme = {**env, "DOMAIN": "gpuhub.test", "ACME_EMAIL": "ops@gpuhub.test",
+            "ACME_CA_SERVER": "https://pebble:14000/dir", "LEGO_CA_CERTIFICATES": "/pebble/local-ca.crt"}
+    try:
+        with recreated(stack, ("proxy",), acme):
+            started = time.monotonic()
+            cert = wait_for(lambda: (c := served("gpuhub.test")) and "Pebble" in c.issuer.rfc4514_string() and c,
+                            90, interval=1, what="a certificate from pebble for gpuhub.test")
+            print(f"\nACME: pebble's certificate served {time.monotonic() - started:.1f} s after the proxy started; "
+                  f"issuer {cert.issuer.rfc4514_string()}")
+            names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            assert names == ["gpuhub.test"]
+            stored = stack.compose("exec", "-T", "proxy", "cat", "/letsencrypt/acme.json").stdout
+            assert "gpuhub.test" in stored  # kept in the acme volume: renewed from there, not re-issued
+            assert "Pebble" not in served("localhost").issuer.rfc4514_string()  # other names: the local cert
+    finally:
+        stack.compose("--profile", "acme", "rm", "-sf", "pebble", env=env)
+
+
+@pytest.mark.reliability
+def test_a_lost_crypt_key_is_detected_and_explained(stack):
+    # the key file lost (a removed volume, a restore without the secrets): init makes a new one
+    stack.compose("exec", "-T", "hub", "rm", "/srv/gpuhub/secrets/crypt_key")
+    stack.compose("run", "--rm", "init")
+    try:
+        stack.compose("restart", "hub", check=False)
+        message = "GPUHUB_SECRETS_DIR: crypt_key is not the key this database's login states were encrypted with"
+        wait_for(lambda: message in stack.compose("logs", "--no-color", "hub").stdout, 60,
+                 what="the hub refusing the new key")
+        assert "restore secrets/crypt_key from your backup" in stack.compose("logs", "--no-color", "hub").stdout
+    finally:
+        # the deliberate way out: forget the unreadable login states; people log in again
+        out = stack.compose("run", "--rm", "--no-deps", "hub", "python3", "-m", "gpuhub.cryptcheck",
+                            "--forget-login-state").stdout
+        stack.compose("up", "-d", "--no-deps", "--wait", "hub")
+        stack.wait_hub()
+    assert out.startswith("gpuhub: forgot the stored login state of ")
+    assert stack.api("GET", "users").status_code == 200

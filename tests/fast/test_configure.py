@@ -158,3 +158,4 @@ def test_idle_culler_runs_only_when_asked(environ):
     assert roles["idle-culler"]["scopes"] == ["list:users", "read:users:activity", "read:servers", "delete:servers"]
     with pytest.raises(ConfigError, match="GPUHUB_CULL_IDLE_SECONDS: expected a whole number"):
         configured({**environ, "GPUHUB_CULL_IDLE_SECONDS": "1h"})
+
