@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Cold start and idle footprint of the stack (issue "Benchmarks", items 5 and 7; gpuhub only,
+no reference configuration yet).
+
+  * cold start: `docker compose up -d --wait` with every image already built, from nothing
+    running to every service healthy (the hub's healthcheck goes through the proxy), repeated;
+  * idle footprint: memory and CPU of proxy, hub, db and gpu-monitor (`docker stats`, a few
+    samples a few seconds apart) with 0 servers and with N idle servers of the minimal profile.
+
+Uses the test stack (tests/stack.py: project gpuhub-test, ports 443/80/9401 on 127.0.0.1) so
+that servers can be started through the API. Prints a Markdown table; with --docs writes it to
+docs/BENCHMARKS.md (section between markers). Usage:
+
+    .venv/bin/python bench/footprint.py [--reps 3] [--servers 10] [--docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.stack import start_stack  # noqa: E402
+
+SERVICES = ("proxy", "hub", "db", "gpu-monitor")
+DOCS = REPO / "docs" / "BENCHMARKS.md"
+BEGIN, END = "<!-- bench/footprint.py: begin -->", "<!-- bench/footprint.py: end -->"
+
+
+def stats(project: str, samples: int = 3, gap: float = 3.0) -> dict[str, tuple[float, float]]:
+    """{service: (median memory MiB, median CPU %)} over a few `docker stats` samples."""
+    seen: dict[str, list[tuple[float, float]]] = {s: [] for s in SERVICES}
+    for _ in range(samples):
+        out = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{json .}}"],
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            row = json.loads(line)
+            for service in SERVICES:
+                if row["Name"] == f"{project}-{service}-1":
+                    used = row["MemUsage"].split("/")[0].strip()
+                    number, unit = float(used[:-3]), used[-3:]
+                    mib = number * {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024}[unit]
+                    seen[service].append((mib, float(row["CPUPerc"].rstrip("%"))))
+        time.sleep(gap)
+    return {s: (statistics.median(m for m, _ in v), statistics.median(c for _, c in v)) for s, v in seen.items() if v}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--servers", type=int, default=10)
+    parser.add_argument("--docs", action="store_true")
+    args = parser.parse_args()
+
+    starts = []
+    stack = None
+    for rep in range(args.reps):
+        if stack is None:
+            t = time.monotonic()  # nothing of the project runs yet (start_stack removes leftovers first)
+            stack = start_stack(Path(tempfile.mkdtemp(prefix="gpuhub-bench-")))
+        else:
+            stack.down()
+            t = time.monotonic()
+            stack.up()
+            stack.wait_hub()
+        starts.append(time.monotonic() - t)
+        print(f"bench: cold start {rep + 1}: {starts[-1]:.1f} s", file=sys.stderr)
+    assert stack is not None
+    try:
+        idle = stats(stack.project)
+        users = [f"bench-{i}" for i in range(args.servers)]
+        for user in users:
+            r = stack.start_server(user, {"profile": "minimal", "gpus": 0})
+            assert r.status_code in (201, 202), r.text
+        time.sleep(10)
+        busy = stats(stack.project)
+        for user in users:
+            stack.stop_server(user)
+            stack.api("DELETE", f"users/{user}")
+            subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
+    finally:
+        stack.down()
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    lines = [
+        BEGIN,
+        "## Cold start and idle footprint (gpuhub only; no reference configuration yet)",
+        "",
+        f"`bench/footprint.py --reps {args.reps} --servers {args.servers}`, {datetime.date.today()}, commit {commit}, "
+        f"this {os.cpu_count()}-CPU machine ({platform.machine()}, {platform.system()} {platform.release()}), "
+        "images built beforehand, test stack (tests/stack.py).",
+        "",
+        f"Cold start, `docker compose up -d --wait` to every service healthy: median {statistics.median(starts):.1f} s "
+        f"(min {min(starts):.1f}, max {max(starts):.1f}, {len(starts)} runs); goal ≤ 30 s.",
+        "",
+        f"| service | memory, 0 servers (MiB) | CPU, 0 servers (%) | memory, {args.servers} idle servers (MiB) | CPU, {args.servers} idle servers (%) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for service in SERVICES:
+        m0, c0 = idle.get(service, (float("nan"), float("nan")))
+        m1, c1 = busy.get(service, (float("nan"), float("nan")))
+        lines.append(f"| {service} | {m0:.0f} | {c0:.1f} | {m1:.0f} | {c1:.1f} |")
+    lines += ["", "Medians of 3 `docker stats` samples 3 s apart.", END]
+    report = "\n".join(lines)
+    print(report)
+    if args.docs:
+        text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
+        if BEGIN in text:
+            text = text[:text.index(BEGIN)] + report + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + report + "\n"
+        DOCS.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
