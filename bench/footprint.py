@@ -31,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.docs_section import write_section  # noqa: E402
+
 from tests.stack import start_stack  # noqa: E402
 
 SERVICES = ("proxy", "hub", "db", "gpu-monitor")
@@ -115,12 +117,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if args.docs:
-        text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + report + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + report + "\n"
-        DOCS.write_text(text)
+        write_section(DOCS, BEGIN, END, report)
     return 0
 
 

@@ -39,6 +39,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.docs_section import write_section  # noqa: E402
+
 from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
 DOCS = REPO / "docs" / "monitor.md"
@@ -211,12 +213,7 @@ def main() -> int:
     report = "\n".join(lines)
     print(report)
     if not args.no_docs:
-        text = DOCS.read_text()
-        if BEGIN in text:
-            text = text[:text.index(BEGIN)] + report + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + report + "\n"
-        DOCS.write_text(text)
+        write_section(DOCS, BEGIN, END, report)
     return 0
 
 
