@@ -25,6 +25,7 @@ import datetime
 import html
 import json
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -503,9 +504,13 @@ class HistoryHandler(MonitorHandler):
 def _instant(text: str, name: str) -> float:
     """An ISO 8601 date or time (UTC unless it says otherwise), or seconds since the epoch."""
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):  # "nan", "inf": floats, not instants
+            raise web.HTTPError(400, reason=f"{name} must be a finite number of epoch seconds, not {text[:40]!r}")
+        return seconds
     try:
         value = datetime.datetime.fromisoformat(text)
     except ValueError:

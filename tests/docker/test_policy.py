@@ -115,6 +115,8 @@ def test_accounting_totals_survive_a_restart(stack):
     assert r.status_code in (401, 403)
     bad = monitor(stack, "GET", "api/accounting?start=yesterday")
     assert bad.status_code == 400 and "ISO 8601" in bad.json()["message"]
+    bad = monitor(stack, "GET", "api/accounting?start=nan")
+    assert bad.status_code == 400 and "finite" in bad.json()["message"]
 
 
 def test_an_idle_server_gets_a_notice_then_is_stopped_and_its_device_freed(stack):
