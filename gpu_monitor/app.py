@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import html
 import json
 import logging
 import math
@@ -42,8 +41,8 @@ from .dashboard import STATIC, render_dashboard
 from .devices import Device
 from .loops import every
 from .metrics import MonitorCollector, render
-from .sampler import DeviceState, Sampler
-from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL, SERVICE_NAME
+from .sampler import CounterDeltas, DeviceState, Sampler
+from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL
 from .store import AllocationStore
 
 log = logging.getLogger(__name__)
@@ -132,7 +131,6 @@ class AllocationBatcher:
         self.monitor = monitor
         self._queue: list[tuple[AllocationRequest, asyncio.Future[Decision]]] = []
         self._draining = False
-        self.batches = 0  # how many transactions, for the log and tests
 
     async def submit(self, request: AllocationRequest) -> Decision:
         future: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
@@ -147,7 +145,6 @@ class AllocationBatcher:
         try:
             while self._queue:
                 batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
-                self.batches += 1
                 try:
                     decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy)
                 except Exception as e:  # noqa: BLE001 - every waiter gets the error
@@ -170,7 +167,7 @@ class UsageRecorder:
     def __init__(self, monitor: Monitor, interval: float) -> None:
         self.monitor = monitor
         self.interval = interval
-        self._last: dict[str, tuple[float, float]] = {}
+        self._grown = CounterDeltas()
 
     def deltas(self, states: dict[str, DeviceState], allocations: list[Allocation], now: float
                ) -> tuple[list[tuple[str, float, float, float]], list[tuple[str, float, float | None, float | None]]]:
@@ -178,10 +175,8 @@ class UsageRecorder:
         minute = now - now % 60
         usage: dict[str, list[float]] = {}
         points = []
-        for uuid, state in states.items():
-            busy0, sampled0 = self._last.get(uuid, (state.busy_seconds, state.sampled_seconds))
-            busy, sampled = state.busy_seconds - busy0, state.sampled_seconds - sampled0
-            self._last[uuid] = (state.busy_seconds, state.sampled_seconds)
+        for uuid, (busy, sampled) in self._grown.take(states).items():
+            state = states[uuid]
             if sampled <= 0:
                 continue
             points.append((uuid, minute, busy / sampled if state.last.utilization_ratio is not None else None,
@@ -609,5 +604,3 @@ def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: b
         xsrf_cookies=False,  # state changes require a token header instead (see MonitorHandler)
     )
 
-
-__all__ = ["Monitor", "HostInfo", "make_app", "parse_allocation_request", "BadRequest", "SERVICE_NAME"]

@@ -25,6 +25,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from .allocator import Allocation
 from .loops import every
 from .policy import IdleReclaim
+from .sampler import CounterDeltas
 
 log = logging.getLogger(__name__)
 
@@ -72,18 +73,16 @@ class IdleReclaimer:
         self.started = time.time()
         self.last_active: dict[str, float] = {}
         self.notices: dict[str, Notice] = {}
-        self._last: dict[str, tuple[float, float]] = {}
+        self._grown = CounterDeltas()
         self._asked_to_stop: dict[str, float] = {}
 
     def activity(self) -> dict[str, float | None]:
         """Each device's mean utilisation since the previous call (None: not measured)."""
+        states = self.monitor.sampler.states()
         result: dict[str, float | None] = {}
-        for uuid, state in self.monitor.sampler.states().items():
-            busy0, sampled0 = self._last.get(uuid, (state.busy_seconds, state.sampled_seconds))
-            self._last[uuid] = (state.busy_seconds, state.sampled_seconds)
-            sampled = state.sampled_seconds - sampled0
-            measured = sampled > 0 and state.last.utilization_ratio is not None
-            result[uuid] = (state.busy_seconds - busy0) / sampled if measured else None
+        for uuid, (busy, sampled) in self._grown.take(states).items():
+            measured = sampled > 0 and states[uuid].last.utilization_ratio is not None
+            result[uuid] = busy / sampled if measured else None
         return result
 
     async def stop_server(self, a: Allocation) -> None:

@@ -87,3 +87,21 @@ class Sampler:
             except Exception:  # noqa: BLE001 - a bad reading must not end sampling
                 log.exception("sampling %s failed; trying again in %.0f s", self.backend.name, self.interval)
             self._stop.wait(self.interval)
+
+
+class CounterDeltas:
+    """How much each device's cumulative counters grew since the previous `take()`: (busy
+    seconds, sampled seconds). The first call for a device only sets its starting point (0, 0).
+    Each periodic reader (usage writes, idle checks) keeps its own, so they never disturb each
+    other."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[float, float]] = {}
+
+    def take(self, states: dict[str, DeviceState]) -> dict[str, tuple[float, float]]:
+        grown = {}
+        for uuid, state in states.items():
+            busy0, sampled0 = self._last.get(uuid, (state.busy_seconds, state.sampled_seconds))
+            self._last[uuid] = (state.busy_seconds, state.sampled_seconds)
+            grown[uuid] = (state.busy_seconds - busy0, state.sampled_seconds - sampled0)
+        return grown

@@ -8,6 +8,7 @@ labels, so teardown (and a rerun after a crash) removes exactly what the tests m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -147,6 +148,17 @@ class Stack:
             wait_for(lambda: self.api("GET", f"users/{user}").json()["servers"].get("", {}).get("ready"),
                      180, what=f"{user}'s server ready")
         return r
+
+    @contextlib.contextmanager
+    def running_server(self, user: str, options: dict):
+        """`user`'s server started with `options` (asserted), stopped afterwards whatever happens."""
+        r = self.start_server(user, options)
+        assert r.status_code in (201, 202), r.text
+        try:
+            yield r
+        finally:
+            if self.api("GET", f"users/{user}").json().get("servers"):
+                self.stop_server(user)
 
     def stop_server(self, user: str) -> None:
         r = self.api("DELETE", f"users/{user}/server")
