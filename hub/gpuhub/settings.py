@@ -75,6 +75,44 @@ def _seconds(environ: Mapping[str, str], name: str) -> int:
     return int(value)
 
 
+def _check_users_network(environ: Mapping[str, str]) -> None:
+    """The users' network's addresses (docker-compose.yml): the hub and the proxy need fixed
+    addresses in the subnet, outside the range servers get theirs from, for the network policy
+    that keeps servers from connecting to one another (images/netpolicy/netpolicy.sh)."""
+    isolation = _clean(environ, "GPUHUB_SERVER_TO_SERVER") or "false"
+    if isolation not in {"true", "false"}:
+        raise ConfigError("GPUHUB_SERVER_TO_SERVER", f"expected true or false, got {isolation!r}")
+
+    def network(name: str, default: str) -> ipaddress.IPv4Network:
+        value = _clean(environ, name) or default
+        try:
+            return ipaddress.IPv4Network(value)
+        except ValueError as error:
+            raise ConfigError(name, f"expected an IPv4 subnet like {default}, got {value!r} ({error})") from None
+
+    subnet = network("GPUHUB_USERS_SUBNET", "172.31.240.0/20")
+    servers = network("GPUHUB_USERS_IP_RANGE", "172.31.248.0/21")
+    if not servers.subnet_of(subnet):
+        raise ConfigError("GPUHUB_USERS_IP_RANGE", f"{servers} is not inside GPUHUB_USERS_SUBNET {subnet}")
+    seen: dict[ipaddress.IPv4Address, str] = {}
+    for name, default in (("GPUHUB_USERS_HUB_IP", "172.31.240.2"), ("GPUHUB_USERS_PROXY_IP", "172.31.240.3")):
+        value = _clean(environ, name) or default
+        try:
+            address = ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ConfigError(name, f"expected an IPv4 address like {default}, got {value!r}") from None
+        if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+            raise ConfigError(name, f"{address} is not a host address of GPUHUB_USERS_SUBNET {subnet}")
+        if address == subnet.network_address + 1:
+            raise ConfigError(name, f"{address} is the subnet's gateway (Docker takes the first address)")
+        if address in servers:
+            raise ConfigError(name, f"{address} is inside GPUHUB_USERS_IP_RANGE {servers}, where "
+                              "servers get their addresses; pick one outside it")
+        if address in seen:
+            raise ConfigError(name, f"{address} is also {seen[address]}")
+        seen[address] = name
+
+
 def _url(environ: Mapping[str, str], name: str, required_for: str | None = None) -> str:
     value = _clean(environ, name)
     if not value:
@@ -269,6 +307,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
                 "GPUHUB_ALLOWED_GROUPS (or GPUHUB_ALLOW_ALL=true to admit every account the "
                 "provider knows, deliberately)",
             )
+
+    _check_users_network(environ)
 
     return Settings(
         authenticator=authenticator,

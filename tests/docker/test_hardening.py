@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, settings
 
 from gpuhub.tls import write_localhost_certificate
 
-from ..stack import PROJECT, REACH, ROOT, wait_for
+from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, wait_for
 from .test_monitor import allocations, monitor, user_token
 from .test_policy import recreated
 
@@ -103,6 +103,36 @@ def test_a_user_server_is_confined_and_cannot_reach_the_proxy_api(stack):
         proxy_api, proxy_https, hub_api = out.split()
         assert proxy_https == "open" and hub_api == "open"  # what a server needs
         assert proxy_api != "open", "Traefik's API is reachable from the users' network"
+
+
+@pytest.mark.security
+def test_no_server_can_connect_to_another_users_server(stack):
+    """The users' network policy (service netpolicy): the hub and the proxy reach every server,
+    servers reach the hub's API and the proxy's entrypoints, and not one another."""
+    def address(container: str) -> str:
+        return subprocess.run(["docker", "inspect", container, "--format",
+                               f"{{{{(index .NetworkSettings.Networks \"{USER_NETWORK}\").IPAddress}}}}"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    minimal = {"profile": "minimal", "gpus": 0}
+    with stack.running_server("carol", minimal), stack.running_server("dave", minimal):
+        carol, dave = address("gpuhub-carol"), address("gpuhub-dave")
+        assert carol and dave and carol != dave
+        # both answer through the proxy: the proxy reaches each (and the hub saw them start)
+        for user in ("carol", "dave"):
+            assert stack.session().get(f"{stack.base_url}/user/{user}/api/status", timeout=30).status_code == 200
+        code = REACH + f"print(reach({dave!r}, 8888), reach('hub', 8081), reach('proxy', 443))"
+        started = time.monotonic()
+        to_dave, hub_api, proxy_https = stack.run_code("carol", code).split()
+        seconds = time.monotonic() - started
+        # dave's server listens on 8888 (the proxy reaches it there); carol's cannot connect
+        assert to_dave != "open", f"carol's server reached dave's at {dave}:8888"
+        assert (hub_api, proxy_https) == ("open", "open")
+        # the other way round too, and dave's own address from dave's server is fine (loopback)
+        back = stack.run_code("dave", REACH + f"print(reach({carol!r}, 8888))").strip()
+        assert back != "open", f"dave's server reached carol's at {carol}:8888"
+        print(f"\nserver -> other server: {to_dave} (both ways), server -> hub:8081 {hub_api}, "
+              f"-> proxy:443 {proxy_https}; three probes {seconds:.1f} s")
 
 
 @pytest.mark.reliability

@@ -48,6 +48,16 @@ REFUSALS = {
     "groups on google": ({"GPUHUB_AUTHENTICATOR": "google", "GPUHUB_ALLOWED_GROUPS": "x"}, "GPUHUB_ALLOWED_GROUPS", "not supported"),
     "demo on all interfaces": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "0.0.0.0"}, "GPUHUB_LISTEN", "demo login"),
     "demo with allow all": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_ALLOW_ALL": "true"}, "GPUHUB_ALLOW_ALL", "demo"),
+    # the users' network (docker-compose.yml, images/netpolicy)
+    "isolation not a bool": ({"GPUHUB_SERVER_TO_SERVER": "yes"}, "GPUHUB_SERVER_TO_SERVER", "true or false"),
+    "subnet with host bits": ({"GPUHUB_USERS_SUBNET": "10.9.0.1/16"}, "GPUHUB_USERS_SUBNET", "host bits set"),
+    "subnet not an address": ({"GPUHUB_USERS_SUBNET": "users"}, "GPUHUB_USERS_SUBNET", "IPv4 subnet"),
+    "range outside the subnet": ({"GPUHUB_USERS_IP_RANGE": "10.0.0.0/24"}, "GPUHUB_USERS_IP_RANGE", "not inside"),
+    "hub outside the subnet": ({"GPUHUB_USERS_HUB_IP": "10.0.0.2"}, "GPUHUB_USERS_HUB_IP", "not a host address"),
+    "hub on the gateway": ({"GPUHUB_USERS_HUB_IP": "172.31.240.1"}, "GPUHUB_USERS_HUB_IP", "gateway"),
+    "proxy among servers": ({"GPUHUB_USERS_PROXY_IP": "172.31.248.9"}, "GPUHUB_USERS_PROXY_IP", "inside GPUHUB_USERS_IP_RANGE"),
+    "proxy on the hub's address": ({"GPUHUB_USERS_PROXY_IP": "172.31.240.2"}, "GPUHUB_USERS_PROXY_IP", "also GPUHUB_USERS_HUB_IP"),
+    "proxy not an address": ({"GPUHUB_USERS_PROXY_IP": "proxy"}, "GPUHUB_USERS_PROXY_IP", "IPv4 address"),
 }
 
 
@@ -71,6 +81,9 @@ ALLOWED = {
     "allow all, deliberately": {"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOW_ALL": "yes"},
     "github orgs": {"GPUHUB_AUTHENTICATOR": "github", "GPUHUB_ALLOWED_GROUPS": "my-org"},
     "loopback listen in demo": {"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "::1"},
+    "servers may talk": {"GPUHUB_SERVER_TO_SERVER": "true"},
+    "another users' subnet": {"GPUHUB_USERS_SUBNET": "10.20.0.0/16", "GPUHUB_USERS_IP_RANGE": "10.20.128.0/17",
+                              "GPUHUB_USERS_HUB_IP": "10.20.0.10", "GPUHUB_USERS_PROXY_IP": "10.20.0.11"},
 }
 
 
