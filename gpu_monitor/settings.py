@@ -97,4 +97,5 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         api_token_file=_get(environ, "GPUHUB_MONITOR_TOKEN_FILE") or defaults.api_token_file,
         db_host=_get(environ, "GPUHUB_DB_HOST") or defaults.db_host,
         db_password_file=_get(environ, "GPUHUB_DB_PASSWORD_FILE") or defaults.db_password_file,
+        docker_url=_get(environ, "GPUHUB_MONITOR_DOCKER_URL") or defaults.docker_url,
     )

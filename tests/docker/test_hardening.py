@@ -75,6 +75,45 @@ def test_no_secret_in_any_command_line_environment_or_log(stack):
         print(f"\n{len(secrets) + 1} secrets checked in {checked} places ({len(containers)} containers)")
 
 
+# Run inside the monitor's container: each call through its Docker API (monitor-docker), status.
+DOCKER_CALLS = (
+    "import http.client, json\n"
+    "def call(method, path, body=None):\n"
+    "    c = http.client.HTTPConnection('monitor-docker', 2375, timeout=10)\n"
+    "    c.request(method, path, body=json.dumps(body) if body else None,\n"
+    "              headers={'Content-Type': 'application/json'})\n"
+    "    r = c.getresponse(); r.read(); return r.status\n"
+    "print(json.dumps({\n"
+    "    'list': call('GET', '/v1.41/containers/json?all=1'),\n"
+    "    'inspect': call('GET', '/containers/gpuhub-test-hub-1/json'),\n"
+    "    'create': call('POST', '/v1.41/containers/create', {'Image': 'gpuhub/singleuser-base:latest',\n"
+    "                    'HostConfig': {'Privileged': True, 'Binds': ['/:/host']}}),\n"
+    "    'exec': call('POST', '/containers/gpuhub-test-hub-1/exec', {'Cmd': ['id']}),\n"
+    "    'stop': call('POST', '/containers/gpuhub-test-hub-1/stop'),\n"
+    "    'forced removal': call('DELETE', '/containers/gpuhub-test-hub-1?force=1'),\n"
+    "    'removal of a running one': call('DELETE', '/containers/gpuhub-test-hub-1'),\n"
+    "    'images': call('GET', '/images/json'),\n"
+    "    'secrets of the daemon': call('GET', '/info'),\n"
+    "}))\n"
+)
+
+
+@pytest.mark.security
+def test_the_monitor_reaches_docker_only_to_list_inspect_and_remove_stopped_containers(stack):
+    """The monitor holds no Docker socket; its filtered API (monitor-docker) answers what the
+    reconciler needs and refuses everything else, before the daemon sees it."""
+    mounts = subprocess.run(["docker", "inspect", f"{PROJECT}-gpu-monitor-1", "--format", "{{json .Mounts}}"],
+                            capture_output=True, text=True, check=True).stdout
+    assert "docker.sock" not in mounts
+    statuses = json.loads(stack.compose("exec", "-T", "gpu-monitor", "python3", "-c", DOCKER_CALLS).stdout)
+    print(f"\nthe monitor's Docker API: {statuses}")
+    assert statuses.pop("list") == 200 and statuses.pop("inspect") == 200
+    # the daemon refuses to remove a running container without force: 409, the filter let it by
+    assert statuses.pop("removal of a running one") == 409
+    assert set(statuses.values()) == {403}, statuses
+    assert stack.compose("ps", "--format", "{{.State}}", "hub").stdout.strip() == "running"
+
+
 @pytest.mark.security
 def test_metrics_need_authentication(stack):
     anonymous = stack.session()
