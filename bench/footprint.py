@@ -31,7 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.docs_section import write_section  # noqa: E402
+from bench.docs_section import record, write_section  # noqa: E402
 
 from tests.stack import start_stack  # noqa: E402
 
@@ -61,7 +61,7 @@ def stats(project: str, samples: int = 3, gap: float = 3.0) -> dict[str, tuple[f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--servers", type=int, default=10)
+    parser.add_argument("--servers", type=int, default=20)
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args()
 
@@ -97,7 +97,7 @@ def main() -> int:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     lines = [
         BEGIN,
-        "## Cold start and idle footprint (gpuhub only; no reference configuration yet)",
+        "## Cold start and idle footprint",
         "",
         f"`bench/footprint.py --reps {args.reps} --servers {args.servers}`, {datetime.date.today()}, commit {commit}, "
         f"this {os.cpu_count()}-CPU machine ({platform.machine()}, {platform.system()} {platform.release()}), "
@@ -114,6 +114,12 @@ def main() -> int:
         m1, c1 = busy.get(service, (float("nan"), float("nan")))
         lines.append(f"| {service} | {m0:.0f} | {c0:.1f} | {m1:.0f} | {c1:.1f} |")
     lines += ["", "Medians of 3 `docker stats` samples 3 s apart.", END]
+    cold = statistics.median(starts)
+    record("5. Cold start", "`docker compose up -d --wait`, images built, to every service healthy",
+           f"{cold:.1f} s ({min(starts):.1f}–{max(starts):.1f}, {len(starts)} runs)", goal="≤ 30 s", met=cold <= 30)
+    for label, seen in (("0 servers", idle), (f"{args.servers} idle servers", busy)):
+        record("7. Idle footprint", f"memory / CPU of hub, proxy, db, gpu-monitor with {label}",
+               ", ".join(f"{s} {seen[s][0]:.0f} MiB / {seen[s][1]:.1f} %" for s in SERVICES if s in seen))
     report = "\n".join(lines)
     print(report)
     if args.docs:

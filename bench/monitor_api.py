@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.docs_section import write_section  # noqa: E402
+from bench.docs_section import record, write_section  # noqa: E402
 
 from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
@@ -212,6 +212,13 @@ def main() -> int:
     ]
     report = "\n".join(lines)
     print(report)
+    scrape, grant = pct(server["metrics"], 99) * 1000, pct(server["allocate"], 99) * 1000
+    record("4. GPU monitor", f"`GET metrics` p99 (server), {args.requests} sequential, 200 allocations held",
+           f"{scrape:.1f} ms", goal="< 5 ms", met=scrape < 5)
+    record("4. GPU monitor", f"`POST api/allocations` p99 (server), {args.concurrency} concurrent",
+           f"{grant:.1f} ms", goal="< 20 ms", met=grant < 20)
+    record("4. GPU monitor", "sampling cost per device (CPU slices, /proc/stat)",
+           f"{per_call / devices * 1e3:.3f} ms")
     if not args.no_docs:
         write_section(DOCS, BEGIN, END, report)
     return 0

@@ -6,6 +6,10 @@
   B  (the alternative)  browser --TLS--> Traefik --> configurable-http-proxy --> user server
      routes added through CHP's REST API (JupyterHub's default proxy)
 
+  R  (the reference)    browser --HTTP--> configurable-http-proxy --> user server
+     JupyterHub's default deployment (issue "Benchmarks": gpuhub should serve >= 2x R at
+     concurrency >= 10), measured on B's CHP process through its own port
+
 plus "direct" (plain HTTP to the user server, no proxy) as the baseline for added latency.
 
 Everything runs on 127.0.0.1, without Docker, on ports 18100-18444. Measured, with A, B and
@@ -71,6 +75,7 @@ SETUP_LABELS = {
     "A": "A: Traefik",
     FAST: "A′: Traefik, providersThrottleDuration",
     "B": "B: Traefik→CHP",
+    "R": "R: CHP alone (reference)",
 }
 
 
@@ -528,37 +533,41 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def tables(res: Results, args) -> str:
-    names = ["direct", "A", "B"]
+    names = ["direct", "A", "B", "R"]
     size_label = {"small": f"{len(SMALL_BODY)} B", "large": "1 MiB"}
     out = []
 
     rows = []
     for (size, conc), by in res.http.items():
         rows.append([size_label[size], str(conc)] + [cell(by[n], "rps") for n in names]
-                    + [f"{med(by['B'], 'rps') / med(by['A'], 'rps'):.2f}"]
+                    + [f"{med(by['B'], 'rps') / med(by['A'], 'rps'):.2f}",
+                       f"**{med(by['A'], 'rps') / med(by['R'], 'rps'):.2f}**"]
                     + ([cell(by["A"], "mibps")] if size == "large" else ["–"]))
     out.append("**HTTP throughput**, requests/s (wrk, keep-alive, "
                f"{args.duration:g} s per run), median (min–max) of {args.reps} runs\n\n"
-               + table(["response", "conc.", "direct", "A: Traefik", "B: Traefik→CHP", "B/A", "A MiB/s"], rows))
+               + table(["response", "conc.", "direct", "A: Traefik", "B: Traefik→CHP", "R: CHP (reference)",
+                        "B/A", "A/R", "A MiB/s"], rows))
 
     rows = []
     for (size, conc), by in res.http.items():
         rows.append([size_label[size], str(conc)]
                     + [f"{cell(by[n], 'p50_ms')} / {fmt(med(by[n], 'p99_ms'))}" for n in names]
-                    + [f"{med(by[n], 'p50_ms') - med(by['direct'], 'p50_ms'):+.2f}" for n in ("A", "B")])
+                    + [f"{med(by[n], 'p50_ms') - med(by['direct'], 'p50_ms'):+.2f}" for n in ("A", "B", "R")])
     out.append("**HTTP latency**, ms: p50 median (min–max) / p99 median, and the p50 the proxies add "
                "over direct\n\n"
-               + table(["response", "conc.", "direct", "A: Traefik", "B: Traefik→CHP", "+A", "+B"], rows))
+               + table(["response", "conc.", "direct", "A: Traefik", "B: Traefik→CHP", "R: CHP (reference)",
+                        "+A", "+B", "+R"], rows))
 
     rows = []
     for conc, by in res.ws.items():
         rows.append([str(conc)] + [cell(by[n], "msgps") for n in names]
-                    + [f"{med(by['B'], 'msgps') / med(by['A'], 'msgps'):.2f}"]
+                    + [f"{med(by['B'], 'msgps') / med(by['A'], 'msgps'):.2f}",
+                       f"**{med(by['A'], 'msgps') / med(by['R'], 'msgps'):.2f}**"]
                     + [f"{cell(by[n], 'p50_ms')} / {fmt(med(by[n], 'p99_ms'))}" for n in names])
     out.append(f"**Websocket echo** (64-byte binary messages, {args.ws_duration:g} s per run): messages/s, "
                "and round trip p50 (min–max) / p99 in ms\n\n"
-               + table(["conc.", "direct msg/s", "A msg/s", "B msg/s", "B/A",
-                        "direct RTT", "A RTT", "B RTT"], rows))
+               + table(["conc.", "direct msg/s", "A msg/s", "B msg/s", "R msg/s", "B/A", "A/R",
+                        "direct RTT", "A RTT", "B RTT", "R RTT"], rows))
 
     rows = []
     for mode, by in res.routes.items():
@@ -568,7 +577,7 @@ def tables(res: Results, args) -> str:
             rows.append([mode, label, str(len(runs)), cell(runs, "commit_ms"),
                          cell(runs, "routable_ms"), cell(total, "t")])
     out.append("**Route add**, ms, median (min–max). *commit*: A = write the rules file and rename it "
-               "into the watched directory, B = CHP's `POST /api/routes/...` until it returns; "
+               "into the watched directory, B and R = CHP's `POST /api/routes/...` until it returns; "
                f"*until routable*: from then until a request through the proxy gets a 200 "
                f"(polled every {ROUTE_POLL_INTERVAL * 1000:g} ms). *isolated*: {ISOLATED_GAP:g} s since the "
                "previous configuration change; *burst*: right after the previous route started working.\n\n"
@@ -610,6 +619,17 @@ def summary(res: Results, args) -> str:
                  f"websocket messages/s {span(ws_ratios)}; {latency}): read the tables before relying on "
                  "this choice.")
     text += "\n\n"
+    vs_ref = [med(res.http[(size, c)]["A"], "rps") / med(res.http[(size, c)]["R"], "rps")
+              for size in ("small", "large") for c in concs]
+    ws_vs_ref = [med(res.ws[c]["A"], "msgps") / med(res.ws[c]["R"], "msgps") for c in concs]
+    met = min(vs_ref + ws_vs_ref) >= 2
+    text += ("**Against the reference configuration** (R: JupyterHub's default, configurable-http-proxy "
+             "alone, plain HTTP, no TLS) at concurrency "
+             f"{' and '.join(map(str, concs))}, gpuhub's Traefik (with TLS) serves {span(vs_ref)}× R's HTTP "
+             f"requests/s and {span(ws_vs_ref)}× its websocket messages/s; goal ≥ 2×: "
+             + ("**met**." if met else f"**missed** (lowest {min(vs_ref + ws_vs_ref):.2f}×).")
+             + f" Route add through R: {route('isolated', 'R'):.0f} ms, against "
+             f"{route('isolated', FAST):.0f} ms for Traefik with gpuhub's 100 ms throttle (A′).\n\n")
     text += ("The price of A is route-add time. CHP's REST API changes its in-memory table at once: a new "
              f"route works {route('isolated', 'B'):.0f} ms (median) after the request to add it was sent. "
              "Traefik learns of a new route through a file watch, and applies file-provider changes at most "
@@ -627,6 +647,29 @@ def summary(res: Results, args) -> str:
              "browser there, so no request hits a missing route; B's extra hop is paid on every request "
              "and websocket message of every session. So gpuhub keeps A.")
     return text
+
+
+def record_figures(res: Results, args) -> None:
+    """The harness's summary rows (bench/run_all.py): gpuhub (A; route adds A′, gpuhub's throttle)
+    against the reference R, at concurrency >= 10 where the goal applies."""
+    sys.path.insert(0, str(REPO))
+    from bench.docs_section import record
+
+    size_label = {"small": f"{len(SMALL_BODY)} B", "large": "1 MiB"}
+    for (size, conc), by in res.http.items():
+        ratio = med(by["A"], "rps") / med(by["R"], "rps")
+        record("3. Proxy", f"HTTP requests/s, {size_label[size]} responses, concurrency {conc}",
+               f"{med(by['A'], 'rps'):.0f} ({ratio:.2f}×)", reference=f"{med(by['R'], 'rps'):.0f}",
+               goal="≥ 2× reference" if conc >= 10 else "–", met=ratio >= 2 if conc >= 10 else None)
+    for conc, by in res.ws.items():
+        ratio = med(by["A"], "msgps") / med(by["R"], "msgps")
+        record("3. Proxy", f"websocket messages/s, concurrency {conc}",
+               f"{med(by['A'], 'msgps'):.0f} ({ratio:.2f}×)", reference=f"{med(by['R'], 'msgps'):.0f}",
+               goal="≥ 2× reference" if conc >= 10 else "–", met=ratio >= 2 if conc >= 10 else None)
+    for mode, by in res.routes.items():
+        total = {n: statistics.median(r["commit_ms"] + r["routable_ms"] for r in runs) for n, runs in by.items()}
+        record("3. Proxy", f"route add until routable ({mode})", f"{total[FAST]:.0f} ms",
+               reference=f"{total['R']:.1f} ms", goal="– (the trade-off: see docs/proxy.md)")
 
 
 def machine_description() -> dict:
@@ -665,7 +708,7 @@ def tool_versions(traefik: Path, chp: Path) -> dict:
 
 def report(res: Results, args, started: datetime.datetime, elapsed: float, versions: dict, machine: dict) -> str:
     command = ".venv/bin/python " + shlex.join([os.path.relpath(Path(sys.argv[0]).resolve(), REPO)] + sys.argv[1:])
-    return f"""# Routing to user servers: Traefik alone vs. Traefik → configurable-http-proxy
+    return f"""# Routing to user servers: Traefik alone vs. Traefik → configurable-http-proxy vs. the reference (CHP alone)
 
 {summary(res, args)}
 
@@ -678,14 +721,16 @@ watched file-provider directory):
   see `hub/gpuhub/configure.py` and `proxy/entrypoint.sh`).
 * **B (alternative):** browser → Traefik → configurable-http-proxy (CHP) → user server. Traefik
   sends every path to CHP; the hub adds routes through CHP's REST API (JupyterHub's default proxy).
+* **R (reference):** browser → configurable-http-proxy → user server, plain HTTP: what
+  JupyterHub deploys by default (the CHP process is B's, reached on its own port).
 * **A′ (route adds only):** A with Traefik's `--providers.providersThrottleDuration={args.fast_throttle}`
   (default 2s). gpuhub's `proxy/entrypoint.sh` adopted 100ms after this measurement.
 * **direct:** plain HTTP straight to the user server, the baseline for "added latency".
 
 The user server is a tornado app (the framework of jupyter-server) serving `/user/bench/small`
 ({len(SMALL_BODY)} bytes), `/user/bench/large` (1 MiB) and a websocket echo at `/user/bench/ws`.
-A, B and direct are measured one after the other within each repetition, in rotating order, so
-that slow phases of a noisy machine hit all three alike.
+A, B, R and direct are measured one after the other within each repetition, in rotating order, so
+that slow phases of a noisy machine hit all of them alike.
 
 ## Results
 
@@ -802,9 +847,11 @@ def main() -> None:
             Setup("direct", backend_url, f"ws://{HOST}:{BACKEND_PORT}", None),
             Setup("A", f"https://{HOST}:{TRAEFIK_A_PORT}", f"wss://{HOST}:{TRAEFIK_A_PORT}", tls, routes_a),
             Setup("B", f"https://{HOST}:{TRAEFIK_B_PORT}", f"wss://{HOST}:{TRAEFIK_B_PORT}", tls, routes_b),
+            # the reference: CHP's own public port, plain HTTP, as JupyterHub runs it by default
+            Setup("R", f"http://{HOST}:{CHP_PORT}", f"ws://{HOST}:{CHP_PORT}", None, routes_b),
         ]
         a_fast = Setup(FAST, f"https://{HOST}:{TRAEFIK_A_FAST_PORT}", "", tls, routes_a_fast)
-        route_setups = [setups[1], a_fast, setups[2]]
+        route_setups = [setups[1], a_fast, setups[2], setups[3]]
         for s in setups + [a_fast]:
             wait_for(f"{s.http_base}/user/bench/small", s.ssl_ctx)
         procs.check_alive()
@@ -813,7 +860,7 @@ def main() -> None:
         wrk_script.write_text(WRK_REPORT)
         for s in setups:  # warm-up: connection pools, JIT, caches
             http_run(wrk_script, f"{s.http_base}/user/bench/small", 10, 1)
-        log("measuring; A = Traefik, B = Traefik -> CHP, direct = no proxy")
+        log("measuring; A = Traefik, B = Traefik -> CHP, R = CHP alone (reference), direct = no proxy")
         results = measure(setups, route_setups, args, wrk_script, backend_url, log)
         procs.check_alive()
 
@@ -821,6 +868,7 @@ def main() -> None:
         machine = dict(machine_description(), load=" ".join(f"{x:.2f}" for x in load_before))
         text = report(results, args, started, time.monotonic() - t_start, versions, machine)
         print(text)
+        record_figures(results, args)
         if not args.no_docs:
             args.docs.parent.mkdir(parents=True, exist_ok=True)
             args.docs.write_text(text)
