@@ -5,8 +5,8 @@
 # started by the hub, Spawner.http_timeout/start_timeout, the single-user image's own command.
 #
 # Changed from the basic example, and why:
-#   - image gpuhub/singleuser-base:latest, the image of gpuhub's "minimal" profile, mounted at
-#     /home/jovyan like gpuhub's (the comparison is about hub, proxy and spawner, not images);
+#   - image gpuhub-ref/singleuser (singleuser.Dockerfile here: JupyterLab and the single-user
+#     server at gpuhub's versions, pip's defaults), home mounted at /home/jovyan like gpuhub's;
 #   - container and volume names prefixed gpuhub-ref- (shared machine: ours are recognisable);
 #   - login by GenericOAuthenticator + allow_all (the example's NativeAuthenticator needs a
 #     sign-up per user; a login burst needs an OIDC provider like gpuhub's);

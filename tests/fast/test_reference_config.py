@@ -1,5 +1,5 @@
 """The benchmarks' reference deployment (bench/reference/) compares like with like: the same
-upstream package versions as gpuhub's hub, and the same single-user image as the minimal profile."""
+upstream package versions as gpuhub's hub and single-user image, installed with their defaults."""
 
 from pathlib import Path
 
@@ -20,12 +20,17 @@ def test_reference_hub_pins_the_same_upstream_versions_as_gpuhub():
     assert {name: gpuhub[name] for name in reference} == reference
 
 
-def test_reference_spawns_the_minimal_profiles_image():
+def test_reference_single_user_image_has_gpuhubs_server_versions():
+    reference = pins(ROOT / "bench" / "reference" / "singleuser-requirements.txt")
+    gpuhub = pins(ROOT / "images" / "base" / "requirements.txt")
+    assert set(reference) == {"jupyterhub", "jupyterlab"}
+    assert {name: gpuhub[name] for name in reference} == reference
+
+
+def test_reference_spawns_its_own_image_on_its_own_ports_and_network():
     compose = yaml.safe_load((ROOT / "bench" / "reference" / "docker-compose.yml").read_text())
-    profiles = yaml.safe_load((ROOT / "config" / "profiles.yaml").read_text())
-    minimal = next(p for p in profiles["profiles"] if p["name"] == "minimal")
     image = compose["services"]["hub"]["environment"]["DOCKER_NOTEBOOK_IMAGE"]
-    assert image.replace("${GPUHUB_VERSION:-latest}", "latest") == minimal["image"]
+    assert image == compose["services"]["singleuser"]["image"] == "gpuhub-ref/singleuser:latest"
     assert compose["name"] == "gpuhub-ref"
     assert compose["networks"]["users"]["name"] == "gpuhub-ref-users"
     assert compose["services"]["hub"]["ports"] == ["127.0.0.1:18000:8000"]
