@@ -21,7 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, decide
 from .devices import Device
@@ -146,6 +146,40 @@ _columns = (
     allocations_table.c.created_at,
 )
 
+_COLUMN_NAMES = "id, user_name, server_name, profile, device_uuids, created_at"
+_HISTORY_COLUMNS = "id, user_name, server_name, profile, groups, device_uuids, started_at"
+
+
+def _insert_and_commit(grants: Sequence[tuple[Allocation, AllocationRequest]]) -> tuple[str, tuple[Any, ...]]:
+    """The statement string (and its parameters) that stores new grants in both tables and
+    commits: one round trip. psycopg2 fills in the parameters (lists become arrays)."""
+    if not grants:
+        return "COMMIT", ()
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(grants))
+    history_values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(grants))
+    current = tuple(v for a, _ in grants
+                    for v in (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at))
+    history = tuple(v for a, r in grants
+                    for v in (a.id, a.user, a.server, a.profile, sorted(r.groups), list(a.device_uuids),
+                              a.created_at))
+    sql = (f"INSERT INTO {SCHEMA}.allocations ({_COLUMN_NAMES}) VALUES {values}; "
+           f"INSERT INTO {SCHEMA}.allocation_history ({_HISTORY_COLUMNS}) VALUES {history_values}; COMMIT")
+    return sql, current + history
+
+
+def _abandon(conn: Connection) -> None:
+    """Close a connection whose explicit transaction failed. The transaction is still open on
+    the server: end it, or drop the connection if even that fails, so that the pool never
+    hands out a session that holds the lock or sits in a failed transaction."""
+    try:
+        if not conn.invalidated:
+            conn.exec_driver_sql("ROLLBACK")
+    except Exception:  # noqa: BLE001 - the caller raises the original error
+        conn.invalidate()
+    finally:
+        conn.close()
+
+
 # A unique violation can only happen if a writer skipped the lock (an older monitor, a manual
 # INSERT); deciding again then sees the winner's row. More than this many means something is
 # badly wrong, and the error is raised.
@@ -156,23 +190,31 @@ _UNIQUE_VIOLATION = "23505"
 class AllocationStore:
     """Allocations of devices to (user, server), kept in PostgreSQL. Blocking: call from a thread."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, allocation_engine: Engine | None = None) -> None:
+        """`allocation_engine` serves allocating transactions only; it must reach the same
+        database. Without one, a pool of its own is made from `engine`'s URL."""
         if engine.dialect.name != "postgresql":
             raise ValueError(
                 f"the allocation store needs PostgreSQL, not {engine.dialect.name!r}; "
                 "give it a postgresql+psycopg2:// URL"
             )
         self.engine = engine
+        # Autocommit at the driver, so that the allocating transaction can send its own BEGIN
+        # with the lock and the read; no pre-ping: `_begin_locked` retries a dropped connection.
+        self.allocation_engine = allocation_engine or sa.create_engine(engine.url)
+        self.allocation_engine = self.allocation_engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @classmethod
     def from_url(cls, url: str | sa.URL, **engine_options: Any) -> AllocationStore:
-        """A store with its own engine. Name the driver (`postgresql+psycopg2://`): SQLAlchemy
+        """A store with its own engines. Name the driver (`postgresql+psycopg2://`): SQLAlchemy
         2.1 reads a bare `postgresql://` as psycopg 3, which the monitor does not install."""
         options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
-        return cls(sa.create_engine(url, **options))
+        return cls(sa.create_engine(url, **options),
+                   sa.create_engine(url, **{**options, "pool_pre_ping": False}))
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self.allocation_engine.dispose()
 
     # ---- schema ---------------------------------------------------------------------------------
     def migrate(self) -> builtins.list[int]:
@@ -276,14 +318,16 @@ class AllocationStore:
         policy: Policy,
         now: float | None,
     ) -> builtins.list[Decision]:
-        with self.engine.begin() as conn:
-            self._lock(conn)
-            # READ COMMITTED takes a new snapshot per statement: this read, after the lock,
-            # sees every allocation committed by earlier lock holders.
-            held = self._select(conn, sa.select(*_columns))
+        # Two round trips to PostgreSQL, not seven: BEGIN, the lock and the read go in one
+        # message, the inserts and COMMIT in another (psycopg2 sends a statement string with
+        # several statements as one simple query). A round trip costs little on its own, but
+        # the worker thread takes the GIL back after each one, and under a burst the event loop
+        # is busy parsing requests: each handover can wait. The explicit BEGIN needs the
+        # driver in autocommit mode (`allocation_engine`).
+        conn, held = self._begin_locked()
+        try:
             decisions: builtins.list[Decision] = []
-            new_rows = []
-            history_rows = []
+            new_rows: builtins.list[tuple[Allocation, AllocationRequest]] = []
             for request in requests:
                 decision = decide(
                     request,
@@ -294,35 +338,43 @@ class AllocationStore:
                     new_id=str(uuid.uuid4()),
                 )
                 if isinstance(decision, Granted) and not decision.existing:
-                    a = decision.allocation
-                    held.append(a)
-                    new_rows.append({
-                        "id": a.id,
-                        "user_name": a.user,
-                        "server_name": a.server,
-                        "profile": a.profile,
-                        "device_uuids": list(a.device_uuids),
-                        "created_at": a.created_at,
-                    })
-                    history_rows.append({
-                        "id": a.id,
-                        "user_name": a.user,
-                        "server_name": a.server,
-                        "profile": a.profile,
-                        "groups": sorted(request.groups),
-                        "device_uuids": list(a.device_uuids),
-                        "started_at": a.created_at,
-                        "ended_at": None,
-                    })
+                    held.append(decision.allocation)
+                    new_rows.append((decision.allocation, request))
                 decisions.append(decision)
-            if new_rows:
-                conn.execute(sa.insert(allocations_table), new_rows)
-                conn.execute(sa.insert(history_table), history_rows)
-            return decisions
+            conn.exec_driver_sql(*_insert_and_commit(new_rows))
+        except BaseException:
+            _abandon(conn)
+            raise
+        conn.close()
+        return decisions
 
-    def _lock(self, conn: Connection) -> None:
-        """Wait for the allocation lock; the transaction's commit or rollback drops it."""
-        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ALLOCATE_LOCK)))
+    def _begin_locked(self) -> tuple[Connection, builtins.list[Allocation]]:
+        """A connection in a transaction that holds the allocation lock, and every allocation,
+        in one round trip. A pooled connection that PostgreSQL dropped (it restarted) fails
+        here, before anything is written: then once more on a fresh one. That is what the
+        pre-ping of the other queries does, without its round trip on every transaction."""
+        sql = f"BEGIN; {self._lock_sql()} SELECT {_COLUMN_NAMES} FROM {SCHEMA}.allocations"
+        for attempt in (1, 2):
+            conn = self.allocation_engine.connect()
+            try:
+                rows = conn.exec_driver_sql(sql).all()
+            except DBAPIError as e:
+                _abandon(conn)
+                if e.connection_invalidated and attempt == 1:
+                    continue
+                raise
+            except BaseException:
+                _abandon(conn)
+                raise
+            return conn, [Allocation(id=r[0], user=r[1], server=r[2], profile=r[3],
+                                     device_uuids=tuple(r[4]), created_at=r[5]) for r in rows]
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _lock_sql(self) -> str:
+        """Wait for the allocation lock; the transaction's commit or rollback drops it.
+        (READ COMMITTED takes a new snapshot per statement: the read after it sees every
+        allocation committed by earlier lock holders.)"""
+        return f"SELECT pg_advisory_xact_lock({ALLOCATE_LOCK});"
 
     def release(self, allocation_id: str, now: float | None = None) -> Allocation | None:
         """Remove an allocation; returns it, or None if it was not there (releasing twice is

@@ -252,7 +252,7 @@ def test_a_hundred_requests_for_two_free_devices_grant_exactly_two(store, databa
         # queries, not connection setup
         store.dispose()
         store = AllocationStore.from_url(database_url(), pool_size=100, max_overflow=20)
-        held = [store.engine.connect() for _ in range(100)]
+        held = [engine.connect() for engine in (store.engine, store.allocation_engine) for _ in range(100)]
         for conn in held:
             conn.close()
     answers, latencies, wall = _burst(store, [request(f"user{i}", "s") for i in range(100)])
@@ -282,7 +282,7 @@ def test_the_same_server_asked_twenty_times_at_once_gets_one_allocation(store):
 def test_a_writer_that_skips_the_lock_causes_no_error(store, monkeypatch, caplog):
     # Without the lock every thread decides on an empty table; the unique constraint lets one
     # insert win and the store decides again for the others instead of raising.
-    monkeypatch.setattr(AllocationStore, "_lock", lambda self, conn: None)
+    monkeypatch.setattr(AllocationStore, "_lock_sql", lambda self: "")
     with caplog.at_level(logging.WARNING, logger="gpu_monitor.store"):
         answers, _, _ = _burst(store, [request("alice", "nb") for _ in range(20)])
     # how often the race happened is up to the scheduler; say it, do not assert it
@@ -290,3 +290,21 @@ def test_a_writer_that_skips_the_lock_causes_no_error(store, monkeypatch, caplog
     assert all(isinstance(a, Granted) for a in answers), answers
     assert len({a.allocation for a in answers}) == 1
     assert _rows(store) == 1
+
+
+def test_an_allocation_after_the_database_dropped_its_connections_still_succeeds(store, database_url):
+    # Allocations skip the pool's pre-ping; a connection PostgreSQL dropped (a restart, an
+    # admin) fails on the transaction's first round trip, before any write, and is retried.
+    assert isinstance(store.allocate(request("alice"), DEVICES, POLICY), Granted)  # one pooled now
+    admin = sa.create_engine(database_url(), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            dropped = conn.execute(sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND usename = current_user")).scalar()
+    finally:
+        admin.dispose()
+    assert dropped >= 1
+    decision = store.allocate(request("bob"), DEVICES, POLICY)
+    assert isinstance(decision, Granted) and not decision.existing, decision
+    assert _rows(store) == 2
