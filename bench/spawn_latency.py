@@ -64,7 +64,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.docs_section import write_section  # noqa: E402
+from bench.docs_section import record, write_section  # noqa: E402
 from bench.reference_stack import ReferenceStack, start_reference  # noqa: E402
 from tests.stack import Stack, start_stack  # noqa: E402
 
@@ -265,8 +265,11 @@ def summary(values: list[float]) -> str:
     values = [v for v in values if v is not None]
     if not values:
         return "–"
-    q = statistics.quantiles(values, n=20, method="inclusive") if len(values) > 1 else [values[0]] * 19
-    return f"{statistics.median(values):.2f} (p95 {q[18]:.2f}; {min(values):.2f}–{max(values):.2f})"
+    return f"{statistics.median(values):.2f} (p95 {p95(values):.2f}; {min(values):.2f}–{max(values):.2f})"
+
+
+def p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
 
 
 def med(values: list) -> str:
@@ -403,14 +406,38 @@ def main() -> int:
     images = {img: image_id(img) for img in [f"gpuhub/hub:{args.gpuhub_version}"]
               + sorted({p["image"].rsplit(":", 1)[0] + f":{args.gpuhub_version}"
                         for p in yaml.safe_load((REPO / "config" / "profiles.yaml").read_text())["profiles"]})
-              + ([] if args.no_reference else ["gpuhub-ref/hub:latest"])}
+              + ([] if args.no_reference else ["gpuhub-ref/hub:latest", "gpuhub-ref/singleuser:latest"])}
     text = report(targets, args, cold_done, images)
     print(text)
     (workdir / "raw.json").write_text(json.dumps({t.label: {"warm": t.results, "cold": t.cold} for t in targets}, indent=1))
     log(f"raw figures: {workdir / 'raw.json'}")
     if args.docs:
         write_section(DOCS, BEGIN, END, text)
+    record_figures(targets)
     return 0
+
+
+def record_figures(targets: list[Target]) -> None:
+    """The harness's summary rows (bench/run_all.py): p50 per gpuhub profile against the reference,
+    the slowest step of the minimal profile, and the cold case."""
+    ref = next((t for t in targets if t.kind == "reference" and t.results), None)
+    ref_p50 = statistics.median(r["total"] for r in ref.results) if ref else None
+    for t in targets:
+        if t.kind != "gpuhub" or not t.results:
+            continue
+        totals = [r["total"] for r in t.results]
+        p50 = statistics.median(totals)
+        ratio = p50 / ref_p50 if ref_p50 else None
+        record("1. Spawn latency", f"{t.label}: POST to 200 through the proxy, p50 (p95) of {len(totals)}",
+               f"{p50:.2f} s ({p95(totals):.2f})" + (f", {ratio:.2f}×" if ratio else ""),
+               reference=f"{ref_p50:.2f} s ({p95([r['total'] for r in ref.results]):.2f})" if ref else "–",
+               goal=f"≤ {GOAL_P50} s and ≤ {GOAL_RATIO}× reference",
+               met=p50 <= GOAL_P50 and (ratio is not None and ratio <= GOAL_RATIO))
+        if t.cold:
+            cold = statistics.median(r["total"] for r in t.cold)
+            record("1. Spawn latency", f"{t.label}: cold (page cache dropped), median of {len(t.cold)}",
+                   f"{cold:.2f} s", reference=f"{statistics.median(r['total'] for r in ref.cold):.2f} s"
+                   if ref and ref.cold else "–")
 
 
 if __name__ == "__main__":
