@@ -44,7 +44,7 @@ def check(conn: Any, key: bytes) -> str:
             "GPUHUB_SECRETS_DIR",
             "crypt_key is not the key this database's login states were encrypted with (was it "
             "lost, or a new volume?): restore secrets/crypt_key from your backup (README: Backup "
-            "and restore), or forget every stored login state with `docker compose run --rm hub "
+            "and restore), or forget every stored login state with `docker compose run --rm hub-tools "
             "python -m gpuhub.cryptcheck --forget-login-state` (people then log in again)",
         )
     return "unchanged"

@@ -469,7 +469,7 @@ def test_a_lost_crypt_key_is_detected_and_explained(stack):
         assert "restore secrets/crypt_key from your backup" in stack.compose("logs", "--no-color", "hub").stdout
     finally:
         # the deliberate way out: forget the unreadable login states; people log in again
-        out = stack.compose("run", "--rm", "--no-deps", "hub", "python3", "-m", "gpuhub.cryptcheck",
+        out = stack.compose("run", "--rm", "--no-deps", "hub-tools", "python3", "-m", "gpuhub.cryptcheck",
                             "--forget-login-state").stdout
         stack.compose("up", "-d", "--no-deps", "--wait", "hub")
         stack.wait_hub()
