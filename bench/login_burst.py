@@ -403,11 +403,13 @@ class Burst:
 
 
 LOG_PATTERNS = {
-    "429 / spawn limit": re.compile(r"concurrent spawn limit|Too many users trying|Active user limit|\b429\b"),
-    "timeout": re.compile(r"[Tt]imeout|timed out"),
-    "5xx": re.compile(r"\b50[0-9] (?:GET|POST|DELETE|PUT)"),
+    "429 / spawn limit": re.compile(r"\] 429 |concurrent spawn limit|Too many users|Active user limit"),
+    "5xx": re.compile(r"\] 5\d\d (?:GET|POST|DELETE|PUT|PATCH) "),
+    "server timeout": re.compile(r"didn't respond in|never showed up|TimeoutError|timed out"),
+    "slow to start (informational)": re.compile(r"is slow to (?:start|become responsive)"),
     "traceback": re.compile(r"Traceback"),
     "failed": re.compile(r"[Ff]ailed to start|Unhandled error starting|spawn failed", re.I),
+    "event loop unresponsive": re.compile(r"Event loop was unresponsive"),
 }
 
 
