@@ -22,7 +22,8 @@ jupyterhub_proxy_add_duration_seconds histograms (/hub/metrics, before and after
 admin token). Between bursts every server is stopped and every bench user deleted.
 
 gpuhub runs as the test stack (tests/stack.py: project gpuhub-test, 127.0.0.1:443/80/9401)
-with the bench users admitted (GPUHUB_ALLOW_ALL) and the monitor at its production timings;
+with the bench users admitted (GPUHUB_ALLOW_ALL), the monitor at its production timings and the
+profiles' images of GPUHUB_VERSION (bench/compose.burst.yml; the reference uses the same tag);
 the reference (JupyterHub + configurable-http-proxy + DockerSpawner + SQLite, project
 gpuhub-ref, bench/reference/) comes from bench/reference.py when that helper exists. While one
 is measured the other's containers are paused (`docker compose pause`), so that neither pays
@@ -91,14 +92,24 @@ class Target:
 def gpuhub_target(workdir: Path) -> Target:
     from tests import stack as teststack
 
+    version = os.environ.get("GPUHUB_VERSION") or "latest"
+    bench_dir = workdir / "bench"
+    bench_dir.mkdir()
+    profiles = (REPO / "config" / "profiles.yaml").read_text()
+    (bench_dir / "profiles.yaml").write_text(re.sub(r"(image: gpuhub/[\w-]+):latest", rf"\1:{version}", profiles))
+
+    class BenchStack(teststack.Stack):
+        def compose_cmd(self, *args: str) -> list[str]:
+            return [*super().compose_cmd(), "-f", str(REPO / "bench" / "compose.burst.yml"), *args]
+
     env = {k: v for k, v in teststack.TEST_ENV.items() if k not in TEST_ONLY_SETTINGS}
-    env.update(GPUHUB_ALLOWED_USERS="", GPUHUB_ALLOW_ALL="true")
-    original = teststack.TEST_ENV
-    teststack.TEST_ENV = env  # start_stack reads it; restored right after
+    env.update(GPUHUB_ALLOWED_USERS="", GPUHUB_ALLOW_ALL="true", GPUHUB_BENCH_DIR=str(bench_dir))
+    original = teststack.TEST_ENV, teststack.Stack
+    teststack.TEST_ENV, teststack.Stack = env, BenchStack  # what start_stack uses; restored right after
     try:
         stack = teststack.start_stack(workdir)
     finally:
-        teststack.TEST_ENV = original
+        teststack.TEST_ENV, teststack.Stack = original
     ctx = ssl.create_default_context(cafile=stack.cafile)
     return Target(
         name="gpuhub", base_url=stack.base_url, admin_token=stack.token, ssl=ctx, project=stack.project,
@@ -113,18 +124,8 @@ def reference_target() -> Target:
     """The reference configuration (bench/reference/, started by bench/reference_stack.py)."""
     from bench.reference_stack import VOLUME_PREFIX, start_reference
 
-    # the same single-user image as gpuhub's minimal profile (config/profiles.yaml: :latest),
-    # whatever GPUHUB_VERSION the gpuhub images under test carry
-    saved = os.environ.get("GPUHUB_VERSION")
-    os.environ["GPUHUB_VERSION"] = "latest"
-    try:
-        ref = start_reference()
-    finally:
-        if saved is None:
-            del os.environ["GPUHUB_VERSION"]
-        else:
-            os.environ["GPUHUB_VERSION"] = saved
-    ref.env["GPUHUB_VERSION"] = "latest"
+    # the single-user image of GPUHUB_VERSION, as gpuhub's profile (compose.burst.yml)
+    ref = start_reference()
     return Target(
         name="reference", base_url=ref.base_url, admin_token=ref.token, ssl=False, project=ref.project,
         hub_container=ref.hub_container(), volume_of=lambda u: f"{VOLUME_PREFIX}{u}",
