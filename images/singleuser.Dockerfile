@@ -26,14 +26,22 @@ ENV PATH=/opt/jupyter/bin:$PATH \
 COPY base/requirements.txt /tmp/requirements.txt
 # An extra CA bundle (BuildKit secret "ca") is used only where outbound TLS is re-signed by a
 # local CA; with no secret the build uses the image's own trust store.
+# rfc3987-syntax (and its parser library lark) come with jupyter-events' jsonschema[format-nongpl]
+# only to check the "iri" string format; it builds a grammar when imported, ~0.7 s of every
+# server start, and jsonschema skips that one format check without it.
 RUN --mount=type=secret,id=ca \
     if grep -qs "BEGIN CERTIFICATE" /run/secrets/ca; then export PIP_CERT=/run/secrets/ca; fi \
  && python3 -m venv /opt/jupyter \
  && pip install -r /tmp/requirements.txt \
+ && pip uninstall -y rfc3987-syntax lark \
  && rm /tmp/requirements.txt \
  && find /opt/jupyter -name __pycache__ -prune -exec rm -rf {} +
 # Site defaults for JupyterLab (no prompt about fetching news from the internet).
 COPY base/overrides.json /opt/jupyter/share/jupyter/lab/settings/overrides.json
+# Bytecode for the server's start-up imports only (see the script); every stage runs it again
+# after its own clean-up of bytecode caches.
+COPY base/precompile.py /opt/gpuhub/precompile.py
+RUN python /opt/gpuhub/precompile.py
 
 USER 1000
 WORKDIR /home/jovyan
@@ -56,9 +64,9 @@ COPY opencl/nvidia.icd /etc/OpenCL/vendors/nvidia.icd
 COPY opencl/requirements.txt /tmp/requirements.txt
 RUN --mount=type=secret,id=ca \
     if grep -qs "BEGIN CERTIFICATE" /run/secrets/ca; then export PIP_CERT=/run/secrets/ca; fi \
- && pip install -r /tmp/requirements.txt \
+ && PYTHONDONTWRITEBYTECODE=1 pip install --no-compile -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt \
- && find /opt/jupyter -name __pycache__ -prune -exec rm -rf {} +
+ && python /opt/gpuhub/precompile.py
 COPY opencl/smoke/ /opt/gpuhub/smoke/
 ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     POCL_CACHE_DIR=/tmp/pocl-cache
@@ -77,7 +85,8 @@ ENV NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     GPUHUB_CUDA_MAJOR=$CUDA_MAJOR
 USER root
 COPY cuda/requirements-cuda12.txt cuda/requirements-cuda13.txt /tmp/cuda/
-# One layer, so what is removed never reaches the image: bytecode caches (as in base) and the
+# One layer, so what is removed never reaches the image: no bytecode written at install
+# (the base's start-up bytecode stays; deleting it here would store it twice) and the
 # static libraries (*_static.a: CUPTI/nvperf copies in Triton's profiler, libcudart_static),
 # which only a linker reads; nothing loads them at run time. Shared libraries, headers (CuPy's
 # and Triton's JIT compile against them) and tests are kept.
@@ -85,9 +94,9 @@ RUN --mount=type=secret,id=ca \
     if grep -qs "BEGIN CERTIFICATE" /run/secrets/ca; then export PIP_CERT=/run/secrets/ca; fi \
  && req=/tmp/cuda/requirements-cuda${CUDA_MAJOR}.txt \
  && { test -f "$req" || { echo "CUDA_MAJOR must be 12 or 13, not '${CUDA_MAJOR}'" >&2; exit 1; }; } \
- && pip install -r "$req" \
+ && PYTHONDONTWRITEBYTECODE=1 pip install --no-compile -r "$req" \
  && rm -rf /tmp/cuda \
- && find /opt/jupyter -name __pycache__ -prune -exec rm -rf {} + \
- && find /opt/jupyter/lib -name 'lib*_static.a' -delete
+ && find /opt/jupyter/lib -name 'lib*_static.a' -delete \
+ && python /opt/gpuhub/precompile.py
 COPY cuda/smoke/ /opt/gpuhub/smoke/
 USER 1000

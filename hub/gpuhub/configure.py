@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import bcrypt
 import yaml
 from typing import Any
 
@@ -72,7 +73,14 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.TraefikFileProviderProxy.dynamic_config_file = settings.traefik_rules_file
     c.TraefikFileProviderProxy.traefik_api_url = settings.proxy_api_url
     c.TraefikFileProviderProxy.traefik_api_username = "jupyterhub"
-    c.TraefikFileProviderProxy.traefik_api_password = read_secret_file("GPUHUB_SECRETS_DIR", str(secrets / "proxy_api_password"))
+    api_password = read_secret_file("GPUHUB_SECRETS_DIR", str(secrets / "proxy_api_password"))
+    c.TraefikFileProviderProxy.traefik_api_password = api_password
+    # Traefik checks this bcrypt hash on every API request, and jupyterhub-traefik-proxy polls
+    # the API (two requests per poll) until a new route is loaded: at bcrypt's default cost
+    # (12, ~0.2 s per check on a small host) that was ~0.7 s of every spawn. The password is 32
+    # random bytes (init), so a low cost gives nothing up: there is nothing to guess.
+    c.TraefikFileProviderProxy.traefik_api_hashed_password = bcrypt.hashpw(
+        api_password.encode(), bcrypt.gensalt(rounds=4)).decode("ascii")
     c.TraefikFileProviderProxy.traefik_entrypoint = "websecure"
     c.TraefikFileProviderProxy.traefik_api_entrypoint = "api"
 

@@ -31,8 +31,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
-from jupyterhub.utils import wait_for_http_server
-from traitlets import Integer, Unicode, default
+from traitlets import Float, Integer, Unicode, default
 
 from .profiles import Choice, OptionsError, Profiles, resolve_options
 
@@ -96,6 +95,25 @@ def allocation_container_settings(allocation: dict[str, Any]) -> tuple[dict[str,
     return host, env
 
 
+async def wait_until_answering(url: str, timeout: float, interval: float) -> bool:
+    """Poll `url` every `interval` seconds until it answers with a status below 500 (any page,
+    even 404: the server is up) or `timeout` passes. True if it answered."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    client = AsyncHTTPClient()
+    while True:
+        try:
+            response = await client.fetch(url, raise_error=False, follow_redirects=False,
+                                          request_timeout=max(1.0, interval))
+            if response.code < 500:
+                return True
+        except (OSError, HTTPClientError):  # not listening yet
+            pass
+        if loop.time() + interval > deadline:
+            return False
+        await asyncio.sleep(interval)
+
+
 def _label_value(text: str) -> str:
     # DockerSpawner renders extra_create_kwargs with str.format: keep braces literal.
     return text.replace("{", "{{").replace("}", "}}")
@@ -139,6 +157,16 @@ class GPUDockerSpawner(DockerSpawner):
     # One queue per hub process (and per event loop: the fast tests run several loops).
     _start_queue: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
     _start_waiting = 0
+
+    ready_poll_interval = Float(
+        0.1,
+        config=True,
+        help="""Seconds between checks whether a new container's server answers, before start()
+        returns. JupyterHub's own check after start() backs off exponentially with random
+        jitter (waits of up to 0.2, 0.4, 0.8, 1.6, 3.2 s): a server ready after ~1 s was noticed
+        up to a second or more later. With a short fixed interval here, the hub's first check
+        succeeds. 0 turns this off (the hub's back-off alone).""",
+    )
 
     # ---- the GPU monitor's API -----------------------------------------------------------------
 
@@ -286,8 +314,7 @@ class GPUDockerSpawner(DockerSpawner):
             async with self._start_turn():
                 result = await super().start()
                 self._report(60, "Container started; waiting for JupyterLab to answer")
-                if self.start_concurrency:
-                    await self._wait_answering(result)
+                await self._wait_for_server(result)
         except BaseException as e:  # also a cancelled start: the devices go back either way
             await self._release("the start did not complete")
             if isinstance(e, Exception):
@@ -305,13 +332,17 @@ class GPUDockerSpawner(DockerSpawner):
             cls._start_queue = (loop, asyncio.Semaphore(self.start_concurrency))
         return _Turn(self, cls._start_queue[1])
 
-    async def _wait_answering(self, result: Any) -> None:
-        """Hold the turn until the server answers, as the hub's own check (wait_up) would see it."""
-        ip, port = result if isinstance(result, tuple) else (None, None)
-        if ip is None:
+    async def _wait_for_server(self, address: tuple[str, int]) -> None:
+        # The same URL the hub checks next (Server.wait_up: base URL + "api"). Not answering in
+        # time is not an error here: the hub's own check then decides, with its http_timeout.
+        # With a start queue, this wait is also what holds the server's turn.
+        interval = self.ready_poll_interval if self.ready_poll_interval > 0 else (0.5 if self.start_concurrency else 0)
+        if interval <= 0 or self.server is None:
             return
-        base = self.server.base_url if self.server is not None else f"/user/{self.user.name}/"
-        await wait_for_http_server(f"http://{ip}:{port}{base}api", timeout=self.http_timeout)
+        ip, port = address
+        url = f"http://{ip}:{port}{self.server.base_url}api"
+        if not await wait_until_answering(url, self.http_timeout, interval):
+            self.log.warning("%s's server did not answer at %s within %ss", self._log_name, url, self.http_timeout)
 
     async def _allocate(self, profile: str, gpus: int) -> None:
         try:

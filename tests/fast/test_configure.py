@@ -159,3 +159,13 @@ def test_idle_culler_runs_only_when_asked(environ):
     with pytest.raises(ConfigError, match="GPUHUB_CULL_IDLE_SECONDS: expected a whole number"):
         configured({**environ, "GPUHUB_CULL_IDLE_SECONDS": "1h"})
 
+
+
+def test_traefik_api_hash_is_cheap_to_check(environ):
+    """Traefik checks the API password's bcrypt hash on every route poll of a spawn."""
+    import bcrypt
+
+    c = configured(environ)
+    hashed = c.TraefikFileProviderProxy.traefik_api_hashed_password
+    assert hashed.startswith("$2b$04$")
+    assert bcrypt.checkpw(c.TraefikFileProviderProxy.traefik_api_password.encode(), hashed.encode())

@@ -141,6 +141,33 @@ def test_allocation_id_survives_a_hub_restart_in_the_state(spawner):
     assert spawner.allocation_id == "a3"
 
 
+def test_start_waits_for_the_server_with_a_short_fixed_poll():
+    """wait_until_answering: False while nothing listens, True as soon as the server answers
+    (any status below 500), well before JupyterHub's back-off would have looked again."""
+    from gpuhub.spawner import wait_until_answering
+    from tornado.httpserver import HTTPServer
+
+    async def scenario():
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        url = f"http://127.0.0.1:{port}/user/x/api"
+        assert await wait_until_answering(url, timeout=0.3, interval=0.05) is False
+        app = web.Application([(r"/user/x/api", web.RequestHandler)])  # 405 for GET: up all the same
+        loop = asyncio.get_running_loop()
+        server = HTTPServer(app)
+        loop.call_later(0.3, server.listen, port, "127.0.0.1")
+        started = loop.time()
+        assert await wait_until_answering(url, timeout=5, interval=0.05) is True
+        waited = loop.time() - started
+        server.stop()
+        return waited
+
+    waited = run_async(scenario())
+    assert 0.3 <= waited < 0.6
+
+
 def test_start_queue_lets_only_start_concurrency_servers_start_at_once(monkeypatch):
     running, most = 0, 0
 
