@@ -13,6 +13,9 @@ What it adds to DockerSpawner:
   exactly those (Docker device requests by UUID, or a cpuset), records the allocation in its
   state and a label, and releases it after every stop, failed start or cancelled start;
 - a CUDA image newer than the host's driver is refused with both versions named;
+- a start queue: at most `start_concurrency` servers start at once (container created until
+  the server answers), the others wait their turn, so a burst of logins on a small host does
+  not start every container at once and fail them all on the hub's http_timeout;
 - progress messages for the spawn page, step by step.
 """
 
@@ -28,7 +31,7 @@ from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
-from traitlets import Float, Unicode, default
+from traitlets import Float, Integer, Unicode, default
 
 from .profiles import Choice, OptionsError, Profiles, resolve_options
 
@@ -136,6 +139,24 @@ class GPUDockerSpawner(DockerSpawner):
     )
 
     allocation_id = Unicode("", help="The GPU monitor's allocation this server holds ('' if none).")
+
+    start_concurrency = Integer(
+        0,
+        config=True,
+        help="""How many servers of this hub may be starting at the same time, from creating the
+        container until the server answers HTTP; the others wait their turn, in order, with a
+        message on the spawn page. 0: no limit (DockerSpawner's behaviour).
+
+        Starting a server is mostly CPU (Python imports JupyterServer and JupyterLab). When many
+        people log in at once on a small host, starting every container at once makes them share
+        the CPUs: they all answer late, and the hub's http_timeout fails many of them. In turn,
+        each gets the CPUs nearly to itself and answers within seconds. The wait counts
+        against start_timeout: raise it with the expected queue.""",
+    )
+
+    # One queue per hub process (and per event loop: the fast tests run several loops).
+    _start_queue: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
+    _start_waiting = 0
 
     ready_poll_interval = Float(
         0.1,
@@ -290,9 +311,10 @@ class GPUDockerSpawner(DockerSpawner):
         try:
             if gpus:
                 await self._allocate(profile, gpus)
-            result = await super().start()
-            self._report(60, "Container started; waiting for JupyterLab to answer")
-            await self._wait_for_server(result)
+            async with self._start_turn():
+                result = await super().start()
+                self._report(60, "Container started; waiting for JupyterLab to answer")
+                await self._wait_for_server(result)
         except BaseException as e:  # also a cancelled start: the devices go back either way
             await self._release("the start did not complete")
             if isinstance(e, Exception):
@@ -300,14 +322,26 @@ class GPUDockerSpawner(DockerSpawner):
             raise
         return result
 
+    def _start_turn(self):
+        """This server's turn in the start queue (a no-op without a limit)."""
+        if not self.start_concurrency:
+            return _NoTurn()
+        loop = asyncio.get_running_loop()
+        cls = GPUDockerSpawner
+        if cls._start_queue is None or cls._start_queue[0] is not loop:
+            cls._start_queue = (loop, asyncio.Semaphore(self.start_concurrency))
+        return _Turn(self, cls._start_queue[1])
+
     async def _wait_for_server(self, address: tuple[str, int]) -> None:
         # The same URL the hub checks next (Server.wait_up: base URL + "api"). Not answering in
         # time is not an error here: the hub's own check then decides, with its http_timeout.
-        if self.ready_poll_interval <= 0 or self.server is None:
+        # With a start queue, this wait is also what holds the server's turn.
+        interval = self.ready_poll_interval if self.ready_poll_interval > 0 else (0.5 if self.start_concurrency else 0)
+        if interval <= 0 or self.server is None:
             return
         ip, port = address
         url = f"http://{ip}:{port}{self.server.base_url}api"
-        if not await wait_until_answering(url, self.http_timeout, self.ready_poll_interval):
+        if not await wait_until_answering(url, self.http_timeout, interval):
             self.log.warning("%s's server did not answer at %s within %ss", self._log_name, url, self.http_timeout)
 
     async def _allocate(self, profile: str, gpus: int) -> None:
@@ -411,3 +445,35 @@ class GPUDockerSpawner(DockerSpawner):
                 await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
             except asyncio.TimeoutError:
                 pass
+
+
+class _NoTurn:
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return False
+
+
+class _Turn:
+    """Waits for a slot of the start queue, telling the spawn page how many are ahead."""
+
+    def __init__(self, spawner: GPUDockerSpawner, slots: asyncio.Semaphore):
+        self.spawner, self.slots = spawner, slots
+
+    async def __aenter__(self):
+        cls = GPUDockerSpawner
+        if self.slots.locked():
+            self.spawner._report(
+                15, f"Waiting for a turn to start: {self.spawner.start_concurrency} servers are starting, "
+                    f"{cls._start_waiting} waiting before this one")
+        cls._start_waiting += 1
+        try:
+            await self.slots.acquire()
+        finally:
+            cls._start_waiting -= 1
+        return self
+
+    async def __aexit__(self, *exc):
+        self.slots.release()
+        return False

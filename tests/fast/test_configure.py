@@ -169,3 +169,11 @@ def test_traefik_api_hash_is_cheap_to_check(environ):
     hashed = c.TraefikFileProviderProxy.traefik_api_hashed_password
     assert hashed.startswith("$2b$04$")
     assert bcrypt.checkpw(c.TraefikFileProviderProxy.traefik_api_password.encode(), hashed.encode())
+
+
+def test_servers_start_a_few_at_a_time_and_may_wait_their_turn(environ, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    c = configured(environ)
+    assert c.GPUDockerSpawner.start_concurrency == 4
+    # the queue's wait counts against start_timeout (bench/login_burst.py: 100 people within 85 s)
+    assert c.Spawner.start_timeout >= 300 and c.Spawner.http_timeout == 60

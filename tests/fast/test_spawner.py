@@ -166,3 +166,28 @@ def test_start_waits_for_the_server_with_a_short_fixed_poll():
 
     waited = run_async(scenario())
     assert 0.3 <= waited < 0.6
+
+
+def test_start_queue_lets_only_start_concurrency_servers_start_at_once(monkeypatch):
+    running, most = 0, 0
+
+    async def slow_start(self):  # DockerSpawner.start: creating and starting the container
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        return (None, None)  # no address: nothing to wait for
+
+    monkeypatch.setattr("dockerspawner.DockerSpawner.start", slow_start)
+    spawners = [GPUDockerSpawner(user=SimpleNamespace(name=f"u{i}", id=i, url=f"/user/u{i}/"), profiles=PROFILES,
+                                 start_concurrency=2, user_options={"profile": "minimal"}, _deprecated_db_session=None)
+                for i in range(5)]
+
+    async def burst():
+        return await asyncio.gather(*(s.start() for s in spawners))
+
+    assert run_async(burst()) == [(None, None)] * 5
+    assert most == 2
+    waited = [e["message"] for s in spawners for e in s._progress_events if "Waiting for a turn" in e["message"]]
+    assert len(waited) == 3 and "2 servers are starting" in waited[0]
