@@ -63,7 +63,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.docs_section import write_section  # noqa: E402
+from bench.docs_section import record, write_section  # noqa: E402
 
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/login_burst.py: begin -->", "<!-- bench/login_burst.py: end -->"
@@ -124,8 +124,7 @@ def reference_target() -> Target:
     """The reference configuration (bench/reference/, started by bench/reference_stack.py)."""
     from bench.reference_stack import VOLUME_PREFIX, start_reference
 
-    # the single-user image of GPUHUB_VERSION, as gpuhub's profile (compose.burst.yml)
-    ref = start_reference()
+    ref = start_reference()  # its own single-user image, gpuhub-ref/singleuser
     return Target(
         name="reference", base_url=ref.base_url, admin_token=ref.token, ssl=False, project=ref.project,
         hub_container=ref.hub_container(), volume_of=lambda u: f"{VOLUME_PREFIX}{u}",
@@ -580,15 +579,15 @@ async def run(args: argparse.Namespace) -> list[Burst]:
             targets.append(reference_target())
         for t in targets[1:]:
             pause(t, True)
-        for rnd in range(1, args.rounds + 1):
+        for size, rnd in [(n, r) for n in args.users for r in range(1, args.rounds + 1)]:
             order = targets if rnd % 2 else targets[::-1]
             for t in order:
                 if len(targets) > 1:
                     for other in targets:
                         pause(other, other is not t)
-                users = [f"b{rnd}u{i:03d}" for i in range(args.users)]
+                users = [f"b{size}r{rnd}u{i:03d}" for i in range(size)]
                 used += users
-                print(f"bench: {t.name}, round {rnd}: {args.users} users", file=sys.stderr)
+                print(f"bench: {t.name}, round {rnd}: {size} users", file=sys.stderr)
                 b = await burst(t, users, rnd)
                 ok = [r for r in b.results if not r.error]
                 print(f"bench: {t.name} round {rnd}: {len(ok)}/{b.users} ok, total p50/p95/max {trio([r.total_s for r in ok])}, "
@@ -596,8 +595,8 @@ async def run(args: argparse.Namespace) -> list[Burst]:
                 bursts.append(b)
                 if args.keep_logs:
                     Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
-                    (Path(args.keep_logs) / f"{t.name}-{args.users}-r{rnd}.log").write_text(t.logs())
-                    (Path(args.keep_logs) / f"{t.name}-{args.users}-r{rnd}.json").write_text(
+                    (Path(args.keep_logs) / f"{t.name}-{size}-r{rnd}.log").write_text(t.logs())
+                    (Path(args.keep_logs) / f"{t.name}-{size}-r{rnd}.json").write_text(
                         json.dumps([dataclasses.asdict(r) for r in b.results], indent=1))
                 await cleanup(t, users)
     finally:
@@ -613,7 +612,8 @@ async def run(args: argparse.Namespace) -> list[Burst]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--users", type=lambda text: [int(n) for n in text.split(",")], default=[50],
+                        help="people per burst; a comma-separated list runs each size in turn (e.g. 50,100)")
     parser.add_argument("--rounds", type=int, default=1, help="bursts per system, alternating which goes first")
     parser.add_argument("--only", choices=("gpuhub", "reference"))
     parser.add_argument("--keep-logs", metavar="DIR", help="write each burst's hub log and per-person results here")
@@ -628,7 +628,37 @@ def main() -> int:
     print(text)
     if args.docs:
         write_section(DOCS, BEGIN, END, text)
+    record_figures(bursts)
     return 0
+
+
+def record_figures(bursts: list[Burst]) -> None:
+    """The harness's summary rows (bench/run_all.py): per burst size, how many got a server and the
+    p95 of login-to-JupyterLab, gpuhub against the reference (median over rounds)."""
+    by: dict[int, dict[str, list[Burst]]] = {}
+    for b in bursts:
+        by.setdefault(b.users, {}).setdefault(b.target, []).append(b)
+
+    def cell(runs: list[Burst]) -> tuple[str, float, bool]:
+        ok = [[r.total_s for r in b.results if not r.error] for b in runs]
+        fine = all(len(o) == b.users for o, b in zip(ok, runs))
+        fives = sum(v for b in runs for k, v in b.statuses.items() if str(k).startswith("5"))
+        p95 = statistics.median(pct(o, 0.95) for o in ok if o) if any(ok) else float("inf")
+        text = (f"{sum(map(len, ok))}/{sum(b.users for b in runs)} served, p95 {p95:.1f} s, "
+                f"p50 {statistics.median(statistics.median(o) for o in ok if o):.1f} s" if any(ok) else "none served")
+        return text + (f", {fives} 5xx" if fives else ""), p95, fine and not fives
+
+    for n, targets in sorted(by.items()):
+        g = cell(targets["gpuhub"]) if "gpuhub" in targets else None
+        r = cell(targets["reference"]) if "reference" in targets else None
+        if g is None:
+            continue
+        ratio = g[1] / r[1] if r and r[1] not in (0, float("inf")) else None
+        record("2. Login and spawn burst", f"{n} people log in through OIDC and start a server at once "
+               f"(login to JupyterLab answering), {len(targets['gpuhub'])} round(s)",
+               g[0] + (f" ({ratio:.2f}×)" if ratio else ""), reference=r[0] if r else "–",
+               goal="all served, no 5xx, p95 ≤ 0.7× reference",
+               met=g[2] and ratio is not None and ratio <= 0.7)
 
 
 if __name__ == "__main__":
