@@ -40,6 +40,13 @@ def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
         "admin_users": set(settings.admin_users),
         "allow_all": settings.allow_all,
         "enable_auth_state": True,
+        # OAuthenticator turns refresh_pre_spawn on with auth state: before every spawn, decrypt
+        # the login state, ask the provider's userinfo endpoint again and encrypt it anew, all
+        # before JupyterHub marks the spawn pending. Under a burst of logins that outlasts the
+        # spawn handler's 1 s wait, and people land on "Server not running" while their server
+        # is starting (bench/login_burst.py: 13-27 of 50 people). Groups and allow rules are
+        # still refreshed at login and on requests older than auth_refresh_age (5 min).
+        "refresh_pre_spawn": False,
     }
     kind = settings.authenticator
     if kind in ("demo", "generic"):

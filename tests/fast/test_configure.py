@@ -78,6 +78,7 @@ def test_each_provider_is_selected_and_configured(environ, change, cls, expected
     for name, value in expected.items():
         assert getattr(authenticator, name) == value
     assert authenticator.allow_all is False
+    assert authenticator.enable_auth_state is True and authenticator.refresh_pre_spawn is False
 
 
 def test_operator_token_becomes_an_admin_service(environ, tmp_path):
