@@ -122,8 +122,9 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
     assert hub_api == "open"  # the single-user server must reach the hub's API
     assert database == "gaierror"  # not on the database network: the name does not even resolve
     assert capabilities == "0000000000000000"
-    # Traefik's API entrypoint listens on the edge network only (test_hardening.py says more)
-    assert proxy_api == "ConnectionRefusedError"
+    # servers may reach the proxy on 80 and 443 only: the network policy drops the rest (a
+    # timeout); Traefik's API entrypoint also listens on the edge network only (test_hardening.py)
+    assert proxy_api == "TimeoutError"
 
     container_id = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", "gpuhub-alice"],
                                   capture_output=True, text=True, check=True).stdout.strip()
@@ -222,7 +223,10 @@ REFUSED_CONFIG = {
 
 @pytest.mark.parametrize("service, change, message", REFUSED_CONFIG.values(), ids=REFUSED_CONFIG.keys())
 def test_bad_configuration_stops_the_service_with_its_message(stack, service, change, message):
-    r = stack.compose("run", "--rm", "--no-deps", "-T", service, check=False, env=change, timeout=120)
+    # `compose run` gives its container the service's fixed address on the users' network, which
+    # the running hub and proxy hold: spare addresses (in the subnet, outside the servers' range)
+    spare = {"GPUHUB_USERS_HUB_IP": "172.31.224.9", "GPUHUB_USERS_PROXY_IP": "172.31.224.10"}
+    r = stack.compose("run", "--rm", "--no-deps", "-T", service, check=False, env={**spare, **change}, timeout=120)
     assert r.returncode != 0
     lines = [line for line in (r.stdout + r.stderr).splitlines()
              if "configuration error" in line or "no devices" in line]
