@@ -41,10 +41,10 @@ TEST_ENV = {
     "GPUHUB_ADMIN_USERS": "alice",
     "GPUHUB_USER_NETWORK": USER_NETWORK,
     # not the defaults: a second stack with default settings runs beside this one (demo test)
-    "GPUHUB_USERS_SUBNET": "172.31.224.0/20",
-    "GPUHUB_USERS_IP_RANGE": "172.31.232.0/21",
-    "GPUHUB_USERS_HUB_IP": "172.31.224.2",
-    "GPUHUB_USERS_PROXY_IP": "172.31.224.3",
+    "GPUHUB_USERS_SUBNET": "10.213.224.0/20",
+    "GPUHUB_USERS_IP_RANGE": "10.213.232.0/21",
+    "GPUHUB_USERS_HUB_IP": "10.213.224.2",
+    "GPUHUB_USERS_PROXY_IP": "10.213.224.3",
     # short monitor timings, so that leaked devices come back within a test's patience
     "GPUHUB_MONITOR_SAMPLE_SECONDS": "1",
     "GPUHUB_MONITOR_RECONCILE_SECONDS": "3",

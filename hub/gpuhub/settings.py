@@ -90,12 +90,12 @@ def _check_users_network(environ: Mapping[str, str]) -> None:
         except ValueError as error:
             raise ConfigError(name, f"expected an IPv4 subnet like {default}, got {value!r} ({error})") from None
 
-    subnet = network("GPUHUB_USERS_SUBNET", "172.31.240.0/20")
-    servers = network("GPUHUB_USERS_IP_RANGE", "172.31.248.0/21")
+    subnet = network("GPUHUB_USERS_SUBNET", "10.213.240.0/20")
+    servers = network("GPUHUB_USERS_IP_RANGE", "10.213.248.0/21")
     if not servers.subnet_of(subnet):
         raise ConfigError("GPUHUB_USERS_IP_RANGE", f"{servers} is not inside GPUHUB_USERS_SUBNET {subnet}")
     seen: dict[ipaddress.IPv4Address, str] = {}
-    for name, default in (("GPUHUB_USERS_HUB_IP", "172.31.240.2"), ("GPUHUB_USERS_PROXY_IP", "172.31.240.3")):
+    for name, default in (("GPUHUB_USERS_HUB_IP", "10.213.240.2"), ("GPUHUB_USERS_PROXY_IP", "10.213.240.3")):
         value = _clean(environ, name) or default
         try:
             address = ipaddress.IPv4Address(value)

@@ -225,7 +225,7 @@ REFUSED_CONFIG = {
 def test_bad_configuration_stops_the_service_with_its_message(stack, service, change, message):
     # `compose run` gives its container the service's fixed address on the users' network, which
     # the running hub and proxy hold: spare addresses (in the subnet, outside the servers' range)
-    spare = {"GPUHUB_USERS_HUB_IP": "172.31.224.9", "GPUHUB_USERS_PROXY_IP": "172.31.224.10"}
+    spare = {"GPUHUB_USERS_HUB_IP": "10.213.224.9", "GPUHUB_USERS_PROXY_IP": "10.213.224.10"}
     r = stack.compose("run", "--rm", "--no-deps", "-T", service, check=False, env={**spare, **change}, timeout=120)
     assert r.returncode != 0
     lines = [line for line in (r.stdout + r.stderr).splitlines()

@@ -54,9 +54,9 @@ REFUSALS = {
     "subnet not an address": ({"GPUHUB_USERS_SUBNET": "users"}, "GPUHUB_USERS_SUBNET", "IPv4 subnet"),
     "range outside the subnet": ({"GPUHUB_USERS_IP_RANGE": "10.0.0.0/24"}, "GPUHUB_USERS_IP_RANGE", "not inside"),
     "hub outside the subnet": ({"GPUHUB_USERS_HUB_IP": "10.0.0.2"}, "GPUHUB_USERS_HUB_IP", "not a host address"),
-    "hub on the gateway": ({"GPUHUB_USERS_HUB_IP": "172.31.240.1"}, "GPUHUB_USERS_HUB_IP", "gateway"),
-    "proxy among servers": ({"GPUHUB_USERS_PROXY_IP": "172.31.248.9"}, "GPUHUB_USERS_PROXY_IP", "inside GPUHUB_USERS_IP_RANGE"),
-    "proxy on the hub's address": ({"GPUHUB_USERS_PROXY_IP": "172.31.240.2"}, "GPUHUB_USERS_PROXY_IP", "also GPUHUB_USERS_HUB_IP"),
+    "hub on the gateway": ({"GPUHUB_USERS_HUB_IP": "10.213.240.1"}, "GPUHUB_USERS_HUB_IP", "gateway"),
+    "proxy among servers": ({"GPUHUB_USERS_PROXY_IP": "10.213.248.9"}, "GPUHUB_USERS_PROXY_IP", "inside GPUHUB_USERS_IP_RANGE"),
+    "proxy on the hub's address": ({"GPUHUB_USERS_PROXY_IP": "10.213.240.2"}, "GPUHUB_USERS_PROXY_IP", "also GPUHUB_USERS_HUB_IP"),
     "proxy not an address": ({"GPUHUB_USERS_PROXY_IP": "proxy"}, "GPUHUB_USERS_PROXY_IP", "IPv4 address"),
 }
 
