@@ -42,7 +42,7 @@ PY = sys.executable
 # name, command, what it measures (issue items), the document its details go to
 STEPS: list[tuple[str, list[str], str, str]] = [
     ("images", [PY, "bench/image_sizes.py", "--no-compressed", "--layers", "0", "--tag", "latest", "--build-times"],
-     "6. image sizes against their targets, build time from a warm cache", "images/README.md"),
+     "6. image sizes against their targets, build time from a warm cache", "the summary (layers: images/README.md)"),
     ("footprint", [PY, "bench/footprint.py", "--reps", "3", "--servers", "20", "--docs"],
      "5. cold start; 7. idle footprint with 0 and 20 servers", "below"),
     ("monitor", [PY, "bench/monitor_api.py"],
