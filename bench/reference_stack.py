@@ -21,11 +21,12 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from tests.stack import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "bench" / "reference" / "docker-compose.yml"
@@ -36,21 +37,6 @@ USER_NETWORK = "gpuhub-ref-users"
 CONTAINER_PREFIX = "gpuhub-ref-"
 VOLUME_PREFIX = "gpuhub-ref-home-"
 TOKEN_FILE = Path("/tmp/gpuhub-ref/api_token")
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    """Poll `predicate` until it returns a truthy value or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as e:  # noqa: BLE001 - reported if the deadline passes
-            last_error = e
-        time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last error: {last_error!r})")
 
 
 @dataclass
@@ -107,7 +93,8 @@ class ReferenceStack:
         return self.session().request(method, f"{self.base_url}/hub/api/{path.lstrip('/')}", timeout=120, **kwargs)
 
     def wait_hub(self, timeout: float = 120) -> None:
-        wait_for(lambda: self.api("GET", "/").status_code == 200, timeout, what="reference hub API through CHP")
+        wait_for(lambda: self.api("GET", "/").status_code == 200, timeout, interval=0.2,
+                 what="reference hub API through CHP")
 
     def start_server(self, user: str, options: dict | None = None) -> requests.Response:
         self.api("POST", f"users/{user}")  # 201 created, or 409 if it exists: both fine
@@ -116,7 +103,8 @@ class ReferenceStack:
     def stop_server(self, user: str) -> None:
         r = self.api("DELETE", f"users/{user}/server")
         assert r.status_code in (202, 204), r.text
-        wait_for(lambda: not self.api("GET", f"users/{user}").json()["servers"], 120, what=f"{user}'s server stopped")
+        wait_for(lambda: not self.api("GET", f"users/{user}").json()["servers"], 120, interval=0.2,
+                 what=f"{user}'s server stopped")
 
 
 def write_token(path: Path = TOKEN_FILE) -> str:
