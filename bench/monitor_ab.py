@@ -36,27 +36,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.monitor_api import LAUNCHER, pct, server_times  # noqa: E402
+from bench.monitor_api import CALL, LAUNCHER, pct, server_times  # noqa: E402
 
 from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
-CLIENT = r'''
-import json, time, urllib.request
-from concurrent.futures import ThreadPoolExecutor
-BASE = "http://gpu-monitor:8000/services/gpu-monitor/"
-HEAD = {"Authorization": "token " + cfg["token"], "Content-Type": "application/json"}
-
-def call(method, path, body=None):
-    req = urllib.request.Request(BASE + path, method=method, headers=HEAD,
-                                 data=None if body is None else json.dumps(body).encode())
-    t = time.perf_counter()
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            status, data = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, data = e.code, e.read()
-    return status, data, time.perf_counter() - t
-
+CLIENT = CALL + r'''
 def burst(tag):
     def ask(i):
         return call("POST", "api/allocations", {"user": f"ab-{tag}-{i}", "count": 1, "profile": "opencl"})

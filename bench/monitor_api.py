@@ -47,9 +47,10 @@ DOCS = REPO / "docs" / "monitor.md"
 BEGIN, END = "<!-- bench/monitor_api.py: begin -->", "<!-- bench/monitor_api.py: end -->"
 
 # Runs inside the hub container (python3 with only the standard library needed). The token is
-# read from stdin with the script, never from a command line.
-CLIENT = r'''
-import json, sys, time, threading, urllib.request
+# read from stdin with the script, never from a command line. CALL: what every client starts
+# with (also bench/monitor_ab.py's): call(method, path, body) -> (status, body bytes, seconds).
+CALL = r'''
+import json, time, urllib.request
 from concurrent.futures import ThreadPoolExecutor
 BASE = "http://gpu-monitor:8000/services/gpu-monitor/"
 HEAD = {"Authorization": "token " + cfg["token"], "Content-Type": "application/json"}
@@ -64,7 +65,9 @@ def call(method, path, body=None):
     except urllib.error.HTTPError as e:
         status, data = e.code, e.read()
     return status, data, time.perf_counter() - t
+'''
 
+CLIENT = CALL + r'''
 out = {}
 # 200 allocations held while reading
 held = []
