@@ -22,6 +22,7 @@ What it adds to DockerSpawner:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import html
 import inspect
 import json
@@ -325,7 +326,7 @@ class GPUDockerSpawner(DockerSpawner):
     def _start_turn(self):
         """This server's turn in the start queue (a no-op without a limit)."""
         if not self.start_concurrency:
-            return _NoTurn()
+            return contextlib.nullcontext()
         loop = asyncio.get_running_loop()
         cls = GPUDockerSpawner
         if cls._start_queue is None or cls._start_queue[0] is not loop:
@@ -445,14 +446,6 @@ class GPUDockerSpawner(DockerSpawner):
                 await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
             except asyncio.TimeoutError:
                 pass
-
-
-class _NoTurn:
-    async def __aenter__(self):
-        return self
-
-    async def __aexit__(self, *exc):
-        return False
 
 
 class _Turn:
