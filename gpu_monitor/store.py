@@ -146,8 +146,9 @@ _columns = (
     allocations_table.c.created_at,
 )
 
-_COLUMN_NAMES = "id, user_name, server_name, profile, device_uuids, created_at"
-_HISTORY_COLUMNS = "id, user_name, server_name, profile, groups, device_uuids, started_at"
+_COLUMN_NAMES = ", ".join(c.name for c in _columns)
+# a new history row: every column but ended_at, in the table's order
+_HISTORY_COLUMNS = ", ".join(c.name for c in history_table.c if c.name != "ended_at")
 
 
 def _insert_and_commit(grants: Sequence[tuple[Allocation, AllocationRequest]]) -> tuple[str, tuple[Any, ...]]:
