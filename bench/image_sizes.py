@@ -40,21 +40,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.docs_section import record  # noqa: E402
 
-REPOSITORIES = [
-    "gpuhub/singleuser-base",
-    "gpuhub/singleuser-opencl",
-    "gpuhub/singleuser-cuda",
-    "gpuhub/hub",
-    "gpuhub/gpu-monitor",
-    "gpuhub/netpolicy",
-    "gpuhub/docker-api-filter",
-    "gpuhub/demo-oidc",
-]
-# The compose service that builds each repository's image (for --build-times).
+# gpuhub's image repositories, each with the compose service that builds it (for --build-times).
 SERVICES = {"gpuhub/singleuser-base": "singleuser-base", "gpuhub/singleuser-opencl": "singleuser-opencl",
             "gpuhub/singleuser-cuda": "singleuser-cuda", "gpuhub/hub": "hub", "gpuhub/gpu-monitor": "gpu-monitor",
             "gpuhub/netpolicy": "netpolicy", "gpuhub/docker-api-filter": "monitor-docker",
             "gpuhub/demo-oidc": "demo-oidc"}
+REPOSITORIES = list(SERVICES)
 # Targets (decimal GB) from the image-size issue; repositories not listed have none.
 TARGETS_GB = {"gpuhub/singleuser-cuda": 6.2, "gpuhub/singleuser-opencl": 1.0}
 BASE = "gpuhub/singleuser-base"
