@@ -55,9 +55,9 @@ class ReferenceStack:
 
     def up(self, build: bool = True) -> None:
         if build:
-            # only the hub: the OIDC image is gpuhub's demo-oidc, built with gpuhub (built here
-            # by `up` only if it is missing)
-            self.compose("build", "hub")
+            # the reference's own images; the OIDC image is gpuhub's demo-oidc, built with gpuhub
+            # (built here by `up` only if it is missing)
+            self.compose("build", "hub", "singleuser")
         r = self.compose("up", "-d", "--wait", check=False)
         if r.returncode != 0:
             logs = self.compose("logs", "--no-color", "--tail", "80", check=False).stdout
