@@ -55,7 +55,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
