@@ -57,11 +57,18 @@ def _bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise ConfigError(name, f"expected true or false, got {value!r}")
 
 
+def _whole_number(value: str) -> bool:
+    """ASCII digits only. Refuses nan, inf, -inf, 1e309, signs and fractions, and also what
+    str.isdigit() alone lets through: superscripts ("²", which int() then refuses with a
+    traceback instead of the variable's name) and other scripts' digits."""
+    return value.isascii() and value.isdigit()
+
+
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     value = _clean(environ, name)
     if not value:
         return default
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    if not _whole_number(value) or not 0 < int(value) < 65536:
         raise ConfigError(name, f"expected a TCP port number (1-65535), got {value!r}")
     return int(value)
 
@@ -70,7 +77,7 @@ def _seconds(environ: Mapping[str, str], name: str) -> int:
     value = _clean(environ, name)
     if not value:
         return 0
-    if not value.isdigit():
+    if not _whole_number(value):
         raise ConfigError(name, f"expected a whole number of seconds (0: off), got {value!r}")
     return int(value)
 
