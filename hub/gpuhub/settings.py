@@ -22,6 +22,24 @@ AUTHENTICATORS = ("demo", "generic", "github", "gitlab", "google", "azuread")
 GROUP_SUPPORT = frozenset({"demo", "generic", "github", "gitlab", "azuread"})
 
 DEMO_USER = "demo"
+
+# The claim that becomes the hub's username, per provider. Two people must never get the same
+# username (they would share one account, admin rights included), and a username should not
+# change under a person. So where the provider has a stable, unique identifier, it is the
+# default: OpenID Connect's `sub` (the only claim the specification makes stable and unique per
+# provider) and Azure AD's `oid` (the object id, unique in the tenant). OIDC_USERNAME_CLAIM
+# changes them (generic and azuread). GitHub, GitLab and Google: their unique login names
+# (login, username, e-mail), which their owners can change; see README, "Usernames".
+USERNAME_CLAIMS = {
+    "demo": "sub",
+    "generic": "sub",
+    "azuread": "oid",
+    "github": "login",
+    "gitlab": "username",
+    "google": "email",
+}
+# Claims that identify a person for good; the others can change hands (gpuhub.auth warns).
+STABLE_CLAIMS = frozenset({"sub", "oid"})
 DEFAULT_CLIENT_SECRET_FILE = "/run/gpuhub/secrets/oauth_client_secret"
 
 
@@ -152,7 +170,7 @@ class OAuthSettings:
     authorize_url: str = ""
     token_url: str = ""
     userdata_url: str = ""
-    username_claim: str = "preferred_username"
+    username_claim: str = "sub"
     groups_claim: str = "groups"
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     # provider specifics
@@ -253,7 +271,7 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
             authorize_url=_url(environ, "OIDC_AUTHORIZE_URL", "GPUHUB_AUTHENTICATOR=generic"),
             token_url=_url(environ, "OIDC_TOKEN_URL", "GPUHUB_AUTHENTICATOR=generic"),
             userdata_url=_url(environ, "OIDC_USERINFO_URL", "GPUHUB_AUTHENTICATOR=generic"),
-            username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or "preferred_username",
+            username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or USERNAME_CLAIMS["generic"],
             groups_claim=_clean(environ, "OIDC_GROUPS_CLAIM") or "groups",
             scopes=tuple(_clean(environ, "OIDC_SCOPES").split()) or ("openid", "profile", "email"),
         )
@@ -266,7 +284,11 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
                 "AZUREAD_TENANT_ID",
                 "is required for GPUHUB_AUTHENTICATOR=azuread; set it to your directory (tenant) id",
             )
-        extra = dict(azuread_tenant_id=tenant)
+        extra = dict(azuread_tenant_id=tenant,
+                     username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or USERNAME_CLAIMS["azuread"])
+    # github, gitlab, google: their own claim, always set explicitly (OAuthenticator's default
+    # would otherwise follow an OAUTH2_USERNAME_KEY in the hub's environment)
+    extra = {"username_claim": USERNAME_CLAIMS[authenticator], **extra}
     return OAuthSettings(client_id=client_id, client_secret=client_secret, **extra)  # type: ignore[arg-type]
 
 
