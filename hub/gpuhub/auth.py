@@ -5,7 +5,10 @@ on it. Every provider gets the same rules: the people in GPUHUB_ALLOWED_USERS, m
 GPUHUB_ALLOWED_GROUPS (in that provider's sense of a group), and the GPUHUB_ADMIN_USERS;
 `allow_all` only when the operator set GPUHUB_ALLOW_ALL deliberately (settings refuse to start
 with no rule at all). The demo login is the generic OIDC authenticator pointed at the bundled
-provider, so demo and production share one code path.
+provider, so demo and production share one code path. The username comes from the claim
+gpuhub.settings.USERNAME_CLAIMS names for each provider (stable and unique where the provider has
+such a claim); `warn_if_usernames_are_mutable` says so in the hub's log when lists name people
+by a claim that can change hands.
 """
 
 from __future__ import annotations
