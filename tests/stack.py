@@ -9,6 +9,7 @@ labels, so teardown (and a rerun after a crash) removes exactly what the tests m
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import secrets
@@ -20,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
-import websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECT = "gpuhub-test"
 USER_NETWORK = "gpuhub-test-users"
+# the users' subnet the test stack prefers (gpuhub's default is 10.213.240.0/20); taken, another
+USERS_SUBNET = "10.213.224.0/20"
 # The provider knows alice, bob and mallory; only alice and bob may log in. carol is made
 # through the API only.
 TEST_USERS = ("alice", "bob", "mallory", "carol")
@@ -40,11 +42,8 @@ TEST_ENV = {
     "GPUHUB_ALLOWED_USERS": "alice,bob",
     "GPUHUB_ADMIN_USERS": "alice",
     "GPUHUB_USER_NETWORK": USER_NETWORK,
-    # not the defaults: a second stack with default settings runs beside this one (demo test)
-    "GPUHUB_USERS_SUBNET": "10.213.224.0/20",
-    "GPUHUB_USERS_IP_RANGE": "10.213.232.0/21",
-    "GPUHUB_USERS_HUB_IP": "10.213.224.2",
-    "GPUHUB_USERS_PROXY_IP": "10.213.224.3",
+    # not the defaults, which a gpuhub on this host may hold (its users' network outlives
+    # `docker compose down`); start_stack moves to a free /20 if this one is taken
     # short monitor timings, so that leaked devices come back within a test's patience
     "GPUHUB_MONITOR_SAMPLE_SECONDS": "1",
     "GPUHUB_MONITOR_RECONCILE_SECONDS": "3",
@@ -64,6 +63,35 @@ REACH = (
     "    except OSError as e:\n"
     "        return type(e).__name__\n"
 )
+
+
+def docker_subnets() -> list[ipaddress.IPv4Network]:
+    """The IPv4 subnets of every Docker network on this host."""
+    ids = subprocess.run(["docker", "network", "ls", "-q"], capture_output=True, text=True, check=True).stdout.split()
+    if not ids:
+        return []
+    out = subprocess.run(["docker", "network", "inspect", "--format",
+                          "{{range .IPAM.Config}}{{.Subnet}} {{end}}", *ids],
+                         capture_output=True, text=True, check=True).stdout
+    return [net for net in (ipaddress.ip_network(word, strict=False) for word in out.split()) if net.version == 4]
+
+
+def users_network(name: str, preferred: str, taken: list[ipaddress.IPv4Network] | None = None) -> dict[str, str]:
+    """Settings for a users' network named `name` on a /20 no Docker network on this host
+    overlaps: `preferred` if free, else the first free one of 10.213.0.0/16, then 10.214.0.0/16.
+    A gpuhub running here (default 10.213.240.0/20), or one stopped with `docker compose down`,
+    whose users' network stays, must not make the tests fail ("Pool overlaps")."""
+    taken = docker_subnets() if taken is None else taken
+    candidates = [ipaddress.IPv4Network(preferred)]
+    for block in ("10.213.0.0/16", "10.214.0.0/16"):
+        candidates += ipaddress.IPv4Network(block).subnets(new_prefix=20)
+    for subnet in candidates:
+        if not any(subnet.overlaps(net) for net in taken):
+            hosts = subnet.network_address
+            return {"GPUHUB_USER_NETWORK": name, "GPUHUB_USERS_SUBNET": str(subnet),
+                    "GPUHUB_USERS_IP_RANGE": str(list(subnet.subnets(new_prefix=21))[1]),
+                    "GPUHUB_USERS_HUB_IP": str(hosts + 2), "GPUHUB_USERS_PROXY_IP": str(hosts + 3)}
+    raise RuntimeError(f"no free /20 for the users' network {name} in 10.213.0.0/15; Docker networks hold {taken}")
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
@@ -173,6 +201,8 @@ class Stack:
     # ---- running code in a user's server ---------------------------------------------------------
     def run_code(self, user: str, code: str, timeout: float = 60) -> str:
         """Start a kernel in `user`'s server through the proxy, run `code`, return its stdout."""
+        import websocket  # websocket-client (tests/requirements.txt): not needed to collect the fast tier
+
         s = self.session()
         server = f"{self.base_url}/user/{user}"
         r = s.post(f"{server}/api/kernels", json={"name": "python3"}, timeout=60)
@@ -221,6 +251,7 @@ def start_stack(workdir: Path) -> Stack:
         path.chmod(0o600)
     stack = Stack(workdir=workdir, env={**TEST_ENV, "GPUHUB_OPERATOR_SECRETS": str(secrets_dir)}, token=token)
     stack.down()  # leftovers of an interrupted earlier run
+    stack.env.update(users_network(USER_NETWORK, USERS_SUBNET))
     try:
         stack.up()
         stack.wait_hub()

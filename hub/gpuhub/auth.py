@@ -5,11 +5,15 @@ on it. Every provider gets the same rules: the people in GPUHUB_ALLOWED_USERS, m
 GPUHUB_ALLOWED_GROUPS (in that provider's sense of a group), and the GPUHUB_ADMIN_USERS;
 `allow_all` only when the operator set GPUHUB_ALLOW_ALL deliberately (settings refuse to start
 with no rule at all). The demo login is the generic OIDC authenticator pointed at the bundled
-provider, so demo and production share one code path.
+provider, so demo and production share one code path. The username comes from the claim
+gpuhub.settings.USERNAME_CLAIMS names for each provider (stable and unique where the provider has
+such a claim); `warn_if_usernames_are_mutable` says so in the hub's log when lists name people
+by a claim that can change hands.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from oauthenticator.azuread import AzureAdOAuthenticator
@@ -18,7 +22,9 @@ from oauthenticator.github import GitHubOAuthenticator
 from oauthenticator.gitlab import GitLabOAuthenticator
 from oauthenticator.google import GoogleOAuthenticator
 
-from .settings import Settings
+from .settings import STABLE_CLAIMS, Settings
+
+log = logging.getLogger("JupyterHub")  # the hub's own logger: the warning lands in its log
 
 CLASSES = {
     "demo": GenericOAuthenticator,
@@ -36,6 +42,9 @@ def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
         "client_id": o.client_id,
         "client_secret": o.client_secret,
         "oauth_callback_url": settings.oauth_callback_url,
+        # the claim that becomes the username: stable and unique where the provider has one
+        # (gpuhub.settings.USERNAME_CLAIMS), set for every provider
+        "username_claim": o.username_claim,
         "allowed_users": set(settings.allowed_users),
         "admin_users": set(settings.admin_users),
         "allow_all": settings.allow_all,
@@ -54,7 +63,6 @@ def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
             authorize_url=o.authorize_url,
             token_url=o.token_url,
             userdata_url=o.userdata_url,
-            username_claim=o.username_claim,
             scope=list(o.scopes),
             login_service="the gpuhub demo provider" if kind == "demo" else "OpenID Connect",
         )
@@ -75,3 +83,22 @@ def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
             traits.update(allowed_groups=set(settings.allowed_groups), manage_groups=True,
                           auth_state_groups_key="user.groups")
     return CLASSES[kind], traits
+
+
+def mutable_username_warning(settings: Settings) -> str | None:
+    """A sentence for the hub's log when people are named in allow or admin lists by a claim
+    its owner can change: after a rename, whoever takes the old name gets that entry's rights."""
+    claim = settings.oauth.username_claim
+    named = [name for name, people in (("GPUHUB_ADMIN_USERS", settings.admin_users),
+                                      ("GPUHUB_ALLOWED_USERS", settings.allowed_users)) if people]
+    if settings.demo or claim in STABLE_CLAIMS or not named:
+        return None
+    return (f"usernames are the provider's {claim!r} claim (GPUHUB_AUTHENTICATOR={settings.authenticator}), "
+            f"which can change hands: {' and '.join(named)} name whoever holds that name when they log "
+            "in. Remove people from these lists when they leave or are renamed; README.md, 'Usernames'.")
+
+
+def warn_if_usernames_are_mutable(settings: Settings) -> None:
+    message = mutable_username_warning(settings)
+    if message:
+        log.warning("gpuhub: %s", message)

@@ -17,7 +17,7 @@ import yaml
 from typing import Any
 
 from . import cryptcheck
-from .auth import authenticator_config
+from .auth import authenticator_config, warn_if_usernames_are_mutable
 from .profiles import load_profiles
 from .settings import ConfigError, Settings, read_secret_file
 
@@ -115,6 +115,7 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
 
     # --- login ------------------------------------------------------------------------------
     cls, traits = authenticator_config(settings)
+    warn_if_usernames_are_mutable(settings)
     c.JupyterHub.authenticator_class = cls
     for name, value in traits.items():
         setattr(c[cls.__name__], name, value)

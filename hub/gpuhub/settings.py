@@ -22,6 +22,24 @@ AUTHENTICATORS = ("demo", "generic", "github", "gitlab", "google", "azuread")
 GROUP_SUPPORT = frozenset({"demo", "generic", "github", "gitlab", "azuread"})
 
 DEMO_USER = "demo"
+
+# The claim that becomes the hub's username, per provider. Two people must never get the same
+# username (they would share one account, admin rights included), and a username should not
+# change under a person. So where the provider has a stable, unique identifier, it is the
+# default: OpenID Connect's `sub` (the only claim the specification makes stable and unique per
+# provider) and Azure AD's `oid` (the object id, unique in the tenant). OIDC_USERNAME_CLAIM
+# changes them (generic and azuread). GitHub, GitLab and Google: their unique login names
+# (login, username, e-mail), which their owners can change; see README, "Usernames".
+USERNAME_CLAIMS = {
+    "demo": "sub",
+    "generic": "sub",
+    "azuread": "oid",
+    "github": "login",
+    "gitlab": "username",
+    "google": "email",
+}
+# Claims that identify a person for good; the others can change hands (gpuhub.auth warns).
+STABLE_CLAIMS = frozenset({"sub", "oid"})
 DEFAULT_CLIENT_SECRET_FILE = "/run/gpuhub/secrets/oauth_client_secret"
 
 
@@ -57,11 +75,18 @@ def _bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
     raise ConfigError(name, f"expected true or false, got {value!r}")
 
 
+def _whole_number(value: str) -> bool:
+    """ASCII digits only. Refuses nan, inf, -inf, 1e309, signs and fractions, and also what
+    str.isdigit() alone lets through: superscripts ("²", which int() then refuses with a
+    traceback instead of the variable's name) and other scripts' digits."""
+    return value.isascii() and value.isdigit()
+
+
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     value = _clean(environ, name)
     if not value:
         return default
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    if not _whole_number(value) or not 0 < int(value) < 65536:
         raise ConfigError(name, f"expected a TCP port number (1-65535), got {value!r}")
     return int(value)
 
@@ -70,7 +95,7 @@ def _seconds(environ: Mapping[str, str], name: str) -> int:
     value = _clean(environ, name)
     if not value:
         return 0
-    if not value.isdigit():
+    if not _whole_number(value):
         raise ConfigError(name, f"expected a whole number of seconds (0: off), got {value!r}")
     return int(value)
 
@@ -145,7 +170,7 @@ class OAuthSettings:
     authorize_url: str = ""
     token_url: str = ""
     userdata_url: str = ""
-    username_claim: str = "preferred_username"
+    username_claim: str = "sub"
     groups_claim: str = "groups"
     scopes: tuple[str, ...] = ("openid", "profile", "email")
     # provider specifics
@@ -246,7 +271,7 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
             authorize_url=_url(environ, "OIDC_AUTHORIZE_URL", "GPUHUB_AUTHENTICATOR=generic"),
             token_url=_url(environ, "OIDC_TOKEN_URL", "GPUHUB_AUTHENTICATOR=generic"),
             userdata_url=_url(environ, "OIDC_USERINFO_URL", "GPUHUB_AUTHENTICATOR=generic"),
-            username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or "preferred_username",
+            username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or USERNAME_CLAIMS["generic"],
             groups_claim=_clean(environ, "OIDC_GROUPS_CLAIM") or "groups",
             scopes=tuple(_clean(environ, "OIDC_SCOPES").split()) or ("openid", "profile", "email"),
         )
@@ -259,7 +284,11 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
                 "AZUREAD_TENANT_ID",
                 "is required for GPUHUB_AUTHENTICATOR=azuread; set it to your directory (tenant) id",
             )
-        extra = dict(azuread_tenant_id=tenant)
+        extra = dict(azuread_tenant_id=tenant,
+                     username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or USERNAME_CLAIMS["azuread"])
+    # github, gitlab, google: their own claim, always set explicitly (OAuthenticator's default
+    # would otherwise follow an OAUTH2_USERNAME_KEY in the hub's environment)
+    extra = {"username_claim": USERNAME_CLAIMS[authenticator], **extra}
     return OAuthSettings(client_id=client_id, client_secret=client_secret, **extra)  # type: ignore[arg-type]
 
 

@@ -22,7 +22,6 @@ A browser on another machine never sees this.
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
 
 from ..stack import ARTIFACTS, wait_for
 
@@ -43,12 +42,18 @@ TIMEOUT_MS = 30_000  # default for actions and expect(); slow steps pass their o
 
 @pytest.fixture(scope="session")
 def playwright():
+    # imported here, not at the top: this conftest is loaded whenever pytest collects tests/,
+    # and `pytest` alone (the fast tier) must not need Playwright (tests/requirements.txt)
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         yield p
 
 
 @pytest.fixture
 def page(playwright, stack, request, tmp_path):
+    from playwright.sync_api import expect
+
     expect.set_options(timeout=TIMEOUT_MS)
     context = playwright.chromium.launch_persistent_context(
         str(tmp_path / "chromium-profile"),

@@ -7,7 +7,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from playwright.sync_api import Page, expect
+
+# the browser tier's own dependency (tests/requirements.txt): `pytest` alone skips this module
+pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
+from playwright.sync_api import Page, expect  # noqa: E402
 
 from ..stack import ARTIFACTS
 from .test_login import HUB, log_in_at_provider

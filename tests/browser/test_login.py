@@ -7,7 +7,11 @@ import re
 import subprocess
 
 import pytest
-from playwright.sync_api import Page, expect
+
+# the browser tier's own dependency (tests/requirements.txt): `pytest` alone skips this module
+pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
+from playwright.sync_api import Page, Request, expect  # noqa: E402
+from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -27,6 +31,31 @@ def log_in_at_provider(page: Page, user: str, *, predefined: bool = False) -> No
     else:
         page.locator('input[name="sub"]').fill(user)
         page.get_by_role("button", name="Authorize", exact=True).click()
+
+
+def click_until_requested(page: Page, button, wanted, *, tries: int = 6, per_try_ms: int = 5_000):
+    """Click `button` as a person does, and again when nothing happens, until the page sends a
+    request `wanted(request)` accepts; return that request's response.
+
+    JupyterHub's buttons (Stop My Server: an <a> without href) do nothing until the page's script
+    (require.js, then home.js and its modules) has bound their handlers. A click before that is
+    lost without a trace, and a test that then waits for the result waits in vain. So: wait
+    until the page has stopped loading, then click until the request goes out."""
+    try:
+        page.wait_for_load_state("networkidle", timeout=30_000)
+    except PlaywrightTimeout:
+        pass  # a page that keeps polling: the clicks below still tell
+    for _ in range(tries):
+        expect(button).to_be_enabled()
+        try:
+            with page.expect_request(wanted, timeout=per_try_ms) as request:
+                button.click()
+        except PlaywrightTimeout:
+            continue  # the handler was not bound yet
+        response = request.value.response()  # the request went out: wait for its answer
+        assert response is not None, f"{request.value.method} {request.value.url} failed: {request.value.failure}"
+        return response
+    raise AssertionError(f"clicking {button} {tries} times sent no request the test waited for")
 
 
 def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Page, stack, hub_user):
@@ -81,9 +110,15 @@ def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Pa
     expect(page.locator('tr[data-state="yours"]')).to_have_count(1)
     expect(page.get_by_text("Held by")).to_have_count(0)  # not an admin: no one's names
 
-    # the hub's home page: stop the server
-    page.goto(f"{HUB}/hub/home")
-    page.get_by_role("button", name="Stop My Server").click()
+    # the hub's home page: stop the server, clicking as soon as the page shows the button (not
+    # when it has loaded: its script binds the button's handler later; the helper waits for it)
+    page.goto(f"{HUB}/hub/home", wait_until="domcontentloaded")
+
+    def stop_request(request: Request) -> bool:
+        return request.method == "DELETE" and request.url.split("?")[0] == f"{HUB}/hub/api/users/{user}/server"
+
+    stopped = click_until_requested(page, page.get_by_role("button", name="Stop My Server"), stop_request)
+    assert stopped.status in (202, 204), (stopped.status, stopped.text())
     expect(page.get_by_role("button", name="Start My Server")).to_be_visible(timeout=SERVER_START_MS)
     expect(page.get_by_role("button", name="Stop My Server")).to_be_hidden()
     expect(page.locator("#error-dialog")).to_be_hidden()

@@ -1,6 +1,7 @@
 """The real stack: REST API over HTTPS through Traefik, a server that runs code, survives a hub
 restart, and configuration that is refused with its message. Needs Docker (marker `docker`)."""
 
+import ipaddress
 import json
 import ssl
 import socket
@@ -10,7 +11,7 @@ import threading
 import pytest
 import requests
 
-from ..stack import REACH, ROOT, wait_for
+from ..stack import REACH, ROOT, users_network, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -225,7 +226,8 @@ REFUSED_CONFIG = {
 def test_bad_configuration_stops_the_service_with_its_message(stack, service, change, message):
     # `compose run` gives its container the service's fixed address on the users' network, which
     # the running hub and proxy hold: spare addresses (in the subnet, outside the servers' range)
-    spare = {"GPUHUB_USERS_HUB_IP": "10.213.224.9", "GPUHUB_USERS_PROXY_IP": "10.213.224.10"}
+    subnet = ipaddress.IPv4Network(stack.env["GPUHUB_USERS_SUBNET"])
+    spare = {"GPUHUB_USERS_HUB_IP": str(subnet.network_address + 9), "GPUHUB_USERS_PROXY_IP": str(subnet.network_address + 10)}
     r = stack.compose("run", "--rm", "--no-deps", "-T", service, check=False, env={**spare, **change}, timeout=120)
     assert r.returncode != 0
     lines = [line for line in (r.stdout + r.stderr).splitlines()
@@ -234,13 +236,17 @@ def test_bad_configuration_stops_the_service_with_its_message(stack, service, ch
 
 
 def test_demo_mode_needs_no_configuration(tmp_path):
-    """A second stack with no settings at all (only other ports) comes up in demo mode."""
+    """A second stack with no settings at all (only other ports, and a users' network that no
+    gpuhub on this host holds) comes up in demo mode."""
     import os
     project = ["docker", "compose", "-p", "gpuhub-demo-test", "--project-directory", str(ROOT)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUHUB_", "OAUTH_", "OIDC_"))}
-    env.update(GPUHUB_HTTPS_PORT="8443", GPUHUB_HTTP_PORT="8080", GPUHUB_USER_NETWORK="gpuhub-demo-test-users",
-               GPUHUB_DEMO_PORT="9402",
+    env.update(GPUHUB_HTTPS_PORT="8443", GPUHUB_HTTP_PORT="8080", GPUHUB_DEMO_PORT="9402",
                GPUHUB_OPERATOR_SECRETS=str(tmp_path))
+    # not the default subnet: a gpuhub on this host may hold it, running or stopped with
+    # `docker compose down` (which keeps the users' network while servers are on it)
+    subprocess.run([*project, "down", "-v", "--remove-orphans"], env=env, capture_output=True, timeout=300)
+    env.update(users_network("gpuhub-demo-test-users", "10.213.208.0/20"))
     try:
         up = subprocess.run([*project, "up", "-d", "--wait"], env=env, capture_output=True, text=True, timeout=600)
         assert up.returncode == 0, up.stderr[-3000:]

@@ -5,7 +5,7 @@ import os
 import pytest
 from traitlets.config import Config
 
-from gpuhub.auth import authenticator_config
+from gpuhub.auth import authenticator_config, mutable_username_warning
 from gpuhub.configure import (ALLOCATOR_SERVICE, DEMO_NOTICE, MONITOR_SERVICE, OPERATOR_SERVICE,
                               SCOPE_ALLOCATE, SCOPE_READ_ALL, configure)
 from gpuhub.settings import ConfigError, load_settings
@@ -79,6 +79,71 @@ def test_each_provider_is_selected_and_configured(environ, change, cls, expected
         assert getattr(authenticator, name) == value
     assert authenticator.allow_all is False
     assert authenticator.enable_auth_state is True and authenticator.refresh_pre_spawn is False
+
+
+# the claim that becomes the username, per provider, and why (README, "Usernames")
+USERNAME_CLAIMS = {
+    # OpenID Connect: `sub` is the only claim the specification makes stable and unique
+    "generic": ({}, "GenericOAuthenticator", "sub"),
+    "generic, claim chosen": ({"OIDC_USERNAME_CLAIM": "preferred_username"}, "GenericOAuthenticator",
+                              "preferred_username"),
+    # the object id: OAuthenticator's default is `name`, the display name, which two people share
+    "azuread": ({"GPUHUB_AUTHENTICATOR": "azuread", "AZUREAD_TENANT_ID": "t-1"}, "AzureAdOAuthenticator", "oid"),
+    "azuread, claim chosen": ({"GPUHUB_AUTHENTICATOR": "azuread", "AZUREAD_TENANT_ID": "t-1",
+                               "OIDC_USERNAME_CLAIM": "upn"}, "AzureAdOAuthenticator", "upn"),
+    "github": ({"GPUHUB_AUTHENTICATOR": "github"}, "GitHubOAuthenticator", "login"),
+    "github ignores the OIDC claim": ({"GPUHUB_AUTHENTICATOR": "github", "OIDC_USERNAME_CLAIM": "sub"},
+                                      "GitHubOAuthenticator", "login"),
+    "gitlab": ({"GPUHUB_AUTHENTICATOR": "gitlab"}, "GitLabOAuthenticator", "username"),
+    "google": ({"GPUHUB_AUTHENTICATOR": "google"}, "GoogleOAuthenticator", "email"),
+    "demo": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_ALLOWED_USERS": "", "GPUHUB_ADMIN_USERS": ""},
+             "GenericOAuthenticator", "sub"),
+}
+
+
+@pytest.mark.parametrize("change, cls, claim", USERNAME_CLAIMS.values(), ids=USERNAME_CLAIMS.keys())
+def test_each_provider_takes_the_username_from_its_intended_claim(environ, monkeypatch, change, cls, claim):
+    # OAuthenticator's own default follows this variable: gpuhub's choice must not
+    monkeypatch.setenv("OAUTH2_USERNAME_KEY", "name")
+    c = configured({**environ, **change})
+    assert c.JupyterHub.authenticator_class.__name__ == cls
+    assert c[cls].username_claim == claim
+    authenticator = c.JupyterHub.authenticator_class(config=c)
+    assert authenticator.username_claim == claim
+    # two people with the same display name get two usernames (with the defaults; the operator
+    # who chose preferred_username gets what it gives: here, one for both)
+    people = [{"name": "Alex Kim", "email": f"alex.kim{n}@example.org", "preferred_username": "alex",
+               "sub": f"sub-{n}", "oid": f"0000000{n}-aaaa-bbbb-cccc-dddddddddddd", "upn": f"alex{n}@example.org",
+               "login": f"alexkim{n}", "username": f"alex.kim{n}"} for n in (1, 2)]
+    names = {authenticator.user_info_to_username(person) for person in people}
+    assert len(names) == (1 if claim == "preferred_username" else 2), names
+
+
+MUTABLE_WARNINGS = {
+    "generic: sub": ({}, None),
+    "generic: preferred_username": ({"OIDC_USERNAME_CLAIM": "preferred_username"},
+                                    "'preferred_username' claim (GPUHUB_AUTHENTICATOR=generic), which can change hands: "
+                                    "GPUHUB_ADMIN_USERS and GPUHUB_ALLOWED_USERS"),
+    "azuread: oid": ({"GPUHUB_AUTHENTICATOR": "azuread", "AZUREAD_TENANT_ID": "t-1"}, None),
+    "github, allowed users": ({"GPUHUB_AUTHENTICATOR": "github"}, "'login' claim"),
+    "gitlab, admins only": ({"GPUHUB_AUTHENTICATOR": "gitlab", "GPUHUB_ALLOWED_USERS": "",
+                             "GPUHUB_ALLOWED_GROUPS": "lab"}, "which can change hands: GPUHUB_ADMIN_USERS name"),
+    "github, organisations only": ({"GPUHUB_AUTHENTICATOR": "github", "GPUHUB_ALLOWED_USERS": "",
+                                    "GPUHUB_ADMIN_USERS": "", "GPUHUB_ALLOWED_GROUPS": "lab"}, None),
+    "google": ({"GPUHUB_AUTHENTICATOR": "google"}, "'email' claim"),
+    "demo": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_ALLOWED_USERS": "", "GPUHUB_ADMIN_USERS": ""}, None),
+}
+
+
+@pytest.mark.parametrize("change, words", MUTABLE_WARNINGS.values(), ids=MUTABLE_WARNINGS.keys())
+def test_a_mutable_username_claim_with_named_people_is_warned_about(environ, caplog, change, words):
+    settings = load_settings({**environ, **change})
+    warning = mutable_username_warning(settings)
+    assert (warning is None) if words is None else (words in warning), warning
+    with caplog.at_level("WARNING", logger="JupyterHub"):
+        configure(Config(), settings)
+    logged = [r.getMessage() for r in caplog.records if "can change hands" in r.getMessage()]
+    assert logged == ([] if words is None else [f"gpuhub: {warning}"])
 
 
 def test_operator_token_becomes_an_admin_service(environ, tmp_path):

@@ -70,26 +70,61 @@ def test_bad_settings_are_refused_naming_the_variable(environ, change, variable,
     assert str(info.value).startswith(f"{variable}: ")
 
 
+# Every numeric setting the hub reads, with a valid value (the monitor's are gpu_monitor/settings.py's).
+NUMERIC = {"GPUHUB_HTTPS_PORT": "8443", "GPUHUB_CULL_IDLE_SECONDS": "600"}
+NOT_A_NUMBER = ("nan", "NaN", "inf", "-inf", "+inf", "Infinity", "1e309", "1e3", "1.5", "-1", "0x10", "²", "١٢", "8443 s")
+
+
+def test_every_numeric_setting_is_in_the_table():
+    """A new `_port`/`_seconds` setting in gpuhub/settings.py joins NUMERIC, and so the table below."""
+    import re
+    from pathlib import Path
+
+    source = (Path(__file__).resolve().parents[2] / "hub" / "gpuhub" / "settings.py").read_text()
+    assert set(re.findall(r'_(?:port|seconds)\(environ, "(\w+)"', source)) == set(NUMERIC)
+
+
+@pytest.mark.parametrize("variable", NUMERIC)
+@pytest.mark.parametrize("value", NOT_A_NUMBER)
+def test_numeric_settings_refuse_non_finite_and_non_integer_values(environ, variable, value):
+    assert load_settings({**environ, variable: NUMERIC[variable]})  # the valid value is accepted
+    with pytest.raises(ConfigError) as info:
+        load_settings({**environ, variable: value})
+    assert info.value.variable == variable
+    assert str(info.value).startswith(f"{variable}: expected ") and repr(value) in str(info.value)
+
+
 def test_empty_client_secret_file_is_refused(environ, tmp_path):
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         load_settings({**environ, "OAUTH_CLIENT_SECRET_FILE": str(tmp_path / "empty")})
 
 
+# each accepted variant, and what it must have set (not only "no exception")
 ALLOWED = {
-    "groups only": {"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOWED_GROUPS": "lab"},
-    "allow all, deliberately": {"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOW_ALL": "yes"},
-    "github orgs": {"GPUHUB_AUTHENTICATOR": "github", "GPUHUB_ALLOWED_GROUPS": "my-org"},
-    "loopback listen in demo": {"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "::1"},
-    "servers may talk": {"GPUHUB_SERVER_TO_SERVER": "true"},
-    "another users' subnet": {"GPUHUB_USERS_SUBNET": "10.20.0.0/16", "GPUHUB_USERS_IP_RANGE": "10.20.128.0/17",
-                              "GPUHUB_USERS_HUB_IP": "10.20.0.10", "GPUHUB_USERS_PROXY_IP": "10.20.0.11"},
+    "groups only": ({"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOWED_GROUPS": "lab"},
+                    {"allowed_users": frozenset(), "allowed_groups": {"lab"}, "allow_all": False}),
+    "allow all, deliberately": ({"GPUHUB_ALLOWED_USERS": "", "GPUHUB_ALLOW_ALL": "yes"},
+                                {"allowed_users": frozenset(), "allow_all": True}),
+    "github orgs": ({"GPUHUB_AUTHENTICATOR": "github", "GPUHUB_ALLOWED_GROUPS": "my-org"},
+                    {"authenticator": "github", "allowed_groups": {"my-org"}}),
+    "loopback listen in demo": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "::1"},
+                                {"authenticator": "demo", "listen": "::1", "admin_users": {"alice"}}),
+    # the users' network is only checked here (docker-compose.yml and netpolicy use it): accepted
+    # means no ConfigError
+    "servers may talk": ({"GPUHUB_SERVER_TO_SERVER": "true"}, {"authenticator": "generic"}),
+    "another users' subnet": ({"GPUHUB_USERS_SUBNET": "10.20.0.0/16", "GPUHUB_USERS_IP_RANGE": "10.20.128.0/17",
+                               "GPUHUB_USERS_HUB_IP": "10.20.0.10", "GPUHUB_USERS_PROXY_IP": "10.20.0.11"},
+                              {"authenticator": "generic"}),
+    "port and culler": ({"GPUHUB_HTTPS_PORT": " 8443 ", "GPUHUB_CULL_IDLE_SECONDS": "3600"},
+                        {"https_port": 8443, "cull_idle_seconds": 3600}),
 }
 
 
-@pytest.mark.parametrize("change", ALLOWED.values(), ids=ALLOWED.keys())
-def test_accepted_variants(environ, change):
-    load_settings({**environ, **change})
+@pytest.mark.parametrize("change, expected", ALLOWED.values(), ids=ALLOWED.keys())
+def test_accepted_variants(environ, change, expected):
+    s = load_settings({**environ, **change})
+    assert {name: getattr(s, name) for name in expected} == expected
 
 
 def test_every_compose_variable_is_documented_in_the_example():
