@@ -11,6 +11,8 @@ from tornado import web
 from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
 
+from ..fakes.docker_api import ObedientDocker
+
 PROFILES = parse_profiles({
     "profiles": [
         {"name": "minimal", "display_name": "Minimal", "description": "CPU <only>", "image": "gpuhub/min",
@@ -179,9 +181,14 @@ def test_start_queue_lets_only_start_concurrency_servers_start_at_once(monkeypat
         running -= 1
         return (None, None)  # no address: nothing to wait for
 
+    class SpawnerOnFakeDocker(GPUDockerSpawner):
+        _client = ObedientDocker()  # start() pulls the image (if missing) before its turn
+        _executor = ThreadPoolExecutor(1)
+
     monkeypatch.setattr("dockerspawner.DockerSpawner.start", slow_start)
-    spawners = [GPUDockerSpawner(user=SimpleNamespace(name=f"u{i}", id=i, url=f"/user/u{i}/"), profiles=PROFILES,
-                                 start_concurrency=2, user_options={"profile": "minimal"}, _deprecated_db_session=None)
+    spawners = [SpawnerOnFakeDocker(user=SimpleNamespace(name=f"u{i}", id=i, url=f"/user/u{i}/"), profiles=PROFILES,
+                                    start_concurrency=2, user_options={"profile": "minimal"},
+                                    _deprecated_db_session=None)
                 for i in range(5)]
 
     async def burst():
@@ -191,3 +198,4 @@ def test_start_queue_lets_only_start_concurrency_servers_start_at_once(monkeypat
     assert most == 2
     waited = [e["message"] for s in spawners for e in s._progress_events if "Waiting for a turn" in e["message"]]
     assert len(waited) == 3 and "2 servers are starting" in waited[0]
+
