@@ -244,6 +244,34 @@ def test_an_image_not_yet_present_is_pulled_before_its_labels_are_read():
     assert sum(e.startswith("docker pull") for e in events) == 1
 
 
+REFUSED = {
+    "image option": ({"image": "evil/miner"}, "unknown spawn option(s): image"),
+    "unknown profile": ({"profile": "nope"}, "unknown profile 'nope'"),
+    "gpu without allocator": ({"profile": "cuda", "gpus": 1}, "this hub has no GPU monitor"),
+    "negative": ({"profile": "cuda", "gpus": -2}, "cannot be negative"),
+    "too many": ({"profile": "cuda", "gpus": 4}, "allows 0, 1, 2 GPU(s), not 4"),
+}
+
+
+@pytest.mark.parametrize("options, words", REFUSED.values(), ids=REFUSED.keys())
+def test_bad_options_are_http_400_before_any_container(options, words):
+    docker_api = ObedientDocker()
+    spawner = spawner_on(docker_api)
+    with pytest.raises(web.HTTPError) as info:
+        run_async(spawn(spawner, options))
+    assert info.value.status_code == 400
+    assert words in info.value.log_message
+    assert docker_api.events == [] and docker_api.created == []
+
+
+def test_good_options_do_create_a_container():
+    """The other side of the test above: the same path, with options it accepts, does reach
+    Docker, so "no Docker call" there means something."""
+    docker_api = ObedientDocker()
+    run_async(spawn(spawner_on(docker_api), {"profile": "minimal"}))
+    assert [kwargs["image"] for kwargs in docker_api.created] == ["gpuhub/min"]
+
+
 def test_devices_are_allocated_only_when_the_servers_turn_to_start_comes():
     """With a start queue, a spawn waiting for its turn holds no allocation: minutes in the
     queue would otherwise look like a leak to the monitor's reconciliation (an allocation
