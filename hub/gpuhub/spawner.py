@@ -12,7 +12,7 @@ What it adds to DockerSpawner:
   minutes in a queue, pass between allocating and creating the container) the spawner asks the
   monitor for the GPUs (or, on a host without GPUs, CPU slices) the person chose, gives the
   container exactly those (Docker device requests by UUID, or a cpuset), records the
-  allocation in its state and a label, and releases it after every stop, failed start or
+  allocation in its state and in labels, and releases it after every stop, failed start or
   cancelled start, but only once Docker confirms that the container is not running: a
   container that will not stop keeps its devices, and its allocation stays in the state for
   the monitor's reconciliation to settle;
@@ -44,7 +44,17 @@ from .profiles import Choice, OptionsError, Profiles, resolve_options
 
 LABEL_PREFIX = "org.gpuhub"
 CUDA_LABEL = f"{LABEL_PREFIX}.cuda-major"
+# Labels on every user container; the GPU monitor rebuilds its view from them (a `docker ps`
+# listing carries labels, so it needs no inspect per container).
+USER_LABEL = f"{LABEL_PREFIX}.user"
+SERVER_LABEL = f"{LABEL_PREFIX}.server"
+PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
+GPUS_LABEL = f"{LABEL_PREFIX}.gpus"
+# which gpuhub started the container: several deployments may share one Docker daemon
+DEPLOYMENT_LABEL = f"{LABEL_PREFIX}.deployment"
+# only on containers holding devices: the allocation's id, and its device UUIDs in its order
 ALLOCATION_LABEL = f"{LABEL_PREFIX}.allocation"
+DEVICES_LABEL = f"{LABEL_PREFIX}.devices"
 GPU_KINDS = ("gpu", "mig")
 
 
@@ -152,6 +162,14 @@ class GPUDockerSpawner(DockerSpawner):
         help="""Seconds to wait for the GPU monitor's answer to one request. No answer in time: the
         spawn is refused with HTTP 503 (try again) before any container exists; a grant whose
         answer was lost is held by no container, and the monitor's reconciliation frees it.""",
+    )
+
+    deployment = Unicode(
+        "gpuhub",
+        config=True,
+        help="""Name of this gpuhub deployment (GPUHUB_DEPLOYMENT, by default the Compose project's
+        name), put on every user container as the label org.gpuhub.deployment so that the GPU
+        monitor counts only its own deployment's containers when several share a Docker daemon.""",
     )
 
     docker_settle_timeout = Float(
@@ -321,10 +339,11 @@ class GPUDockerSpawner(DockerSpawner):
                 # pass for a container of the service that built its image.
                 "com.docker.compose.project": "",
                 "com.docker.compose.service": "",
-                f"{LABEL_PREFIX}.user": _label_value(self.user.name),
-                f"{LABEL_PREFIX}.server": _label_value(self.name or ""),
-                f"{LABEL_PREFIX}.profile": profile.name,
-                f"{LABEL_PREFIX}.gpus": str(choice.gpus),
+                DEPLOYMENT_LABEL: _label_value(self.deployment),
+                USER_LABEL: _label_value(self.user.name),
+                SERVER_LABEL: _label_value(self.name or ""),
+                PROFILE_LABEL: profile.name,
+                GPUS_LABEL: str(choice.gpus),
             }
         }
 
@@ -435,6 +454,7 @@ class GPUDockerSpawner(DockerSpawner):
         self.environment = {**self.environment, **env}
         labels = self.extra_create_kwargs.setdefault("labels", {})
         labels[ALLOCATION_LABEL] = data["id"]
+        labels[DEVICES_LABEL] = ",".join(d["uuid"] for d in data["devices"])
         names = ", ".join(d.get("name") or d["uuid"] for d in data["devices"])
         self._report(25, f"Allocated: {names}")
 

@@ -182,3 +182,22 @@ def test_start_queue_lets_only_start_concurrency_servers_start_at_once(monkeypat
     waited = [e["message"] for s in spawners for e in s._progress_events if "Waiting for a turn" in e["message"]]
     assert len(waited) == 3 and "2 servers are starting" in waited[0]
 
+
+@pytest.mark.parametrize("value, expected", [("", "gpuhub"), ("gpuhub-test", "gpuhub-test")], ids=["default", "set"])
+def test_the_deployment_setting_reaches_the_spawner(environ, value, expected):
+    from traitlets.config import Config
+
+    from gpuhub.configure import configure
+    from gpuhub.settings import load_settings
+
+    c = Config()
+    configure(c, load_settings({**environ, "GPUHUB_DEPLOYMENT": value}))
+    assert c.GPUDockerSpawner.deployment == expected
+
+
+def test_a_deployment_name_that_is_not_a_compose_project_name_stops_the_hub(environ):
+    from gpuhub.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="GPUHUB_DEPLOYMENT: expected a name of lowercase letters"):
+        load_settings({**environ, "GPUHUB_DEPLOYMENT": "My Hub"})
+

@@ -30,6 +30,7 @@ PROFILES = parse_profiles({
         {"name": "cuda", "display_name": "CUDA", "image": "gpuhub/cuda", "gpus": [0, 1, 2]},
     ]
 })
+DEPLOYMENT = "gpuhub-lifecycle-test"
 
 
 def run_async(coroutine):
@@ -48,7 +49,7 @@ def spawner_on(docker_api, monitor_url: str = "", user: str = "alice", **traits)
 
     return SpawnerOnFakeDocker(
         user=SimpleNamespace(name=user, id=1, url=f"/user/{user}/"), profiles=PROFILES, monitor_url=monitor_url,
-        monitor_token="t" * 32, hub=Hub(), prefix="gpuhub", _deprecated_db_session=None,
+        monitor_token="t" * 32, deployment=DEPLOYMENT, hub=Hub(), prefix="gpuhub", _deprecated_db_session=None,
         **traits)
 
 
@@ -242,6 +243,24 @@ def test_an_image_not_yet_present_is_pulled_before_its_labels_are_read():
     assert events.index("docker pull gpuhub/cuda:latest") < events.index("monitor POST api/allocations")
     assert "docker start gpuhub-alice" in events
     assert sum(e.startswith("docker pull") for e in events) == 1
+
+
+def test_the_container_is_labelled_with_the_deployment_and_its_devices_in_order():
+    docker_api = ObedientDocker()
+
+    async def scenario():
+        async with FakeMonitor(devices=3) as monitor:
+            gpu = spawner_on(docker_api, monitor.url, user="alice")
+            await spawn(gpu, {"profile": "cuda", "gpus": 2})
+            await spawn(spawner_on(docker_api, monitor.url, user="bob"), {"profile": "minimal"})
+            return monitor.allocations[gpu.allocation_id]
+
+    allocation = run_async(scenario())
+    with_gpus, without = (kwargs["labels"] for kwargs in docker_api.created)
+    assert with_gpus["org.gpuhub.deployment"] == without["org.gpuhub.deployment"] == DEPLOYMENT
+    assert with_gpus["org.gpuhub.devices"] == ",".join(allocation["device_uuids"])
+    assert with_gpus["org.gpuhub.allocation"] == allocation["id"]
+    assert "org.gpuhub.devices" not in without and "org.gpuhub.allocation" not in without
 
 
 REFUSED = {
