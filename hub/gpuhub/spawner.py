@@ -16,6 +16,8 @@ What it adds to DockerSpawner:
   cancelled start, but only once Docker confirms that the container is not running: a
   container that will not stop keeps its devices, and its allocation stays in the state for
   the monitor's reconciliation to settle;
+- a read-only root filesystem, with size-limited tmpfs for /tmp and /var/tmp: what a person
+  writes goes to their home volume or to memory, never to the host's disk;
 - a CUDA image newer than the host's driver is refused with both versions named;
 - a start queue: at most `start_concurrency` servers start at once (container created until
   the server answers), the others wait their turn, so a burst of logins on a small host does
@@ -40,7 +42,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, Unicode, default
 
-from .profiles import Choice, OptionsError, Profiles, resolve_options
+from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
 
 LABEL_PREFIX = "org.gpuhub"
 CUDA_LABEL = f"{LABEL_PREFIX}.cuda-major"
@@ -56,6 +58,11 @@ DEPLOYMENT_LABEL = f"{LABEL_PREFIX}.deployment"
 ALLOCATION_LABEL = f"{LABEL_PREFIX}.allocation"
 DEVICES_LABEL = f"{LABEL_PREFIX}.devices"
 GPU_KINDS = ("gpu", "mig")
+
+# Where a read-only container may still write (besides the home volume and /dev/shm): programs
+# expect a writable /tmp (PoCL's kernel cache, Triton's and PyTorch's compile caches, pip) and
+# some /var/tmp. Not noexec: those caches hold compiled code that is loaded from there.
+TMPFS_PATHS = ("/tmp", "/var/tmp")
 
 
 class MonitorUnavailable(Exception):
@@ -130,6 +137,11 @@ async def wait_until_answering(url: str, timeout: float, interval: float) -> boo
         if loop.time() + interval > deadline:
             return False
         await asyncio.sleep(interval)
+
+
+def tmpfs_options(size: str) -> str:
+    """Mount options of a tmpfs anyone in the container may write to, at most `size` ("1G")."""
+    return f"rw,nosuid,nodev,size={size_in_bytes(size)},mode=1777"
 
 
 def _label_value(text: str) -> str:
@@ -322,6 +334,11 @@ class GPUDockerSpawner(DockerSpawner):
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": profile.pids_limit,
+            # A writable root filesystem lives on the host's disk, with no limit: one person
+            # could fill it for everyone. Writes go to the home volume or to these tmpfs, whose
+            # pages count against the container's memory limit.
+            "read_only": True,
+            "tmpfs": {path: tmpfs_options(profile.tmp_size) for path in TMPFS_PATHS},
         }
         if profile.shm_size:
             host_config["shm_size"] = profile.shm_size

@@ -65,8 +65,10 @@ def test_choice_configures_the_container(spawner):
     assert spawner.image == "gpuhub/min"
     assert spawner.cpu_limit == 1.5
     assert spawner.mem_limit == 2 * 1024**3
+    tmpfs = "rw,nosuid,nodev,size=1073741824,mode=1777"  # the default tmp_size, 1G
     assert spawner.extra_host_config == {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
-                                         "pids_limit": 512, "shm_size": "256M"}
+                                         "pids_limit": 512, "shm_size": "256M", "read_only": True,
+                                         "tmpfs": {"/tmp": tmpfs, "/var/tmp": tmpfs}}
     assert spawner.environment["NVIDIA_VISIBLE_DEVICES"] == "void"
     labels = spawner.extra_create_kwargs["labels"]
     assert labels["org.gpuhub.profile"] == "minimal"
@@ -201,3 +203,14 @@ def test_a_deployment_name_that_is_not_a_compose_project_name_stops_the_hub(envi
     with pytest.raises(ConfigError, match="GPUHUB_DEPLOYMENT: expected a name of lowercase letters"):
         load_settings({**environ, "GPUHUB_DEPLOYMENT": "My Hub"})
 
+
+def test_the_root_filesystem_is_read_only_with_tmpfs_of_the_profiles_size():
+    profiles = parse_profiles({"profiles": [
+        {"name": "big", "display_name": "Big", "image": "gpuhub/big", "tmp_size": "2.5G"}]})
+    spawner = GPUDockerSpawner(user=SimpleNamespace(name="bob", id=2, url="/user/bob/"), profiles=profiles,
+                               _deprecated_db_session=None)
+    spawner._apply_choice({"profile": "big"})
+    assert spawner.extra_host_config["read_only"] is True
+    size = int(2.5 * 1024**3)
+    assert spawner.extra_host_config["tmpfs"] == {
+        "/tmp": f"rw,nosuid,nodev,size={size},mode=1777", "/var/tmp": f"rw,nosuid,nodev,size={size},mode=1777"}
