@@ -572,8 +572,11 @@ class GPUDockerSpawner(DockerSpawner):
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError as e:  # e.g. it will not die; _container_gone() decides
-            self.log.warning("could not remove %s's container %s after its failed start: %s",
-                             self._log_name, self.object_name, e)
+            if e.status_code == 409:  # already being removed (auto-remove after it exited)
+                self.log.debug("%s's container %s is already being removed", self._log_name, self.object_name)
+            else:
+                self.log.warning("could not remove %s's container %s after its failed start: %s",
+                                 self._log_name, self.object_name, e)
         else:
             self.log.info("removed %s's container %s after its failed start", self._log_name, self.object_name)
         self.object_id = ""
