@@ -393,9 +393,9 @@ class GPUDockerSpawner(DockerSpawner):
                 result = await super().start()
                 self._report(60, "Container started; waiting for JupyterLab to answer")
                 await self._wait_for_server(result)
-        except BaseException as e:  # also a cancelled start: the devices go back either way
-            # Shielded: a second cancellation (the hub giving up) must not cut the clean-up
-            # short between removing the container and releasing its devices.
+        except BaseException as e:  # also a cancelled start (the hub's start_timeout)
+            # The container goes, then the devices, once Docker confirms it is gone. Shielded: a
+            # second cancellation must not cut the clean-up short between the two.
             await asyncio.shield(self._clean_up_failed_start())
             if isinstance(e, Exception):
                 self._report(100, "Starting the server failed; see the message below")
