@@ -140,8 +140,10 @@ async def wait_until_answering(url: str, timeout: float, interval: float) -> boo
 
 
 def tmpfs_options(size: str) -> str:
-    """Mount options of a tmpfs anyone in the container may write to, at most `size` ("1G")."""
-    return f"rw,nosuid,nodev,size={size_in_bytes(size)},mode=1777"
+    """Mount options of a tmpfs anyone in the container may write to, at most `size` ("1G").
+    `exec` is explicit: Docker mounts a tmpfs noexec unless told, and PoCL dlopen()s the kernels
+    it compiles into its cache there ("failed to map segment from shared object")."""
+    return f"rw,exec,nosuid,nodev,size={size_in_bytes(size)},mode=1777"
 
 
 def _label_value(text: str) -> str:

@@ -65,7 +65,7 @@ def test_choice_configures_the_container(spawner):
     assert spawner.image == "gpuhub/min"
     assert spawner.cpu_limit == 1.5
     assert spawner.mem_limit == 2 * 1024**3
-    tmpfs = "rw,nosuid,nodev,size=1073741824,mode=1777"  # the default tmp_size, 1G
+    tmpfs = "rw,exec,nosuid,nodev,size=1073741824,mode=1777"  # the default tmp_size, 1G
     assert spawner.extra_host_config == {"cap_drop": ["ALL"], "security_opt": ["no-new-privileges:true"],
                                          "pids_limit": 512, "shm_size": "256M", "read_only": True,
                                          "tmpfs": {"/tmp": tmpfs, "/var/tmp": tmpfs}}
@@ -213,4 +213,4 @@ def test_the_root_filesystem_is_read_only_with_tmpfs_of_the_profiles_size():
     assert spawner.extra_host_config["read_only"] is True
     size = int(2.5 * 1024**3)
     assert spawner.extra_host_config["tmpfs"] == {
-        "/tmp": f"rw,nosuid,nodev,size={size},mode=1777", "/var/tmp": f"rw,nosuid,nodev,size={size},mode=1777"}
+        "/tmp": f"rw,exec,nosuid,nodev,size={size},mode=1777", "/var/tmp": f"rw,exec,nosuid,nodev,size={size},mode=1777"}
