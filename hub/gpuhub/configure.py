@@ -136,6 +136,7 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.JupyterHub.spawner_class = "gpuhub.spawner.GPUDockerSpawner"
     c.GPUDockerSpawner.profiles = profiles
     c.GPUDockerSpawner.monitor_url = settings.monitor_url
+    c.GPUDockerSpawner.deployment = settings.deployment
     c.GPUDockerSpawner.monitor_token = read_secret_file(
         "GPUHUB_SECRETS_DIR", str(secrets / "gpu_allocator_token"))
     c.DockerSpawner.network_name = settings.user_network

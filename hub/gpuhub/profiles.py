@@ -49,6 +49,7 @@ SCHEMA: dict[str, Any] = {
                     "mem_limit": {"type": "string", "pattern": SIZE_PATTERN},
                     "shm_size": {"type": "string", "pattern": SIZE_PATTERN},
                     "pids_limit": {"type": "integer", "minimum": 64},
+                    "tmp_size": {"type": "string", "pattern": SIZE_PATTERN},
                 },
             },
         },
@@ -74,6 +75,8 @@ class Profile:
     mem_limit: str | None = None
     shm_size: str | None = None
     pids_limit: int = 1024
+    # each of the writable tmpfs (/tmp, /var/tmp) of a container whose root filesystem is read-only
+    tmp_size: str = "1G"
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,15 @@ def parse_profiles(data: Any, source: str = "profiles") -> Profiles:
             f"{source}: default_profile {default!r} is not one of the profiles ({', '.join(names)})",
         )
     return Profiles(profiles=profiles, default=default)
+
+
+def size_in_bytes(size: str) -> int:
+    """A size as profiles write it (SIZE_PATTERN: "512M", "1.5G", "4096"), in bytes."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([kmgKMG]?)", size)
+    if match is None:
+        raise ValueError(f"not a size like 512M or 2G: {size!r}")
+    number, unit = match.groups()
+    return int(float(number) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit.lower()])
 
 
 def load_profiles(path: str) -> Profiles:

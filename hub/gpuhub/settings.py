@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
@@ -138,6 +139,15 @@ def _check_users_network(environ: Mapping[str, str]) -> None:
         seen[address] = name
 
 
+def _deployment(environ: Mapping[str, str]) -> str:
+    # Compose's rule for project names, which is where the default comes from
+    value = _clean(environ, "GPUHUB_DEPLOYMENT") or Settings.deployment
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
+        raise ConfigError("GPUHUB_DEPLOYMENT", f"expected a name of lowercase letters, digits, '-' and '_' "
+                          f"(like a Compose project name), got {value[:80]!r}")
+    return value
+
+
 def _url(environ: Mapping[str, str], name: str, required_for: str | None = None) -> str:
     value = _clean(environ, name)
     if not value:
@@ -205,6 +215,8 @@ class Settings:
     monitor_secrets_dir: str = "/srv/gpuhub/monitor-secrets"
     policy_file: str = "/srv/gpuhub/config/gpu-policy.yaml"
     cull_idle_seconds: int = 0  # jupyterhub-idle-culler's --timeout; 0: not run
+    # labels every user container (org.gpuhub.deployment): the GPU monitor counts only its own
+    deployment: str = "gpuhub"
 
     @property
     def demo(self) -> bool:
@@ -365,4 +377,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         monitor_secrets_dir=_clean(environ, "GPUHUB_MONITOR_SECRETS_DIR") or Settings.monitor_secrets_dir,
         policy_file=_clean(environ, "GPUHUB_POLICY_FILE") or Settings.policy_file,
         cull_idle_seconds=_seconds(environ, "GPUHUB_CULL_IDLE_SECONDS"),
+        deployment=_deployment(environ),
     )

@@ -8,10 +8,16 @@ What it adds to DockerSpawner:
   does not depend on the profile (no capabilities, no-new-privileges), an explicit
   `NVIDIA_VISIBLE_DEVICES` so no daemon or image default can hand out GPUs, and labels that
   record user, server and profile so the stack can rebuild its view from Docker;
-- devices from the GPU monitor: before the container exists the spawner asks the monitor for
-  the GPUs (or, on a host without GPUs, CPU slices) the person chose, gives the container
-  exactly those (Docker device requests by UUID, or a cpuset), records the allocation in its
-  state and a label, and releases it after every stop, failed start or cancelled start;
+- devices from the GPU monitor: when the server's turn to start comes (so that seconds, not
+  minutes in a queue, pass between allocating and creating the container) the spawner asks the
+  monitor for the GPUs (or, on a host without GPUs, CPU slices) the person chose, gives the
+  container exactly those (Docker device requests by UUID, or a cpuset), records the
+  allocation in its state and in labels, and releases it after every stop, failed start or
+  cancelled start, but only once Docker confirms that the container is not running: a
+  container that will not stop keeps its devices, and its allocation stays in the state for
+  the monitor's reconciliation to settle;
+- a read-only root filesystem, with size-limited tmpfs for /tmp and /var/tmp: what a person
+  writes goes to their home volume or to memory, never to the host's disk;
 - a CUDA image newer than the host's driver is refused with both versions named;
 - a start queue: at most `start_concurrency` servers start at once (container created until
   the server answers), the others wait their turn, so a burst of logins on a small host does
@@ -22,23 +28,41 @@ What it adds to DockerSpawner:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import html
 import inspect
 import json
 from typing import Any
 
+import docker.errors
 from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, Unicode, default
 
-from .profiles import Choice, OptionsError, Profiles, resolve_options
+from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
 
 LABEL_PREFIX = "org.gpuhub"
 CUDA_LABEL = f"{LABEL_PREFIX}.cuda-major"
+# Labels on every user container; the GPU monitor rebuilds its view from them (a `docker ps`
+# listing carries labels, so it needs no inspect per container).
+USER_LABEL = f"{LABEL_PREFIX}.user"
+SERVER_LABEL = f"{LABEL_PREFIX}.server"
+PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
+GPUS_LABEL = f"{LABEL_PREFIX}.gpus"
+# which gpuhub started the container: several deployments may share one Docker daemon
+DEPLOYMENT_LABEL = f"{LABEL_PREFIX}.deployment"
+# only on containers holding devices: the allocation's id, and its device UUIDs in its order
+ALLOCATION_LABEL = f"{LABEL_PREFIX}.allocation"
+DEVICES_LABEL = f"{LABEL_PREFIX}.devices"
 GPU_KINDS = ("gpu", "mig")
+
+# Where a read-only container may still write (besides the home volume and /dev/shm): programs
+# expect a writable /tmp (PoCL's kernel cache, Triton's and PyTorch's compile caches, pip) and
+# some /var/tmp. Not noexec: those caches hold compiled code that is loaded from there.
+TMPFS_PATHS = ("/tmp", "/var/tmp")
 
 
 class MonitorUnavailable(Exception):
@@ -115,6 +139,13 @@ async def wait_until_answering(url: str, timeout: float, interval: float) -> boo
         await asyncio.sleep(interval)
 
 
+def tmpfs_options(size: str) -> str:
+    """Mount options of a tmpfs anyone in the container may write to, at most `size` ("1G").
+    `exec` is explicit: Docker mounts a tmpfs noexec unless told, and PoCL dlopen()s the kernels
+    it compiles into its cache there ("failed to map segment from shared object")."""
+    return f"rw,exec,nosuid,nodev,size={size_in_bytes(size)},mode=1777"
+
+
 def _label_value(text: str) -> str:
     # DockerSpawner renders extra_create_kwargs with str.format: keep braces literal.
     return text.replace("{", "{{").replace("}", "}}")
@@ -139,6 +170,32 @@ class GPUDockerSpawner(DockerSpawner):
         help="""The hub's API token for the monitor (scope custom:gpu-monitor:allocate).""",
     )
 
+    monitor_timeout = Float(
+        20,
+        config=True,
+        help="""Seconds to wait for the GPU monitor's answer to one request. No answer in time: the
+        spawn is refused with HTTP 503 (try again) before any container exists; a grant whose
+        answer was lost is held by no container, and the monitor's reconciliation frees it.""",
+    )
+
+    deployment = Unicode(
+        "gpuhub",
+        config=True,
+        help="""Name of this gpuhub deployment (GPUHUB_DEPLOYMENT, by default the Compose project's
+        name), put on every user container as the label org.gpuhub.deployment so that the GPU
+        monitor counts only its own deployment's containers when several share a Docker daemon.""",
+    )
+
+    docker_settle_timeout = Float(
+        120,
+        config=True,
+        help="""After a failed or cancelled start, how long to wait for this server's Docker calls
+        still running (a `docker start` already sent cannot be called back) before checking
+        that its container is gone. If they have not finished by then, the container cannot be
+        confirmed gone and its devices stay allocated; the GPU monitor's reconciliation frees
+        them once no running container holds them.""",
+    )
+
     allocation_id = Unicode("", help="The GPU monitor's allocation this server holds ('' if none).")
 
     start_concurrency = Integer(
@@ -159,6 +216,12 @@ class GPUDockerSpawner(DockerSpawner):
     _start_queue: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
     _start_waiting = 0
 
+    # Per server (replaced, never mutated, so these class-level defaults are never shared):
+    _docker_calls: frozenset[concurrent.futures.Future] = frozenset()  # see docker()
+    _image_present = ""  # the image this start has pulled or found present
+    _container_touched = False  # this start has asked DockerSpawner for a container
+    _allocation_outlives_server = False  # kept for a container not confirmed gone
+
     ready_poll_interval = Float(
         0.1,
         config=True,
@@ -177,7 +240,7 @@ class GPUDockerSpawner(DockerSpawner):
             method=method,
             headers={"Authorization": f"token {self.monitor_token}", "Content-Type": "application/json"},
             body=None if body is None else json.dumps(body),
-            request_timeout=20,
+            request_timeout=self.monitor_timeout,
         )
         try:
             response = await AsyncHTTPClient().fetch(request, raise_error=False)
@@ -273,6 +336,11 @@ class GPUDockerSpawner(DockerSpawner):
             "cap_drop": ["ALL"],
             "security_opt": ["no-new-privileges:true"],
             "pids_limit": profile.pids_limit,
+            # A writable root filesystem lives on the host's disk, with no limit: one person
+            # could fill it for everyone. Writes go to the home volume or to these tmpfs, whose
+            # pages count against the container's memory limit.
+            "read_only": True,
+            "tmpfs": {path: tmpfs_options(profile.tmp_size) for path in TMPFS_PATHS},
         }
         if profile.shm_size:
             host_config["shm_size"] = profile.shm_size
@@ -290,10 +358,11 @@ class GPUDockerSpawner(DockerSpawner):
                 # pass for a container of the service that built its image.
                 "com.docker.compose.project": "",
                 "com.docker.compose.service": "",
-                f"{LABEL_PREFIX}.user": _label_value(self.user.name),
-                f"{LABEL_PREFIX}.server": _label_value(self.name or ""),
-                f"{LABEL_PREFIX}.profile": profile.name,
-                f"{LABEL_PREFIX}.gpus": str(choice.gpus),
+                DEPLOYMENT_LABEL: _label_value(self.deployment),
+                USER_LABEL: _label_value(self.user.name),
+                SERVER_LABEL: _label_value(self.name or ""),
+                PROFILE_LABEL: profile.name,
+                GPUS_LABEL: str(choice.gpus),
             }
         }
 
@@ -306,22 +375,42 @@ class GPUDockerSpawner(DockerSpawner):
     async def start(self):
         self._progress_events: list[dict[str, Any]] = []
         self._progress_changed = asyncio.Event()
+        self._image_present = ""
+        self._container_touched = False
         profile = self.user_options.get("profile", "?")
         gpus = int(self.user_options.get("gpus", 0) or 0)
         self._report(10, f"Profile {profile}: checking image {self.image}")
         try:
-            if gpus:
-                await self._allocate(profile, gpus)
+            # A missing image is pulled before the queue (a pull takes no turn: it is network,
+            # not the CPU the turns share) and before _allocate reads its labels.
+            await self.pull_image(self.image)
             async with self._start_turn():
+                # Allocating only now, seconds before the container exists: an allocation held
+                # through minutes in the queue, with no container, is what the monitor's
+                # reconciliation takes for a leak once its grace has passed.
+                await self._release_leftover()
+                if gpus:
+                    await self._allocate(profile, gpus)
+                self._container_touched = True
                 result = await super().start()
                 self._report(60, "Container started; waiting for JupyterLab to answer")
                 await self._wait_for_server(result)
-        except BaseException as e:  # also a cancelled start: the devices go back either way
-            await self._release("the start did not complete")
+        except BaseException as e:  # also a cancelled start (the hub's start_timeout)
+            # The container goes, then the devices, once Docker confirms it is gone. Shielded: a
+            # second cancellation must not cut the clean-up short between the two.
+            await asyncio.shield(self._clean_up_failed_start())
             if isinstance(e, Exception):
                 self._report(100, "Starting the server failed; see the message below")
             raise
         return result
+
+    async def pull_image(self, image):
+        # start() pulls before allocating; DockerSpawner.start() would pull (or with
+        # pull_policy "always", download) a second time
+        if image == self._image_present:
+            return
+        await super().pull_image(image)
+        self._image_present = image
 
     def _start_turn(self):
         """This server's turn in the start queue (a no-op without a limit)."""
@@ -347,9 +436,14 @@ class GPUDockerSpawner(DockerSpawner):
 
     async def _allocate(self, profile: str, gpus: int) -> None:
         try:
-            host = (await self._monitor_devices())["host"]
+            await self._request_allocation(profile, gpus)
         except MonitorUnavailable as e:
+            # Nothing is recorded: should the monitor have granted a request whose answer never
+            # came, no container will hold that allocation, and its reconciliation frees it.
             raise web.HTTPError(503, f"Cannot start a server with GPUs now: {e}. Try again in a minute.") from None
+
+    async def _request_allocation(self, profile: str, gpus: int) -> None:
+        host = (await self._monitor_devices())["host"]
         if host.get("cuda_driver_version"):
             image = await self.docker("inspect_image", self.image)
             labels = (image.get("Config") or {}).get("Labels") or {}
@@ -362,10 +456,13 @@ class GPUDockerSpawner(DockerSpawner):
                    "groups": groups}
         status, data = await self._monitor("POST", "api/allocations", request)
         if status == 409 and data.get("allocation_id"):
-            # This very server still holds an allocation of another size (a crash kept it):
-            # it is not running, so giving it back is safe.
-            self.log.warning("releasing %s's leftover allocation %s", self._log_name, data["allocation_id"])
-            await self._monitor("DELETE", f"api/allocations/{data['allocation_id']}")
+            # This very server still holds an allocation of another size (a crash lost it from
+            # the state). Giving it back is safe only if no container of this server runs.
+            leftover = data["allocation_id"]
+            if not await self._container_gone():
+                raise web.HTTPError(503, self._still_running_message(leftover))
+            self.log.warning("releasing %s's leftover allocation %s", self._log_name, leftover)
+            await self._monitor("DELETE", f"api/allocations/{leftover}")
             status, data = await self._monitor("POST", "api/allocations", request)
         if status not in (200, 201):
             raise web.HTTPError(503 if status >= 500 else 400,
@@ -375,15 +472,32 @@ class GPUDockerSpawner(DockerSpawner):
         self.extra_host_config = {**self.extra_host_config, **host_config}
         self.environment = {**self.environment, **env}
         labels = self.extra_create_kwargs.setdefault("labels", {})
-        labels[f"{LABEL_PREFIX}.allocation"] = data["id"]
+        labels[ALLOCATION_LABEL] = data["id"]
+        labels[DEVICES_LABEL] = ",".join(d["uuid"] for d in data["devices"])
         names = ", ".join(d.get("name") or d["uuid"] for d in data["devices"])
         self._report(25, f"Allocated: {names}")
+
+    def _still_running_message(self, allocation_id: str) -> str:
+        return (
+            f"This server's previous container {self.object_name} is still running (it did not stop), "
+            f"holding the devices of allocation {allocation_id}, so the server cannot start again. "
+            f"Ask an administrator to remove it (docker rm -f {self.object_name}); its devices are "
+            "then released within a few minutes.")
+
+    async def _release_leftover(self) -> None:
+        # At start, an allocation in the state is one a stop could not release because its
+        # container was still running (see _release_once_gone).
+        if not self.allocation_id:
+            return
+        if not await self._release_once_gone("the server starts again"):
+            raise web.HTTPError(503, self._still_running_message(self.allocation_id))
 
     async def _release(self, why: str, allocation_id: str | None = None) -> None:
         allocation_id = allocation_id or self.allocation_id
         if not allocation_id:
             return
         self.allocation_id = ""
+        self._allocation_outlives_server = False
         try:
             status, data = await self._monitor("DELETE", f"api/allocations/{allocation_id}")
         except MonitorUnavailable as e:
@@ -396,18 +510,107 @@ class GPUDockerSpawner(DockerSpawner):
             self.log.warning("releasing %s's allocation %s: monitor answered %s: %s", self._log_name,
                              allocation_id, status, data.get("message"))
 
+    async def _release_once_gone(self, why: str, allocation_id: str | None = None) -> bool:
+        """Release the allocation if Docker confirms that this server's container is not
+        running; otherwise keep it (in the state too) and say so. True if nothing is held."""
+        allocation_id = allocation_id or self.allocation_id
+        if not allocation_id:
+            return True
+        if await self._container_gone():
+            await self._release(why, allocation_id)
+            return True
+        self._keep(allocation_id, f"{why}, but the container is still running")
+        return False
+
+    def _keep(self, allocation_id: str, why: str) -> None:
+        # Releasing now would hand devices a running process may still use to someone else. The
+        # monitor sees the container (its label names the allocation) and frees the devices
+        # once it is gone; a later start or stop of this server retries.
+        self.allocation_id = allocation_id
+        self._allocation_outlives_server = True
+        self.log.warning(
+            "%s: keeping allocation %s (%s): its container %s may still use the devices. The GPU "
+            "monitor releases them once the container is gone; check it with `docker ps -a -f name=%s` "
+            "and remove it with `docker rm -f %s` if it does not stop.",
+            self._log_name, allocation_id, why, self.object_name, self.object_name, self.object_name)
+
+    async def _container_gone(self) -> bool:
+        """Whether Docker confirms that this server's container runs no process: it does not
+        exist, or it exists stopped. False when Docker cannot tell (an error, a timeout)."""
+        # By name, not by id: a start cancelled while `docker create` ran never learnt the id.
+        try:
+            info = await self.docker("inspect_container", self.object_name)
+        except docker.errors.NotFound:
+            return True
+        except Exception as e:  # noqa: BLE001 - not knowing counts as "not gone"
+            self.log.warning("cannot tell whether %s's container %s is gone: %s", self._log_name,
+                             self.object_name, e)
+            return False
+        state = info.get("State") or {}
+        # a paused container keeps its processes (and their GPU memory)
+        return not (state.get("Running") or state.get("Restarting") or state.get("Paused"))
+
+    async def _clean_up_failed_start(self) -> None:
+        """After a failed or cancelled start: the container removed, then the devices released,
+        in that order, and only if Docker confirms the container is gone."""
+        if self._container_touched:
+            # DockerSpawner's Docker calls run in executor threads and cannot be called back:
+            # a `docker create` or `docker start` sent before the failure may finish after it
+            # and leave a running container. Wait for them, then remove whatever exists.
+            if not await self._docker_calls_done(self.docker_settle_timeout):
+                # the executor is busy with them: asking Docker again would only queue behind
+                if self.allocation_id:
+                    self._keep(self.allocation_id, f"the start did not complete, and its Docker calls "
+                                                   f"were still running after {self.docker_settle_timeout:.0f}s")
+                return
+            await self._remove_container()
+        elif not self.allocation_id:
+            return  # Docker was never asked for anything and nothing is held
+        await self._release_once_gone("the start did not complete")
+
+    async def _remove_container(self) -> None:
+        try:
+            await self.docker("remove_container", self.object_name, v=True, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:  # e.g. it will not die; _container_gone() decides
+            if e.status_code == 409:  # already being removed (auto-remove after it exited)
+                self.log.debug("%s's container %s is already being removed", self._log_name, self.object_name)
+            else:
+                self.log.warning("could not remove %s's container %s after its failed start: %s",
+                                 self._log_name, self.object_name, e)
+        else:
+            self.log.info("removed %s's container %s after its failed start", self._log_name, self.object_name)
+        self.object_id = ""
+
+    def docker(self, method, *args, **kwargs):
+        # DockerSpawner.docker(), remembering the call: cancelling the coroutine awaiting it does
+        # not stop the thread, so a failed start waits for these (_docker_calls_done).
+        call = self.executor.submit(self._docker, method, *args, **kwargs)
+        self._docker_calls = frozenset(c for c in self._docker_calls if not c.done()) | {call}
+        return asyncio.wrap_future(call)
+
+    async def _docker_calls_done(self, timeout: float) -> bool:
+        pending = [c for c in self._docker_calls if not c.done()]
+        if not pending:
+            return True
+        _, still = await asyncio.wait([asyncio.wrap_future(c) for c in pending], timeout=timeout)
+        return not still
+
     async def stop(self, now: bool = False):
         held = self.allocation_id  # DockerSpawner.stop() clears the state, and with it this id
         try:
             await super().stop(now=now)
         finally:
-            await self._release("the server stopped", held)
+            # also when stopping failed (a hung GPU process, a Docker timeout): then the
+            # container may well still run, and its devices must stay its own
+            await self._release_once_gone("the server stopped", held)
 
     async def run_post_stop_hook(self):
         # JupyterHub calls stop() only for a server it finds running; one that died on its own
         # (poll found the container gone) is cleaned up without it. This hook runs in both
         # cases, before the state is cleared: release here too (a second release is a no-op).
-        await self._release("the server is gone")
+        await self._release_once_gone("the server is gone")
         result = super().run_post_stop_hook()
         if inspect.isawaitable(result):
             await result
@@ -424,7 +627,10 @@ class GPUDockerSpawner(DockerSpawner):
 
     def clear_state(self):
         super().clear_state()
-        self.allocation_id = ""
+        # The hub clears the state of every stopped server; an allocation kept for a container
+        # that did not stop stays in it, so that the next start or stop can release it.
+        if not self._allocation_outlives_server:
+            self.allocation_id = ""
 
     async def create_object(self):
         self._report(30, "Creating the container")

@@ -1,0 +1,85 @@
+"""What every user container is, whatever its profile: a read-only root filesystem with
+size-limited tmpfs where programs need to write (so no one can fill the host's disk), a working
+JupyterLab and kernel all the same, and the labels the GPU monitor reads from a `docker ps`
+listing. Needs Docker (marker `docker`)."""
+
+import json
+import subprocess
+
+import pytest
+
+from ..stack import PROJECT
+
+pytestmark = pytest.mark.docker
+
+GiB = 1024**3
+# config/profiles.yaml sets no tmp_size: the default, 1G, for each of /tmp and /var/tmp
+TMPFS = {path: f"rw,exec,nosuid,nodev,size={GiB},mode=1777" for path in ("/tmp", "/var/tmp")}
+
+# From the kernel: where writing works. EROFS (30) is the read-only root filesystem; the home
+# volume and the tmpfs accept writes.
+WRITES = (
+    "import errno, json, os\n"
+    "def write(path):\n"
+    "    try:\n"
+    "        with open(path, 'w') as f: f.write('x')\n"
+    "        os.remove(path); return 'ok'\n"
+    "    except OSError as e: return errno.errorcode[e.errno]\n"
+    "paths = ['/home/jovyan/w', '/tmp/w', '/var/tmp/w', '/dev/shm/w', '/w', '/etc/w', '/opt/jupyter/w', '/var/w']\n"
+    "tmp = os.statvfs('/tmp')\n"
+    "print(json.dumps({'writes': {p: write(p) for p in paths}, 'tmp_bytes': tmp.f_blocks * tmp.f_frsize}))\n"
+)
+
+# What each profile's own libraries must still do with a read-only root: PoCL compiles kernels
+# into its cache under /tmp and loads them from there; torch and CuPy import.
+PROFILE_CODE = {
+    "minimal": "print('ok')",
+    "opencl": (
+        "import numpy as np, pyopencl as cl\n"
+        "ctx = cl.create_some_context(interactive=False); q = cl.CommandQueue(ctx)\n"
+        "a = np.arange(16, dtype=np.float32); buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)\n"
+        "cl.Program(ctx, '__kernel void twice(__global float *x) { int i = get_global_id(0); x[i] *= 2; }').build().twice(q, a.shape, None, buf)\n"
+        "out = np.empty_like(a); cl.enqueue_copy(q, out, buf)\n"
+        "print('ok' if np.allclose(out, 2 * a) else 'wrong')"
+    ),
+    "cuda": "import torch, cupy; print('ok')",
+}
+
+
+@pytest.mark.parametrize("profile", ["minimal", "opencl", "cuda"])
+def test_root_filesystem_is_read_only_with_tmpfs_and_the_server_works(stack, profile):
+    stack.api("POST", "users/carol")
+    with stack.running_server("carol", {"profile": profile, "gpus": 0}):
+        host = json.loads(subprocess.run(["docker", "inspect", "gpuhub-carol", "--format", "{{json .HostConfig}}"],
+                                         capture_output=True, text=True, check=True).stdout)
+        assert host["ReadonlyRootfs"] is True
+        assert host["Tmpfs"] == TMPFS
+
+        seen = json.loads(stack.run_code("carol", WRITES))
+        assert seen["writes"] == {
+            "/home/jovyan/w": "ok", "/tmp/w": "ok", "/var/tmp/w": "ok", "/dev/shm/w": "ok",
+            "/w": "EROFS", "/etc/w": "EROFS", "/opt/jupyter/w": "EROFS", "/var/w": "EROFS"}
+        assert seen["tmp_bytes"] == GiB
+
+        assert stack.run_code("carol", PROFILE_CODE[profile], timeout=180).strip() == "ok"
+        # JupyterLab's page and a save through the contents API, as the browser does them
+        s, server = stack.session(), f"{stack.base_url}/user/carol"
+        assert s.get(f"{server}/lab", timeout=60).status_code == 200
+        saved = s.put(f"{server}/api/contents/saved.txt", timeout=60,
+                      json={"type": "file", "format": "text", "content": "kept in the home volume"})
+        assert saved.status_code in (200, 201), saved.text
+        s.delete(f"{server}/api/contents/saved.txt", timeout=60)
+
+
+def test_containers_carry_their_deployment_and_devices_in_docker_ps(stack):
+    stack.api("POST", "users/carol")
+    with stack.running_server("carol", {"profile": "opencl", "gpus": 1}):
+        # a listing filtered on this deployment, as the monitor reads it: no inspect needed
+        listed = subprocess.run(
+            ["docker", "ps", "--filter", f"label=org.gpuhub.deployment={PROJECT}", "--filter", "name=^gpuhub-carol$",
+             "--format", '{{.Label "org.gpuhub.allocation"}} {{.Label "org.gpuhub.devices"}}'],
+            capture_output=True, text=True, check=True).stdout.split()
+        r = stack.session().get(f"{stack.base_url}/services/gpu-monitor/api/allocations?user=carol", timeout=60)
+        assert r.status_code == 200, r.text
+        (allocation,) = r.json()["allocations"]
+        assert listed == [allocation["id"], ",".join(d["uuid"] for d in allocation["devices"])]
