@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any, Callable, TypeVar
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from tornado import web
 
 from .accounting import account, to_csv
@@ -55,6 +55,9 @@ MAX_READ_BYTES = 8 * 1024 * 1024
 MAX_NAME_LENGTH = 255
 REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list}
 MAX_GROUPS = 256
+# C0 controls and DEL: a NUL makes psycopg2 refuse the whole statement, the others have no
+# place in a user, server, profile or group name (and forge log lines)
+CONTROL_CHARACTERS = frozenset(map(chr, [*range(0x20), 0x7F]))
 ALLOCATION_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
@@ -93,6 +96,9 @@ def parse_allocation_request(body: bytes) -> AllocationRequest:
             raise BadRequest(f"field {name!r} must be a {what}, not {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
             raise BadRequest(f"field {name!r} is longer than {MAX_NAME_LENGTH} characters")
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and not CONTROL_CHARACTERS.isdisjoint(text):
+                raise BadRequest(f"field {name!r} contains a control character (U+0000-U+001F or U+007F)")
     if not data["user"]:
         raise BadRequest("field 'user' must not be empty")
     groups = data.get("groups", [])
@@ -147,16 +153,39 @@ class AllocationBatcher:
                 batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
                 try:
                     decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy)
-                except Exception as e:  # noqa: BLE001 - every waiter gets the error
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(e)
+                except Exception as e:  # noqa: BLE001 - answered below, one way or the other
+                    if len(batch) == 1 or not _may_be_one_requests_fault(e):
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_exception(e)
+                        continue
+                    log.warning("a batch of %d allocations failed (%s: %s); deciding each alone",
+                                len(batch), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                    for request, future in batch:
+                        await self._decide_alone(request, future)
                     continue
                 for (_, future), decision in zip(batch, decisions):
                     if not future.done():
                         future.set_result(decision)
         finally:
             self._draining = False
+
+    async def _decide_alone(self, request: AllocationRequest, future: asyncio.Future[Decision]) -> None:
+        m = self.monitor
+        try:
+            decision = (await m.run(m.store.allocate_many, [request], m.devices, m.policy))[0]
+        except Exception as e:  # noqa: BLE001 - this request's own error
+            if not future.done():
+                future.set_exception(e)
+        else:
+            if not future.done():
+                future.set_result(decision)
+
+
+def _may_be_one_requests_fault(error: Exception) -> bool:
+    """False for errors of the database as a whole (connection lost, timeouts): deciding a
+    batch's requests one by one would only repeat them."""
+    return not isinstance(error, OperationalError)
 
 
 class UsageRecorder:

@@ -41,6 +41,12 @@ BAD = {
     "empty user": (b'{"user": "", "count": 1}', "'user' must not be empty"),
     "server null": (b'{"user": "a", "server": null, "count": 1}', "'server' must be a string"),
     "long profile": (json.dumps({"user": "a", "count": 1, "profile": "p" * 256}).encode(), "longer than 255"),
+    # psycopg2 refuses a NUL in a statement: one such request failed its whole batch
+    "NUL in user": (b'{"user": "a\\u0000b", "count": 1}', "'user' contains a control character"),
+    "newline in server": (b'{"user": "a", "server": "x\\ny", "count": 1}', "'server' contains a control"),
+    "escape in profile": (b'{"user": "a", "profile": "\\u001b[31m", "count": 1}', "'profile' contains a control"),
+    "DEL in a group": (b'{"user": "a", "count": 1, "groups": ["ok", "g\\u007f"]}', "'groups' contains a control"),
+    "tab in user": (b'{"user": "a\\tb", "count": 1}', "'user' contains a control"),
 }
 
 
@@ -145,3 +151,77 @@ def test_usage_goes_to_the_holders_of_each_device_per_hour_and_minute():
     assert sorted(usage) == [("a1", hour, 30.0, 120.0), ("a2", hour, 30.0, 60.0)]
     minute = (now + 60) - (now + 60) % 60
     assert sorted(points) == [("GPU-0", minute, 0.5, 100.0), ("GPU-1", minute, None, None)]
+
+
+def test_non_ascii_names_are_not_control_characters():
+    body = json.dumps({"user": "ünïcödé", "server": "été", "count": 1}).encode()
+    assert parse_allocation_request(body).user == "ünïcödé"
+
+
+class StoreThatRefusesNUL:
+    """Like psycopg2: a batch with a NUL anywhere fails as a whole (ValueError)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def allocate_many(self, requests, devices, policy):
+        self.batches.append([r.user for r in requests])
+        if any("\x00" in r.user for r in requests):
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+        from gpu_monitor.allocator import Allocation, Granted
+        return [Granted(Allocation(r.user, r.user, r.server, r.profile, ("GPU-0",), 0.0), False) for r in requests]
+
+
+class StoreThatIsDown:
+    def __init__(self):
+        self.calls = 0
+
+    def allocate_many(self, requests, devices, policy):
+        from sqlalchemy.exc import OperationalError
+        self.calls += 1
+        raise OperationalError("SELECT", {}, Exception("could not connect"))
+
+
+def _batcher(store):
+    import types
+
+    from gpu_monitor.app import AllocationBatcher
+
+    async def run(fn, *args):
+        return fn(*args)
+
+    return AllocationBatcher(types.SimpleNamespace(store=store, devices=[], policy=None, run=run))
+
+
+def test_one_failing_request_does_not_fail_the_others_of_its_batch():
+    import asyncio
+
+    from gpu_monitor.allocator import Granted
+
+    store = StoreThatRefusesNUL()
+    batcher = _batcher(store)
+
+    async def burst():
+        return await asyncio.gather(*(batcher.submit(AllocationRequest(u, "", "", 1)) for u in ("a", "b\x00", "c")),
+                                    return_exceptions=True)
+
+    a, bad, c = asyncio.run(burst())
+    assert isinstance(a, Granted) and isinstance(c, Granted)
+    assert isinstance(bad, ValueError)
+    assert store.batches[0] == ["a", "b\x00", "c"]  # one batch first, then each alone
+
+
+def test_a_database_outage_fails_the_batch_at_once_without_retrying_each():
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    store = StoreThatIsDown()
+    batcher = _batcher(store)
+
+    async def burst():
+        return await asyncio.gather(*(batcher.submit(AllocationRequest(u, "", "", 1)) for u in "abc"),
+                                    return_exceptions=True)
+
+    assert all(isinstance(r, OperationalError) for r in asyncio.run(burst()))
+    assert store.calls == 1
