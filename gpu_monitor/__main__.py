@@ -97,7 +97,7 @@ async def serve(settings: Settings) -> None:
     server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES)
     log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
-                            token, settings.reconcile_seconds, settings.grace_seconds)
+                            token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)
     monitor.idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
                                  interval=min(30.0, settings.reconcile_seconds))
     tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(monitor.usage.run_forever()),

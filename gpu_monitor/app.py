@@ -152,7 +152,8 @@ class AllocationBatcher:
             while self._queue:
                 batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
                 try:
-                    decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy)
+                    decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy,
+                                            None, m.unavailable)
                 except Exception as e:  # noqa: BLE001 - answered below, one way or the other
                     if len(batch) == 1 or not _may_be_one_requests_fault(e):
                         for _, future in batch:
@@ -173,7 +174,8 @@ class AllocationBatcher:
     async def _decide_alone(self, request: AllocationRequest, future: asyncio.Future[Decision]) -> None:
         m = self.monitor
         try:
-            decision = (await m.run(m.store.allocate_many, [request], m.devices, m.policy))[0]
+            decision = (await m.run(m.store.allocate_many, [request], m.devices, m.policy, None,
+                                    m.unavailable))[0]
         except Exception as e:  # noqa: BLE001 - this request's own error
             if not future.done():
                 future.set_exception(e)
@@ -243,6 +245,14 @@ class Monitor:
         self.allocations = AllocationBatcher(self)
         self.usage = UsageRecorder(self, flush_seconds)
         self.idle: Any = None  # an idle.IdleReclaimer once the service runs; None in tests
+        # devices running containers use without an allocation (set by each reconcile round):
+        # never granted while they are
+        self.unavailable: frozenset[str] = frozenset()
+
+    def seats(self) -> dict[str, int]:
+        """Every device that can be handed out, and how many allocations may hold it at once."""
+        parents = {d.parent_uuid for d in self.devices if d.parent_uuid}
+        return {d.uuid: self.policy.seats(d.kind) for d in self.devices if d.uuid not in parents}
 
     def notice(self, allocation_id: str) -> dict[str, float] | None:
         n = self.idle.notices.get(allocation_id) if self.idle is not None else None
@@ -281,7 +291,8 @@ class Monitor:
             held = holders.get(d.uuid, [])
             seats = self.policy.seats(d.kind)
             allocatable = d.uuid not in parents
-            is_free = allocatable and len(held) < seats
+            unavailable = d.uuid in self.unavailable
+            is_free = allocatable and len(held) < seats and not unavailable
             free += is_free
             state = states.get(d.uuid)
             last = state.last if state else None
@@ -289,6 +300,7 @@ class Monitor:
                 "uuid": d.uuid, "index": d.index, "kind": d.kind, "name": d.name,
                 "memory_total_bytes": d.memory_total_bytes, "parent_uuid": d.parent_uuid,
                 "allocatable": allocatable, "seats": seats, "holders": len(held), "free": is_free,
+                "unavailable": unavailable,
                 "mine": viewer is not None and any(a.user == viewer for a in held),
                 "utilization_ratio": last.utilization_ratio if last else None,
                 "memory_used_bytes": last.memory_used_bytes if last else None,

@@ -15,7 +15,7 @@ import builtins
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, decide
 from .devices import Device
+from .reconcile import adoption_refusal
 
 log = logging.getLogger(__name__)
 
@@ -296,14 +297,16 @@ class AllocationStore:
         devices: Sequence[Device],
         policy: Policy,
         now: float | None = None,
+        unavailable: frozenset[str] = frozenset(),
     ) -> builtins.list[Decision]:
         """Decide a batch of requests in one transaction, in order, each seeing the grants of
         the ones before it: exactly as if they had come one after another, for the cost of one
         lock and one commit. The service batches requests that arrive together (group commit).
+        `unavailable`: devices never to grant (used by containers that hold no allocation).
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return self._allocate_once(requests, devices, policy, now)
+                return self._allocate_once(requests, devices, policy, now, unavailable)
             except IntegrityError as e:
                 if getattr(e.orig, "pgcode", None) != _UNIQUE_VIOLATION or attempt == _ATTEMPTS:
                     raise
@@ -318,6 +321,7 @@ class AllocationStore:
         devices: Sequence[Device],
         policy: Policy,
         now: float | None,
+        unavailable: frozenset[str] = frozenset(),
     ) -> builtins.list[Decision]:
         # Two round trips to PostgreSQL, not seven: BEGIN, the lock and the read go in one
         # message, the inserts and COMMIT in another (psycopg2 sends a statement string with
@@ -337,6 +341,7 @@ class AllocationStore:
                     policy,
                     now=time.time() if now is None else now,
                     new_id=str(uuid.uuid4()),
+                    unavailable=unavailable,
                 )
                 if isinstance(decision, Granted) and not decision.existing:
                     held.append(decision.allocation)
@@ -376,6 +381,31 @@ class AllocationStore:
         (READ COMMITTED takes a new snapshot per statement: the read after it sees every
         allocation committed by earlier lock holders.)"""
         return f"SELECT pg_advisory_xact_lock({ALLOCATE_LOCK});"
+
+    def adopt(self, allocation: Allocation, seats: Mapping[str, int]) -> str | None:
+        """Hold `allocation` again (same id) for the running container that uses its devices;
+        None when done, else why not. Under the allocation lock, checked again against what is
+        held now (`reconcile.adoption_refusal`), so it never takes a seat a grant just took. Its
+        history row, if it was released, is open again (usage counts on from now)."""
+        conn, held = self._begin_locked()
+        try:
+            refusal = adoption_refusal(allocation, held, seats)
+            if refusal is not None:
+                conn.exec_driver_sql("ROLLBACK")
+                conn.close()
+                return refusal
+            a = allocation
+            conn.exec_driver_sql(
+                f"INSERT INTO {SCHEMA}.allocations ({_COLUMN_NAMES}) VALUES (%s, %s, %s, %s, %s, %s); "
+                f"INSERT INTO {SCHEMA}.allocation_history ({_HISTORY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET ended_at = NULL; COMMIT",
+                (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at,
+                 a.id, a.user, a.server, a.profile, [], list(a.device_uuids), a.created_at))
+        except BaseException:
+            _abandon(conn)
+            raise
+        conn.close()
+        return None
 
     def release(self, allocation_id: str, now: float | None = None) -> Allocation | None:
         """Remove an allocation; returns it, or None if it was not there (releasing twice is
