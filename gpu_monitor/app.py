@@ -2,7 +2,8 @@
 
 Routes (relative to the service prefix):
 
-    GET    api/health               no authentication; {"status": "ok"} (for the healthcheck)
+    GET    api/health               no authentication; {"status": "ok"}, or 503 with what is wrong
+                                    with the database (for the healthcheck)
     GET    api/devices              any hub user or service allowed to use the service
     GET    api/allocations          one's own; everyone's with scope custom:gpu-monitor:read-all
     GET    api/allocations/{id}     one's own, or any with read-all; 404 otherwise
@@ -43,7 +44,7 @@ from .loops import every
 from .metrics import MonitorCollector, render
 from .sampler import CounterDeltas, DeviceState, Sampler
 from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL
-from .store import AllocationStore
+from .store import HEALTH_TIMEOUT_SECONDS, AllocationStore, is_busy
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,8 @@ class AllocationBatcher:
                     decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy,
                                             None, m.unavailable)
                 except Exception as e:  # noqa: BLE001 - answered below, one way or the other
+                    if is_busy(e) and m.busy_since is None:
+                        m.busy_since = time.time()
                     if len(batch) == 1 or not _may_be_one_requests_fault(e):
                         for _, future in batch:
                             if not future.done():
@@ -165,6 +168,7 @@ class AllocationBatcher:
                     for request, future in batch:
                         await self._decide_alone(request, future)
                     continue
+                m.busy_since = None
                 for (_, future), decision in zip(batch, decisions):
                     if not future.done():
                         future.set_result(decision)
@@ -248,6 +252,29 @@ class Monitor:
         # devices running containers use without an allocation (set by each reconcile round):
         # never granted while they are
         self.unavailable: frozenset[str] = frozenset()
+        # when allocations began to time out waiting for a lock (None: the last one did not)
+        self.busy_since: float | None = None
+        # the health check's own thread: a pool full of waiting allocations must not delay it
+        self._health_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-monitor-health")
+        self._health: asyncio.Future[Any] | None = None
+
+    async def database_health(self) -> tuple[bool, str]:
+        """(ok, sentence) about PostgreSQL, within HEALTH_TIMEOUT_SECONDS and a little more.
+        Checks that arrive while one is in flight share it (no pile-up when the database hangs)."""
+        loop = asyncio.get_running_loop()
+        if self._health is None or self._health.done():
+            self._health = loop.run_in_executor(self._health_executor, self.store.health)
+        try:
+            health = await asyncio.wait_for(asyncio.shield(self._health), HEALTH_TIMEOUT_SECONDS + 1)
+        except asyncio.TimeoutError:
+            return False, f"the database does not answer within {HEALTH_TIMEOUT_SECONDS + 1:g} s"
+        if not health.ok:
+            return False, health.message
+        if self.busy_since is not None:
+            return False, ("database busy: allocations have been giving up waiting for the allocation lock "
+                           f"since {time.strftime('%H:%M:%S UTC', time.gmtime(self.busy_since))}; look for a "
+                           "session holding it in pg_stat_activity (state 'idle in transaction')")
+        return True, "ok"
 
     def seats(self) -> dict[str, int]:
         """Every device that can be handed out, and how many allocations may hold it at once."""
@@ -316,6 +343,7 @@ class Monitor:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._health_executor.shutdown(wait=False, cancel_futures=True)
 
 
 class MonitorHubOAuth(HubOAuth):
@@ -356,10 +384,12 @@ class JSONErrorHandler(web.RequestHandler):
         message = messages.get(status_code, self._reason)
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, DBAPIError):
-            # PostgreSQL away (restart, outage): a retryable answer with a sentence, no traceback
+            # PostgreSQL away (restart, outage) or held up (a lock or statement timeout): a
+            # retryable answer with a sentence, no traceback
             status_code = 503
             self.set_status(503)
-            message = "the database is not answering; try again shortly"
+            message = ("database busy: the allocation could not get its lock in time; try again shortly"
+                       if is_busy(exc) else "the database is not answering; try again shortly")
         if isinstance(exc, web.HTTPError) and exc.reason and exc.reason not in ("Unauthorized", "Forbidden"):
             message = exc.reason
         self.set_header("Content-Type", "application/json")
@@ -433,9 +463,15 @@ class MonitorHandler(HubOAuthenticated, JSONErrorHandler):
         self.finish(json.dumps(data))
 
 class HealthHandler(JSONErrorHandler):
-    def get(self) -> None:
+    """200 {"status": "ok"} when the service and its database answer; 503 with a sentence when
+    PostgreSQL does not answer or a session has held the allocation lock too long."""
+
+    async def get(self) -> None:
+        ok, message = await self.settings["monitor"].database_health()
+        self.set_status(200 if ok else 503)
         self.set_header("Content-Type", "application/json")
-        self.finish('{"status": "ok"}')
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"status": "ok"} if ok else {"status": 503, "message": message}))
 
 
 class DevicesHandler(MonitorHandler):
