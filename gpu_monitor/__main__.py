@@ -17,7 +17,7 @@ import time
 
 import sqlalchemy as sa
 
-from .app import MAX_READ_BYTES, HostInfo, Monitor, MonitorHubOAuth, make_app
+from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, HostInfo, Monitor, MonitorHubOAuth, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .devices import Backend, BackendUnavailable, Device
@@ -94,7 +94,8 @@ async def serve(settings: Settings) -> None:
         cache_max_age=300,  # as JupyterHub's own default; refusals: MonitorHubOAuth
     )
     app = make_app(monitor, hub_auth, prefix, cookie_secret=os.urandom(32))
-    server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES)
+    server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES,
+                        max_buffer_size=MAX_BUFFER_BYTES)
     log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
                             token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)

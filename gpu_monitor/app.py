@@ -51,8 +51,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 4096  # an allocation request is a few dozen bytes
-# What the HTTP server reads at all (larger: the connection is dropped); up to it, a clear 413.
-MAX_READ_BYTES = 8 * 1024 * 1024
+# What the HTTP server reads of any request body at all (larger: the connection is dropped),
+# and what it buffers per connection. The allocation API refuses more than MAX_BODY_BYTES with
+# 413 from the Content-Length, before reading the body or asking the hub who is asking; other
+# routes take no body. So a flood of large bodies costs at most this much per connection.
+MAX_READ_BYTES = 64 * 1024
+MAX_BUFFER_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 255
 REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list}
 MAX_GROUPS = 256
@@ -481,7 +485,25 @@ class DevicesHandler(MonitorHandler):
         self.write_json(self.monitor.devices_json(allocations, self.viewer()))
 
 
+@web.stream_request_body
 class AllocationsHandler(MonitorHandler):
+    """Reads its body itself (`stream_request_body`): tornado would otherwise buffer the whole
+    body, up to the server's limit, before `prepare` could look at who is asking."""
+
+    async def prepare(self) -> None:
+        self._body = bytearray()
+        self._too_long = False
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.strip().isdigit() or int(length) > MAX_BODY_BYTES):
+            raise web.HTTPError(413, reason=f"the body is {length.strip()[:20]} bytes; at most "
+                                            f"{MAX_BODY_BYTES} are accepted")
+        await super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        # a chunked body (no Content-Length): keep at most MAX_BODY_BYTES + 1 of it
+        if len(self._body) <= MAX_BODY_BYTES:
+            self._body += chunk[:MAX_BODY_BYTES + 1 - len(self._body)]
+
     async def get(self) -> None:
         self.require_user()
         if self.has_scope(SCOPE_READ_ALL):
@@ -504,7 +526,7 @@ class AllocationsHandler(MonitorHandler):
         self.require_scope(SCOPE_ALLOCATE)
         self.require_token_header()
         try:
-            request = parse_allocation_request(self.request.body)
+            request = parse_allocation_request(bytes(self._body))
         except BadRequest as e:
             raise web.HTTPError(e.status, reason=str(e)) from None
         m = self.monitor
