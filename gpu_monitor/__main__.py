@@ -17,12 +17,12 @@ import time
 
 import sqlalchemy as sa
 
-from .app import MAX_READ_BYTES, HostInfo, Monitor, MonitorHubOAuth, make_app
+from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, HostInfo, Monitor, MonitorHubOAuth, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .devices import Backend, BackendUnavailable, Device
 from .sampler import Sampler
-from .idle import IdleReclaimer
+from .idle import HubUnreachable, IdleReclaimer, reclaim_scope_problem, token_scopes
 from .policy import load_policy
 from .settings import SERVICE_NAME, Settings, SettingError, load_settings
 from .store import AllocationStore
@@ -67,15 +67,31 @@ def open_store(settings: Settings) -> AllocationStore:
             time.sleep(2)
 
 
+async def check_reclaim_scope(hub_api_url: str, token: str) -> None:
+    """With idle reclaim on, refuse to start beside a hub that has not given this token the
+    scope to stop servers (it read an older policy). A hub that does not answer yet (the first
+    `up` starts the monitor before the hub) is asked again before any notice (idle.py)."""
+    try:
+        scopes = await token_scopes(hub_api_url, token, timeout=5)
+    except HubUnreachable as e:
+        log.info("idle reclaim: the hub does not answer yet (%s); its scopes are checked before any notice", e)
+        return
+    problem = reclaim_scope_problem(scopes)
+    if problem:
+        raise SettingError("GPUHUB_POLICY", problem)
+
+
 async def serve(settings: Settings) -> None:
     import docker
     from .reconciler import Reconciler
 
     policy = load_policy(settings.policy_file)
+    token = settings.read_api_token()
+    if policy.idle_reclaim.enabled:
+        await check_reclaim_scope(settings.hub_api_url, token)
     backend, devices, host = choose_backend(settings)
     for d in devices:
         log.info("device %d: %s %s (%s)", d.index, d.kind, d.uuid, d.name)
-    token = settings.read_api_token()
     store = open_store(settings)
     sampler = Sampler(backend, settings.sample_seconds)
     sampler.start()
@@ -94,10 +110,11 @@ async def serve(settings: Settings) -> None:
         cache_max_age=300,  # as JupyterHub's own default; refusals: MonitorHubOAuth
     )
     app = make_app(monitor, hub_auth, prefix, cookie_secret=os.urandom(32))
-    server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES)
+    server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES,
+                        max_buffer_size=MAX_BUFFER_BYTES)
     log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
-                            token, settings.reconcile_seconds, settings.grace_seconds)
+                            token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)
     monitor.idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
                                  interval=min(30.0, settings.reconcile_seconds))
     tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(monitor.usage.run_forever()),

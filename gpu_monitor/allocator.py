@@ -33,7 +33,9 @@ Rules, in the order they are checked:
    all, site-wide: it caps the group limit too).
 5. Capacity: a device of kind K can be held by `Policy.share[K]` allocations at once
    (default 1: exclusive). One allocation never holds the same device twice. A GPU whose MIG
-   instances are listed among the devices is handed out only as those instances.
+   instances are listed among the devices is handed out only as those instances. A device in
+   `unavailable` (a running container uses it without holding it: see reconcile.py) is never
+   free, whatever its seats.
 
 Device choice is deterministic: least-shared devices first (an idle device before a seat on a
 shared one), then by index, then by UUID. No attempt is made to keep a multi-device grant on
@@ -147,6 +149,7 @@ def decide(
     policy: Policy,
     now: float,
     new_id: str,
+    unavailable: frozenset[str] = frozenset(),
 ) -> Decision:
     """Grant `request.count` devices to (user, server) or say why not. See the module's rules.
 
@@ -207,7 +210,7 @@ def decide(
             )
 
     holders = Counter(uuid for a in allocations for uuid in a.device_uuids)
-    free = [d for d in usable if holders[d.uuid] < policy.seats(d.kind)]
+    free = [d for d in usable if holders[d.uuid] < policy.seats(d.kind) and d.uuid not in unavailable]
     if len(free) < count:
         return Refused(
             f"{count} GPU(s) requested, {len(free)} free ({len(usable) - len(free)} of "

@@ -2,7 +2,8 @@
 
 Routes (relative to the service prefix):
 
-    GET    api/health               no authentication; {"status": "ok"} (for the healthcheck)
+    GET    api/health               no authentication; {"status": "ok"}, or 503 with what is wrong
+                                    with the database (for the healthcheck)
     GET    api/devices              any hub user or service allowed to use the service
     GET    api/allocations          one's own; everyone's with scope custom:gpu-monitor:read-all
     GET    api/allocations/{id}     one's own, or any with read-all; 404 otherwise
@@ -32,7 +33,7 @@ from functools import partial
 from typing import Any, Callable, TypeVar
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from tornado import web
 
 from .accounting import account, to_csv
@@ -43,18 +44,25 @@ from .loops import every
 from .metrics import MonitorCollector, render
 from .sampler import CounterDeltas, DeviceState, Sampler
 from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL
-from .store import AllocationStore
+from .store import HEALTH_TIMEOUT_SECONDS, AllocationStore, is_busy
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MAX_BODY_BYTES = 4096  # an allocation request is a few dozen bytes
-# What the HTTP server reads at all (larger: the connection is dropped); up to it, a clear 413.
-MAX_READ_BYTES = 8 * 1024 * 1024
+# What the HTTP server reads of any request body at all (larger: the connection is dropped),
+# and what it buffers per connection. The allocation API refuses more than MAX_BODY_BYTES with
+# 413 from the Content-Length, before reading the body or asking the hub who is asking; other
+# routes take no body. So a flood of large bodies costs at most this much per connection.
+MAX_READ_BYTES = 64 * 1024
+MAX_BUFFER_BYTES = 256 * 1024
 MAX_NAME_LENGTH = 255
 REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list}
 MAX_GROUPS = 256
+# C0 controls and DEL: a NUL makes psycopg2 refuse the whole statement, the others have no
+# place in a user, server, profile or group name (and forge log lines)
+CONTROL_CHARACTERS = frozenset(map(chr, [*range(0x20), 0x7F]))
 ALLOCATION_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
@@ -93,6 +101,9 @@ def parse_allocation_request(body: bytes) -> AllocationRequest:
             raise BadRequest(f"field {name!r} must be a {what}, not {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
             raise BadRequest(f"field {name!r} is longer than {MAX_NAME_LENGTH} characters")
+        for text in (value if isinstance(value, list) else [value]):
+            if isinstance(text, str) and not CONTROL_CHARACTERS.isdisjoint(text):
+                raise BadRequest(f"field {name!r} contains a control character (U+0000-U+001F or U+007F)")
     if not data["user"]:
         raise BadRequest("field 'user' must not be empty")
     groups = data.get("groups", [])
@@ -146,17 +157,45 @@ class AllocationBatcher:
             while self._queue:
                 batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
                 try:
-                    decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy)
-                except Exception as e:  # noqa: BLE001 - every waiter gets the error
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(e)
+                    decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy,
+                                            None, m.unavailable)
+                except Exception as e:  # noqa: BLE001 - answered below, one way or the other
+                    if is_busy(e) and m.busy_since is None:
+                        m.busy_since = time.time()
+                    if len(batch) == 1 or not _may_be_one_requests_fault(e):
+                        for _, future in batch:
+                            if not future.done():
+                                future.set_exception(e)
+                        continue
+                    log.warning("a batch of %d allocations failed (%s: %s); deciding each alone",
+                                len(batch), type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+                    for request, future in batch:
+                        await self._decide_alone(request, future)
                     continue
+                m.busy_since = None
                 for (_, future), decision in zip(batch, decisions):
                     if not future.done():
                         future.set_result(decision)
         finally:
             self._draining = False
+
+    async def _decide_alone(self, request: AllocationRequest, future: asyncio.Future[Decision]) -> None:
+        m = self.monitor
+        try:
+            decision = (await m.run(m.store.allocate_many, [request], m.devices, m.policy, None,
+                                    m.unavailable))[0]
+        except Exception as e:  # noqa: BLE001 - this request's own error
+            if not future.done():
+                future.set_exception(e)
+        else:
+            if not future.done():
+                future.set_result(decision)
+
+
+def _may_be_one_requests_fault(error: Exception) -> bool:
+    """False for errors of the database as a whole (connection lost, timeouts): deciding a
+    batch's requests one by one would only repeat them."""
+    return not isinstance(error, OperationalError)
 
 
 class UsageRecorder:
@@ -214,6 +253,37 @@ class Monitor:
         self.allocations = AllocationBatcher(self)
         self.usage = UsageRecorder(self, flush_seconds)
         self.idle: Any = None  # an idle.IdleReclaimer once the service runs; None in tests
+        # devices running containers use without an allocation (set by each reconcile round):
+        # never granted while they are
+        self.unavailable: frozenset[str] = frozenset()
+        # when allocations began to time out waiting for a lock (None: the last one did not)
+        self.busy_since: float | None = None
+        # the health check's own thread: a pool full of waiting allocations must not delay it
+        self._health_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-monitor-health")
+        self._health: asyncio.Future[Any] | None = None
+
+    async def database_health(self) -> tuple[bool, str]:
+        """(ok, sentence) about PostgreSQL, within HEALTH_TIMEOUT_SECONDS and a little more.
+        Checks that arrive while one is in flight share it (no pile-up when the database hangs)."""
+        loop = asyncio.get_running_loop()
+        if self._health is None or self._health.done():
+            self._health = loop.run_in_executor(self._health_executor, self.store.health)
+        try:
+            health = await asyncio.wait_for(asyncio.shield(self._health), HEALTH_TIMEOUT_SECONDS + 1)
+        except asyncio.TimeoutError:
+            return False, f"the database does not answer within {HEALTH_TIMEOUT_SECONDS + 1:g} s"
+        if not health.ok:
+            return False, health.message
+        if self.busy_since is not None:
+            return False, ("database busy: allocations have been giving up waiting for the allocation lock "
+                           f"since {time.strftime('%H:%M:%S UTC', time.gmtime(self.busy_since))}; look for a "
+                           "session holding it in pg_stat_activity (state 'idle in transaction')")
+        return True, "ok"
+
+    def seats(self) -> dict[str, int]:
+        """Every device that can be handed out, and how many allocations may hold it at once."""
+        parents = {d.parent_uuid for d in self.devices if d.parent_uuid}
+        return {d.uuid: self.policy.seats(d.kind) for d in self.devices if d.uuid not in parents}
 
     def notice(self, allocation_id: str) -> dict[str, float] | None:
         n = self.idle.notices.get(allocation_id) if self.idle is not None else None
@@ -252,7 +322,8 @@ class Monitor:
             held = holders.get(d.uuid, [])
             seats = self.policy.seats(d.kind)
             allocatable = d.uuid not in parents
-            is_free = allocatable and len(held) < seats
+            unavailable = d.uuid in self.unavailable
+            is_free = allocatable and len(held) < seats and not unavailable
             free += is_free
             state = states.get(d.uuid)
             last = state.last if state else None
@@ -260,6 +331,7 @@ class Monitor:
                 "uuid": d.uuid, "index": d.index, "kind": d.kind, "name": d.name,
                 "memory_total_bytes": d.memory_total_bytes, "parent_uuid": d.parent_uuid,
                 "allocatable": allocatable, "seats": seats, "holders": len(held), "free": is_free,
+                "unavailable": unavailable,
                 "mine": viewer is not None and any(a.user == viewer for a in held),
                 "utilization_ratio": last.utilization_ratio if last else None,
                 "memory_used_bytes": last.memory_used_bytes if last else None,
@@ -275,6 +347,7 @@ class Monitor:
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self._health_executor.shutdown(wait=False, cancel_futures=True)
 
 
 class MonitorHubOAuth(HubOAuth):
@@ -315,10 +388,12 @@ class JSONErrorHandler(web.RequestHandler):
         message = messages.get(status_code, self._reason)
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, DBAPIError):
-            # PostgreSQL away (restart, outage): a retryable answer with a sentence, no traceback
+            # PostgreSQL away (restart, outage) or held up (a lock or statement timeout): a
+            # retryable answer with a sentence, no traceback
             status_code = 503
             self.set_status(503)
-            message = "the database is not answering; try again shortly"
+            message = ("database busy: the allocation could not get its lock in time; try again shortly"
+                       if is_busy(exc) else "the database is not answering; try again shortly")
         if isinstance(exc, web.HTTPError) and exc.reason and exc.reason not in ("Unauthorized", "Forbidden"):
             message = exc.reason
         self.set_header("Content-Type", "application/json")
@@ -392,9 +467,15 @@ class MonitorHandler(HubOAuthenticated, JSONErrorHandler):
         self.finish(json.dumps(data))
 
 class HealthHandler(JSONErrorHandler):
-    def get(self) -> None:
+    """200 {"status": "ok"} when the service and its database answer; 503 with a sentence when
+    PostgreSQL does not answer or a session has held the allocation lock too long."""
+
+    async def get(self) -> None:
+        ok, message = await self.settings["monitor"].database_health()
+        self.set_status(200 if ok else 503)
         self.set_header("Content-Type", "application/json")
-        self.finish('{"status": "ok"}')
+        self.set_header("Cache-Control", "no-store")
+        self.finish(json.dumps({"status": "ok"} if ok else {"status": 503, "message": message}))
 
 
 class DevicesHandler(MonitorHandler):
@@ -404,7 +485,25 @@ class DevicesHandler(MonitorHandler):
         self.write_json(self.monitor.devices_json(allocations, self.viewer()))
 
 
+@web.stream_request_body
 class AllocationsHandler(MonitorHandler):
+    """Reads its body itself (`stream_request_body`): tornado would otherwise buffer the whole
+    body, up to the server's limit, before `prepare` could look at who is asking."""
+
+    async def prepare(self) -> None:
+        self._body = bytearray()
+        self._too_long = False
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.strip().isdigit() or int(length) > MAX_BODY_BYTES):
+            raise web.HTTPError(413, reason=f"the body is {length.strip()[:20]} bytes; at most "
+                                            f"{MAX_BODY_BYTES} are accepted")
+        await super().prepare()
+
+    def data_received(self, chunk: bytes) -> None:
+        # a chunked body (no Content-Length): keep at most MAX_BODY_BYTES + 1 of it
+        if len(self._body) <= MAX_BODY_BYTES:
+            self._body += chunk[:MAX_BODY_BYTES + 1 - len(self._body)]
+
     async def get(self) -> None:
         self.require_user()
         if self.has_scope(SCOPE_READ_ALL):
@@ -427,7 +526,7 @@ class AllocationsHandler(MonitorHandler):
         self.require_scope(SCOPE_ALLOCATE)
         self.require_token_header()
         try:
-            request = parse_allocation_request(self.request.body)
+            request = parse_allocation_request(bytes(self._body))
         except BadRequest as e:
             raise web.HTTPError(e.status, reason=str(e)) from None
         m = self.monitor

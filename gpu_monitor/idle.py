@@ -9,10 +9,19 @@ what happened while it was down). From `notice_after_minutes` of idleness on, it
 notice with the time it will be stopped (`reclaim_at`); at `stop_after_minutes` it is stopped
 through the hub's API, which stops the container and, through the spawner, releases the
 devices. `IdleReclaimer` is the shell: sampler deltas in, notices out, stops through the hub.
+
+The hub reads the policy too, once, when it starts: only then does it give the monitor's token
+the `servers` scope that stopping needs. A policy that turns idle reclaim on, read by a
+restarted monitor beside a hub that was not restarted, would show people notices the hub then
+refuses (403). So the monitor asks the hub what its token may do (`GET user`): at start, it
+refuses to start when the hub answers without that scope (`reclaim_scope_problem`); and every
+check publishes notices only while the hub has confirmed the scope (a hub restarted later with
+reclaim off is noticed too).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -28,6 +37,33 @@ from .policy import IdleReclaim
 from .sampler import CounterDeltas
 
 log = logging.getLogger(__name__)
+
+# Any of these lets a token stop every user's servers (JupyterHub expands `servers`).
+STOP_SCOPES = frozenset({"servers", "delete:servers", "admin:servers"})
+RESTART_BOTH = "docker compose restart hub gpu-monitor"
+
+
+class HubUnreachable(Exception):
+    pass
+
+
+async def token_scopes(hub_api_url: str, token: str, timeout: float = 10) -> set[str]:
+    """The scopes the hub grants `token` (GET user); HubUnreachable if it does not answer."""
+    try:
+        response = await AsyncHTTPClient().fetch(HTTPRequest(
+            f"{hub_api_url}/user", headers={"Authorization": f"token {token}"}, request_timeout=timeout))
+        return set(json.loads(response.body).get("scopes") or ())
+    except Exception as e:  # noqa: BLE001 - connection refused, timeout, 5xx, not JSON
+        raise HubUnreachable(str(e)) from None
+
+
+def reclaim_scope_problem(scopes: set[str]) -> str | None:
+    """None if these scopes let the monitor stop servers; else the sentence for the operator."""
+    if scopes & STOP_SCOPES:
+        return None
+    return ("idle_reclaim is enabled in the policy file, but the hub has not given the monitor's token "
+            "the 'servers' scope it needs to stop idle servers (the hub reads the policy only when it "
+            f"starts): restart the hub too: {RESTART_BOTH}")
 
 
 @dataclass(frozen=True)
@@ -75,6 +111,26 @@ class IdleReclaimer:
         self.notices: dict[str, Notice] = {}
         self._grown = CounterDeltas()
         self._asked_to_stop: dict[str, float] = {}
+        # the hub confirmed (True) or denied (False) that this token may stop servers; None: not
+        # known yet. Notices are published only while True.
+        self.may_stop: bool | None = None
+        self._warned_at = 0.0
+
+    async def check_scope(self) -> bool:
+        """Ask the hub whether this token may stop servers (when it answers) and say so."""
+        try:
+            problem = reclaim_scope_problem(await token_scopes(self.hub_api_url, self._token))
+        except HubUnreachable as e:
+            if self.may_stop is None and time.monotonic() - self._warned_at > 600:
+                self._warned_at = time.monotonic()
+                log.warning("idle reclaim: cannot ask the hub what the monitor's token may do (%s); "
+                            "no notices until it answers", e)
+            return bool(self.may_stop)
+        self.may_stop = problem is None
+        if problem and time.monotonic() - self._warned_at > 600:
+            self._warned_at = time.monotonic()
+            log.error("idle reclaim: %s; no notices are shown and no server is stopped meanwhile", problem)
+        return self.may_stop
 
     def activity(self) -> dict[str, float | None]:
         """Each device's mean utilisation since the previous call (None: not measured)."""
@@ -104,6 +160,9 @@ class IdleReclaimer:
         now = time.time()
         self.last_active, self.notices, stop = idle_step(
             allocations, self.activity(), self.last_active, now, self.started, self.policy)
+        if self.policy.enabled and (self.notices or stop) and not await self.check_scope():
+            # a notice promises a stop the hub would refuse: show none (idleness keeps counting)
+            self.notices, stop = {}, []
         for a in stop:
             if now - self._asked_to_stop.get(a.id, 0.0) < 60:
                 continue  # asked recently; the hub is stopping it

@@ -39,16 +39,29 @@ and with the same devices, is kept: a server being restarted, or stopped and not
 restarts correctly with it. Device ids are compared as sets of device UUIDs; the Docker
 adapter maps DeviceRequests ids and cpusets back to UUIDs through the device table.
 
-Warnings are what the plan does not fix: a running container whose allocation id nobody
-holds (its devices may be handed out again), whose devices or (user, server) differ from its
-allocation's, an allocation held by two running containers, a running container the hub does
-not list. Stopping a user's running container is left to a person.
+Running containers without an allocation (adoption). A running container whose allocation id
+is not held (released by a race: the container was created after a round listed none, or
+someone released it by hand) uses devices the allocator would hand out again. It is adopted:
+its allocation is held again, with the same id, for its (user, server, profile) and the devices
+its `org.gpuhub.devices` label names, when nobody else holds them (each device has a free seat,
+`seats`, after this plan's releases) and its (user, server) holds no other allocation. When it
+cannot be adopted (its devices now belong to someone else, its devices are unknown, two running
+containers claim the id), its devices go into `unavailable`: the allocator offers them to no
+one until the container is gone, and a warning says what to stop. The monitor cannot stop it
+(its Docker API refuses), so a person must. The store adopts under the allocation lock and
+checks again (`adoption_refusal`, the same rule), so an adoption never takes a seat that a
+grant took meanwhile.
+
+Warnings are what the plan does not fix: a running container that cannot be adopted, whose
+devices or (user, server) differ from its allocation's, an allocation held by two running
+containers, a running container the hub does not list. Stopping a user's running container is
+left to a person.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from .allocator import Allocation
@@ -63,7 +76,10 @@ class ContainerView:
     user: str  # org.gpuhub.user
     server: str  # org.gpuhub.server; "" is the default server
     running: bool
-    device_ids: tuple[str, ...]  # device UUIDs behind its DeviceRequests / cpuset
+    # device UUIDs from the org.gpuhub.devices label; None: no such label (unknown devices)
+    device_ids: tuple[str, ...] | None
+    profile: str = ""  # org.gpuhub.profile
+    id: str = ""  # Docker's container id ("" in tables of cases: the name is used)
 
 
 @dataclass(frozen=True)
@@ -75,10 +91,27 @@ class Step:
 
 
 @dataclass(frozen=True)
+class Adoption:
+    """Hold `allocation` again for the running container `target` that uses its devices."""
+
+    target: str  # the container's name
+    reason: str
+    allocation: Allocation
+
+
+@dataclass(frozen=True)
 class Plan:
     release: tuple[Step, ...] = ()  # allocation ids to release
     remove_containers: tuple[Step, ...] = ()  # stopped containers to remove
     warnings: tuple[Step, ...] = ()  # container names; not fixed automatically
+    adopt: tuple[Adoption, ...] = ()  # running containers whose allocation to hold again
+    # devices running containers use without holding them, which cannot be adopted: the
+    # allocator must not offer them
+    unavailable: frozenset[str] = frozenset()
+
+    @property
+    def adopted_names(self) -> tuple[str, ...]:
+        return tuple(step.target for step in self.adopt)
 
     @property
     def released_ids(self) -> tuple[str, ...]:
@@ -93,14 +126,39 @@ def _who(user: str, server: str) -> str:
     return f"{user}/{server}" if server else f"{user} (default server)"
 
 
+def adoption_refusal(candidate: Allocation, held: Iterable[Allocation], seats: Mapping[str, int]) -> str | None:
+    """Why `candidate` (a running container's allocation) cannot be held again beside `held`,
+    or None if it can. `seats`: every device this monitor hands out, and how many allocations
+    may hold it at once."""
+    held = list(held)
+    if any(a.id == candidate.id for a in held):
+        return f"allocation {candidate.id} is held already"
+    if not candidate.device_uuids:
+        return "its devices are not known (no org.gpuhub.devices label)"
+    unknown = sorted(set(candidate.device_uuids) - set(seats))
+    if unknown:
+        return f"this monitor does not hand out its devices {unknown}"
+    for a in held:
+        if (a.user, a.server) == (candidate.user, candidate.server):
+            return f"{_who(a.user, a.server)} holds another allocation, {a.id}"
+    holders = Counter(uuid for a in held for uuid in a.device_uuids)
+    taken = sorted(uuid for uuid in set(candidate.device_uuids) if holders[uuid] >= seats[uuid])
+    if taken:
+        return f"its devices {taken} are held by another allocation"
+    return None
+
+
 def plan(
     allocations: Iterable[Allocation],
     containers: Iterable[ContainerView],
     hub_servers: set[tuple[str, str]] | None,
     now: float,
     grace_seconds: float,
+    seats: Mapping[str, int] | None = None,
 ) -> Plan:
-    """Decide what to release and remove; see the module docstring for the rules."""
+    """Decide what to release, adopt and remove; see the module docstring for the rules.
+    `seats`: the devices this monitor hands out and how many allocations may hold each (None:
+    every device a container names, exclusive)."""
     if grace_seconds < 0:
         raise ValueError(f"grace_seconds must be 0 or more, not {grace_seconds}")
     held = {a.id: a for a in allocations}
@@ -127,6 +185,11 @@ def plan(
         )))
 
     still_held = {k: v for k, v in held.items() if k not in {s.target for s in release}}
+    if seats is None:
+        seats = {uuid: 1 for c in labelled for uuid in c.device_ids or ()}
+    adopt: list[Adoption] = []
+    adopted_ids: set[str] = set()
+    unavailable: set[str] = set()
     remove: list[Step] = []
     warnings: list[Step] = []
     for c in labelled:
@@ -137,13 +200,31 @@ def plan(
             problem = f"allocation {c.allocation_id} is not held"
         elif (own.user, own.server) != (c.user, c.server):
             problem = f"allocation {own.id} belongs to {_who(own.user, own.server)}"
-        elif set(own.device_uuids) != set(c.device_ids):
+        elif c.device_ids is not None and set(own.device_uuids) != set(c.device_ids):
             problem = (f"its devices {sorted(c.device_ids)} differ from allocation {own.id}'s "
                        f"{sorted(own.device_uuids)}")
         if c.running:
-            if problem:
-                warnings.append(Step(c.name, f"running container of {_who(c.user, c.server)}: "
-                                             f"{problem}"))
+            who = f"running container of {_who(c.user, c.server)}"
+            if own is None:
+                candidate = Allocation(c.allocation_id, c.user, c.server, c.profile,
+                                       tuple(c.device_ids or ()), now)
+                refusal = adoption_refusal(candidate, [*still_held.values(), *(a.allocation for a in adopt)],
+                                           seats)
+                if len(running_by_id[c.allocation_id]) > 1 or c.allocation_id in adopted_ids:
+                    refusal = (f"{len(running_by_id[c.allocation_id])} running containers carry "
+                               f"allocation {c.allocation_id}")
+                if refusal is None:
+                    adopt.append(Adoption(c.name, f"{who}: {problem}; holding it again for its devices "
+                                                  f"{sorted(candidate.device_uuids)}", candidate))
+                    adopted_ids.add(c.allocation_id)
+                    continue
+                unavailable.update(u for u in c.device_ids or () if u in seats)
+                warnings.append(Step(c.name, f"{who}: {problem} and it cannot be held again: {refusal}; "
+                                             f"its devices are offered to no one until it is gone. "
+                                             f"Stop it: docker stop {c.name}"))
+            elif problem:
+                unavailable.update(u for u in c.device_ids or () if u in seats and u not in own.device_uuids)
+                warnings.append(Step(c.name, f"{who}: {problem}"))
             elif len(running_by_id[c.allocation_id]) > 1:
                 warnings.append(Step(c.name, f"allocation {c.allocation_id} is held by "
                                              f"{len(running_by_id[c.allocation_id])} running "
@@ -154,4 +235,4 @@ def plan(
         elif problem:
             remove.append(Step(c.name, f"stopped container of {_who(c.user, c.server)} would "
                                        f"restart with stale devices: {problem}"))
-    return Plan(tuple(release), tuple(remove), tuple(warnings))
+    return Plan(tuple(release), tuple(remove), tuple(warnings), tuple(adopt), frozenset(unavailable))

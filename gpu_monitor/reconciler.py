@@ -1,10 +1,23 @@
 """The shell around `reconcile.plan()`: read Docker and the hub, plan, apply, log.
 
 Runs once when the monitor starts and then every `interval` seconds. Docker is read through
-docker-py in the monitor's thread pool (containers carrying `org.gpuhub.allocation`); the hub's
-view comes from its REST API with the monitor's own token (`GET users?state=active`, scopes
-list:users and read:servers). A hub that does not answer is "no opinion" (see reconcile.py), so
-a hub outage neither keeps devices forever nor releases on the hub's word.
+docker-py in the monitor's thread pool, and only through the container list (GET
+/containers/json: id, names, labels, state): never `inspect`, which returns every container's
+environment, user API tokens included, and which the monitor's Docker API filter refuses. The
+list is scoped to this deployment (labels `org.gpuhub.allocation` and
+`org.gpuhub.deployment=<GPUHUB_DEPLOYMENT>`), so a test stack beside production on one daemon
+never touches the other's containers. A container's devices come from its `org.gpuhub.devices`
+label (device UUIDs, comma-separated), set by the spawner. The hub's view comes from its REST
+API with the monitor's own token (`GET users?state=active`, scopes list:users and
+read:servers). A hub that does not answer is "no opinion" (see reconcile.py), so a hub outage
+neither keeps devices forever nor releases on the hub's word.
+
+Applying a plan: releases first (each checked again against Docker just before: a container
+that started since the list keeps its allocation), then adoptions (the store checks again
+under its lock), then removals of stopped containers (checked stopped through the list, then
+DELETE without force: Docker refuses to remove a container that started meanwhile). The
+devices of running containers that hold no allocation and could not be adopted are handed to
+the allocator as unavailable (`Monitor.unavailable`) until a round finds them gone.
 """
 
 from __future__ import annotations
@@ -12,13 +25,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from .app import Monitor
-from .devices import Device
 from .loops import every
 from .reconcile import ContainerView, Plan, plan
 
@@ -28,34 +39,28 @@ LABEL = "org.gpuhub"
 PAGINATION = "application/jupyterhub-pagination+json"
 
 
-def container_view(attrs: dict[str, Any], devices: Iterable[Device]) -> ContainerView:
-    """One container's `docker inspect` as the planner sees it. Device requests (NVIDIA ids)
-    and the cpuset are mapped back to device UUIDs through the device table."""
-    labels = (attrs.get("Config") or {}).get("Labels") or {}
-    host = attrs.get("HostConfig") or {}
-    by_docker_id = {d.docker_device_id: d.uuid for d in devices if d.docker_device_id}
-    by_cpuset = {d.cpuset: d.uuid for d in devices if d.cpuset}
-    ids: list[str] = []
-    for request in host.get("DeviceRequests") or []:
-        for device_id in request.get("DeviceIDs") or []:
-            ids.append(by_docker_id.get(device_id, device_id))
-    cpuset = host.get("CpusetCpus") or ""
-    if cpuset in by_cpuset:
-        ids.append(by_cpuset[cpuset])
+def container_view(attrs: dict[str, Any]) -> ContainerView:
+    """One entry of Docker's container list (`GET /containers/json`) as the planner sees it."""
+    labels = attrs.get("Labels") or {}
+    names = attrs.get("Names") or []
+    devices = labels.get(f"{LABEL}.devices")
     return ContainerView(
-        name=(attrs.get("Name") or "").lstrip("/"),
+        name=(names[0] if names else attrs.get("Id", "")[:12]).lstrip("/"),
         allocation_id=labels.get(f"{LABEL}.allocation") or None,
         user=labels.get(f"{LABEL}.user", ""),
         server=labels.get(f"{LABEL}.server", ""),
-        running=bool((attrs.get("State") or {}).get("Running")),
-        device_ids=tuple(ids),
+        running=attrs.get("State") == "running",
+        device_ids=None if devices is None else tuple(d.strip() for d in devices.split(",") if d.strip()),
+        profile=labels.get(f"{LABEL}.profile", ""),
+        id=attrs.get("Id", ""),
     )
 
 
 class Reconciler:
     def __init__(self, monitor: Monitor, docker: Any, hub_api_url: str, api_token: str,
-                 interval: float, grace_seconds: float) -> None:
+                 interval: float, grace_seconds: float, deployment: str) -> None:
         self.monitor = monitor
+        self.deployment = deployment
         self.docker = docker
         self.hub_api_url = hub_api_url
         self._token = api_token
@@ -63,9 +68,23 @@ class Reconciler:
         self.grace_seconds = grace_seconds
         self.last_plan: Plan | None = None
 
+    def _list(self, **filters: Any) -> list[ContainerView]:
+        """This deployment's containers that carry an allocation, from the list endpoint only
+        (`sparse=True`: docker-py would otherwise inspect each one)."""
+        labels = [f"{LABEL}.allocation", f"{LABEL}.deployment={self.deployment}"]
+        extra = filters.pop("label", None)
+        if extra:
+            labels.append(extra)
+        found = self.docker.containers.list(all=True, sparse=True, filters={"label": labels, **filters})
+        return [container_view(c.attrs) for c in found]
+
     def _containers(self) -> list[ContainerView]:
-        found = self.docker.containers.list(all=True, filters={"label": f"{LABEL}.allocation"})
-        return [container_view(c.attrs, self.monitor.devices) for c in found]
+        return self._list()
+
+    def _still_unheld(self, allocation_id: str) -> bool:
+        """No running container carries `allocation_id` now (one may have started since the
+        round's list: releasing then would hand its devices out twice)."""
+        return not any(c.running for c in self._list(label=f"{LABEL}.allocation={allocation_id}"))
 
     async def hub_servers(self) -> set[tuple[str, str]] | None:
         """(user, server) of every server the hub lists as running or pending; None if the hub
@@ -91,33 +110,57 @@ class Reconciler:
             log.warning("reconcile: cannot ask the hub which servers run (%s); deciding from Docker alone", e)
             return None
 
-    def _remove_if_stopped(self, name: str) -> bool:
+    def _remove_if_stopped(self, container_id: str) -> bool:
+        """Remove a container the list shows stopped; Docker refuses (409) one that started
+        since, as the request does not force. No inspect: the list with an id filter says the
+        state."""
         import docker.errors  # the monitor image has docker-py; imported here for the fast tier
 
+        now = self._list(id=container_id)
+        if not now or now[0].running:
+            return False
         try:
-            container = self.docker.containers.get(name)
-            container.reload()
-            if container.status == "running":
-                return False
-            container.remove()
-            return True
+            self.docker.api.remove_container(container_id)
         except docker.errors.NotFound:
             return False
+        except docker.errors.APIError as e:
+            if e.status_code == 409:  # started again meanwhile, or being removed already
+                return False
+            raise
+        return True
 
     async def once(self) -> Plan:
         m = self.monitor
         containers = await m.run(self._containers)
         hub = await self.hub_servers()
         allocations = await m.run(m.store.list)
-        result = plan(allocations, containers, hub, now=time.time(), grace_seconds=self.grace_seconds)
+        seats = m.seats()
+        result = plan(allocations, containers, hub, now=time.time(), grace_seconds=self.grace_seconds, seats=seats)
         for step in result.release:
+            if not await m.run(self._still_unheld, step.target):
+                log.warning("reconcile: kept %s: a container carrying it is running now", step.target)
+                continue
             if await m.run(m.store.release, step.target):
                 log.warning("reconcile: released %s: %s", step.target, step.reason)
+        unavailable = set(result.unavailable)
+        for adoption in result.adopt:
+            refusal = await m.run(m.store.adopt, adoption.allocation, seats)
+            if refusal is None:
+                log.warning("reconcile: adopted %s for %s: %s", adoption.allocation.id, adoption.target,
+                            adoption.reason)
+            else:
+                unavailable.update(adoption.allocation.device_uuids)
+                log.error("reconcile: could not hold allocation %s again for running container %s (%s); "
+                          "its devices are offered to no one until it is gone. Stop it: docker stop %s",
+                          adoption.allocation.id, adoption.target, refusal, adoption.target)
+        m.unavailable = frozenset(unavailable)
+        by_name = {c.name: c for c in containers}
         for step in result.remove_containers:
-            if await m.run(self._remove_if_stopped, step.target):
+            c = by_name.get(step.target)
+            if c is not None and await m.run(self._remove_if_stopped, c.id or c.name):
                 log.warning("reconcile: removed container %s: %s", step.target, step.reason)
         for step in result.warnings:
-            log.warning("reconcile: %s: %s", step.target, step.reason)
+            log.error("reconcile: %s: %s", step.target, step.reason)
         self.last_plan = result
         return result
 

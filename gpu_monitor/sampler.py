@@ -5,6 +5,11 @@ Reading NVML or /proc blocks, so it never runs on the event loop: a daemon threa
 cumulative counters: busy seconds (utilisation integrated over the time between samples, so a
 scrape every 30 s still accounts for every interval in between) and sampled seconds (the time
 those integrals cover; their ratio is the mean utilisation). Readers take a consistent copy.
+
+A gap counts as unmeasured. When sampling fails (NVML error, a stalled thread) the next good
+sample is more than `MAX_GAP_INTERVALS` intervals after the previous one: nothing is integrated
+across it, so a 30-minute outage is neither 30 minutes measured nor 30 minutes idle (idle reclaim
+and accounting see no evidence), and counting starts again from that sample.
 """
 
 from __future__ import annotations
@@ -18,6 +23,10 @@ from dataclasses import dataclass, replace
 from .devices import Backend, Sample
 
 log = logging.getLogger(__name__)
+
+# Integrate between two samples at most this many intervals apart (one missed sample is
+# bridged by the trapezoid; longer gaps are not measurements).
+MAX_GAP_INTERVALS = 3.0
 
 
 @dataclass(frozen=True)
@@ -43,6 +52,9 @@ class Sampler:
         samples = self.backend.sample()
         now = self._clock()
         elapsed = 0.0 if self._last_at is None else max(0.0, now - self._last_at)
+        if elapsed > MAX_GAP_INTERVALS * self.interval:
+            log.warning("no sample of %s for %.0f s; that gap counts as unmeasured", self.backend.name, elapsed)
+            elapsed = 0.0
         with self._lock:
             for sample in samples:
                 state = self._states.get(sample.uuid)

@@ -7,6 +7,7 @@ config/gpuhub.env.example (section "GPU monitor"); compose fixes the wiring ones
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ class Settings:
     db_user: str = "jupyterhub"
     db_password_file: str = "/run/gpuhub/db/password"
     docker_url: str = "unix:///var/run/docker.sock"
+    # which stack's containers this monitor looks after (label org.gpuhub.deployment): two
+    # stacks on one Docker daemon must never reconcile each other's containers
+    deployment: str = "gpuhub"
 
     def read_api_token(self) -> str:
         return _read_file("GPUHUB_MONITOR_TOKEN_FILE", self.api_token_file, min_length=32)
@@ -75,6 +79,10 @@ def _number(environ: Mapping[str, str], name: str, default: float, minimum: floa
     except ValueError:
         kind = "a whole number" if integer else "a number"
         raise SettingError(name, f"expected {kind}, got {raw!r}") from None
+    if not math.isfinite(value):
+        # float() reads "nan", "inf" and "1e999": a NaN grace compares false with everything
+        # (every allocation would leak at once), an infinite one keeps devices forever
+        raise SettingError(name, f"expected a finite number, got {raw!r}")
     if value < minimum:
         raise SettingError(name, f"must be at least {minimum:g}, got {raw}")
     return value
@@ -98,4 +106,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         db_host=_get(environ, "GPUHUB_DB_HOST") or defaults.db_host,
         db_password_file=_get(environ, "GPUHUB_DB_PASSWORD_FILE") or defaults.db_password_file,
         docker_url=_get(environ, "GPUHUB_MONITOR_DOCKER_URL") or defaults.docker_url,
+        deployment=_deployment(environ),
     )
+
+
+def _deployment(environ: Mapping[str, str]) -> str:
+    value = _get(environ, "GPUHUB_DEPLOYMENT") or Settings.deployment
+    # a Docker label filter `label=key=value` is split at the first "=": no "=" or "," in it,
+    # and nothing a person could not read in a log
+    if not all(c.isalnum() or c in "._-" for c in value) or len(value) > 63:
+        raise SettingError("GPUHUB_DEPLOYMENT", f"expected letters, digits, '.', '_' or '-' "
+                                                f"(at most 63), got {value[:80]!r}")
+    return value

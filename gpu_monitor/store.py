@@ -15,7 +15,8 @@ import builtins
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, decide
 from .devices import Device
+from .reconcile import adoption_refusal
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +96,48 @@ MIGRATIONS: tuple[tuple[int, str, str], ...] = (
         """,
     ),
 )
+
+# Every session the monitor opens carries these limits (`session_options`). Without them one
+# stuck session holding the allocation lock (a psql left open in a transaction, a hung
+# client) hangs every allocation forever while the health check stays green.
+LOCK_TIMEOUT_SECONDS = 5.0  # an allocating transaction holds the lock for milliseconds
+STATEMENT_TIMEOUT_SECONDS = 30.0  # the longest query is an accounting report over months
+IDLE_IN_TRANSACTION_SECONDS = 60.0  # PostgreSQL ends a session idle that long in a transaction
+# TCP keepalives: a peer that vanished (host down, network cut) is noticed in about a minute
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+HEALTH_TIMEOUT_SECONDS = 2.0
+# PostgreSQL's SQLSTATEs for "gave up waiting": lock_not_available, query_canceled
+BUSY_SQLSTATES = ("55P03", "57014")
+
+
+def session_options(lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+                    statement_timeout: float = STATEMENT_TIMEOUT_SECONDS,
+                    idle_in_transaction: float = IDLE_IN_TRANSACTION_SECONDS) -> dict[str, Any]:
+    """psycopg2 connect arguments: the session's timeouts, keepalives, and a name that shows in
+    pg_stat_activity."""
+    settings = {"lock_timeout": lock_timeout, "statement_timeout": statement_timeout,
+                "idle_in_transaction_session_timeout": idle_in_transaction}
+    options = " ".join(f"-c {name}={round(seconds * 1000)}" for name, seconds in settings.items())
+    return {"options": options, "application_name": "gpu-monitor", **KEEPALIVES}
+
+
+def is_busy(error: BaseException) -> bool:
+    """A statement that gave up waiting (lock or statement timeout): the database answers but is
+    held up, as opposed to unreachable."""
+    return getattr(getattr(error, "orig", None), "pgcode", None) in BUSY_SQLSTATES
+
+
+@dataclass(frozen=True)
+class DatabaseHealth:
+    ok: bool
+    message: str
+
+
+# Who holds the allocation lock, and for how long (one advisory lock on a bigint key shows in
+# pg_locks as classid = its high 32 bits, objid = its low 32 bits, objsubid = 1).
+_LOCK_HOLDER_SQL = """SELECT l.pid, extract(epoch FROM now() - a.xact_start), a.state, a.application_name
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s AND l.objsubid = 1"""
 
 # Device history is kept one day (the dashboard's longest chart) and a little more.
 DEVICE_HISTORY_SECONDS = 25 * 3600
@@ -204,18 +248,51 @@ class AllocationStore:
         # with the lock and the read; no pre-ping: `_begin_locked` retries a dropped connection.
         self.allocation_engine = allocation_engine or sa.create_engine(engine.url)
         self.allocation_engine = self.allocation_engine.execution_options(isolation_level="AUTOCOMMIT")
+        # the health check's own connection: a pool that allocations exhausted must not make
+        # the check wait (it has its own short timeouts; `health`)
+        self.health_engine = sa.create_engine(
+            engine.url, pool_size=1, max_overflow=1, pool_timeout=HEALTH_TIMEOUT_SECONDS, pool_pre_ping=True,
+            connect_args={"connect_timeout": max(1, round(HEALTH_TIMEOUT_SECONDS)),
+                          **session_options(HEALTH_TIMEOUT_SECONDS, HEALTH_TIMEOUT_SECONDS)})
+        self.lock_timeout = LOCK_TIMEOUT_SECONDS
 
     @classmethod
-    def from_url(cls, url: str | sa.URL, **engine_options: Any) -> AllocationStore:
-        """A store with its own engines. Name the driver (`postgresql+psycopg2://`): SQLAlchemy
-        2.1 reads a bare `postgresql://` as psycopg 3, which the monitor does not install."""
-        options: dict[str, Any] = {"pool_pre_ping": True, **engine_options}
-        return cls(sa.create_engine(url, **options),
-                   sa.create_engine(url, **{**options, "pool_pre_ping": False}))
+    def from_url(cls, url: str | sa.URL, lock_timeout: float = LOCK_TIMEOUT_SECONDS,
+                 statement_timeout: float = STATEMENT_TIMEOUT_SECONDS, **engine_options: Any) -> AllocationStore:
+        """A store with its own engines, every session limited by `session_options`. Name the
+        driver (`postgresql+psycopg2://`): SQLAlchemy 2.1 reads a bare `postgresql://` as
+        psycopg 3, which the monitor does not install."""
+        connect_args = {**session_options(lock_timeout, statement_timeout), **engine_options.pop("connect_args", {})}
+        options: dict[str, Any] = {"pool_pre_ping": True, **engine_options, "connect_args": connect_args}
+        store = cls(sa.create_engine(url, **options),
+                    sa.create_engine(url, **{**options, "pool_pre_ping": False}))
+        store.lock_timeout = lock_timeout
+        return store
 
     def dispose(self) -> None:
         self.engine.dispose()
         self.allocation_engine.dispose()
+        self.health_engine.dispose()
+
+    def health(self) -> DatabaseHealth:
+        """Does PostgreSQL answer (within HEALTH_TIMEOUT_SECONDS), and is the allocation lock
+        free or held only briefly? A lock held longer than the lock timeout means allocations
+        fail: say by whom, so that the operator can end that session."""
+        high, low = ALLOCATE_LOCK >> 32, ALLOCATE_LOCK & 0xFFFFFFFF
+        try:
+            with self.health_engine.connect() as conn:
+                rows = conn.exec_driver_sql(_LOCK_HOLDER_SQL, (high, low)).all()
+        except Exception as e:  # noqa: BLE001 - the answer is the health
+            first = str(getattr(e, "orig", None) or e).strip().splitlines()
+            return DatabaseHealth(False, f"the database does not answer: {first[0] if first else type(e).__name__}")
+        for pid, held_for, state, application in rows:
+            if held_for is not None and held_for > self.lock_timeout:
+                return DatabaseHealth(False, (
+                    f"database busy: PostgreSQL session {pid} ({application or 'unknown client'}, "
+                    f"{state or 'state unknown'}) has held the allocation lock for {held_for:.0f} s, so "
+                    f"allocations fail after {self.lock_timeout:g} s; if it is stuck, end it: "
+                    f"SELECT pg_terminate_backend({pid})"))
+        return DatabaseHealth(True, "ok")
 
     # ---- schema ---------------------------------------------------------------------------------
     def migrate(self) -> builtins.list[int]:
@@ -226,6 +303,8 @@ class AllocationStore:
         """
         applied: builtins.list[int] = []
         with self.engine.begin() as conn:
+            # monitors starting together wait for each other's migration, however long it takes
+            conn.execute(sa.text("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0"))
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATE_LOCK)))
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
             conn.execute(
@@ -296,14 +375,16 @@ class AllocationStore:
         devices: Sequence[Device],
         policy: Policy,
         now: float | None = None,
+        unavailable: frozenset[str] = frozenset(),
     ) -> builtins.list[Decision]:
         """Decide a batch of requests in one transaction, in order, each seeing the grants of
         the ones before it: exactly as if they had come one after another, for the cost of one
         lock and one commit. The service batches requests that arrive together (group commit).
+        `unavailable`: devices never to grant (used by containers that hold no allocation).
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return self._allocate_once(requests, devices, policy, now)
+                return self._allocate_once(requests, devices, policy, now, unavailable)
             except IntegrityError as e:
                 if getattr(e.orig, "pgcode", None) != _UNIQUE_VIOLATION or attempt == _ATTEMPTS:
                     raise
@@ -318,6 +399,7 @@ class AllocationStore:
         devices: Sequence[Device],
         policy: Policy,
         now: float | None,
+        unavailable: frozenset[str] = frozenset(),
     ) -> builtins.list[Decision]:
         # Two round trips to PostgreSQL, not seven: BEGIN, the lock and the read go in one
         # message, the inserts and COMMIT in another (psycopg2 sends a statement string with
@@ -337,6 +419,7 @@ class AllocationStore:
                     policy,
                     now=time.time() if now is None else now,
                     new_id=str(uuid.uuid4()),
+                    unavailable=unavailable,
                 )
                 if isinstance(decision, Granted) and not decision.existing:
                     held.append(decision.allocation)
@@ -376,6 +459,31 @@ class AllocationStore:
         (READ COMMITTED takes a new snapshot per statement: the read after it sees every
         allocation committed by earlier lock holders.)"""
         return f"SELECT pg_advisory_xact_lock({ALLOCATE_LOCK});"
+
+    def adopt(self, allocation: Allocation, seats: Mapping[str, int]) -> str | None:
+        """Hold `allocation` again (same id) for the running container that uses its devices;
+        None when done, else why not. Under the allocation lock, checked again against what is
+        held now (`reconcile.adoption_refusal`), so it never takes a seat a grant just took. Its
+        history row, if it was released, is open again (usage counts on from now)."""
+        conn, held = self._begin_locked()
+        try:
+            refusal = adoption_refusal(allocation, held, seats)
+            if refusal is not None:
+                conn.exec_driver_sql("ROLLBACK")
+                conn.close()
+                return refusal
+            a = allocation
+            conn.exec_driver_sql(
+                f"INSERT INTO {SCHEMA}.allocations ({_COLUMN_NAMES}) VALUES (%s, %s, %s, %s, %s, %s); "
+                f"INSERT INTO {SCHEMA}.allocation_history ({_HISTORY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (id) DO UPDATE SET ended_at = NULL; COMMIT",
+                (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at,
+                 a.id, a.user, a.server, a.profile, [], list(a.device_uuids), a.created_at))
+        except BaseException:
+            _abandon(conn)
+            raise
+        conn.close()
+        return None
 
     def release(self, allocation_id: str, now: float | None = None) -> Allocation | None:
         """Remove an allocation; returns it, or None if it was not there (releasing twice is

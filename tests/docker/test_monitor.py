@@ -285,3 +285,83 @@ def test_a_user_server_cannot_allocate_or_reach_the_monitor_directly(stack):
     finally:
         stack.stop_server("carol")
     assert allocations(stack) == []
+
+
+MONITOR_MEMORY = (
+    "import glob\n"
+    "for status in glob.glob('/proc/[0-9]*/status'):\n"
+    "    try:\n"
+    "        cmd = open(status.replace('status', 'cmdline'), 'rb').read()\n"
+    "    except OSError:\n"
+    "        continue\n"
+    "    if b'gpu_monitor' in cmd:\n"
+    "        fields = dict(l.split(':', 1) for l in open(status).read().splitlines() if ':' in l)\n"
+    "        print(int(fields['VmRSS'].split()[0]), int(fields['VmHWM'].split()[0]))\n"
+)
+
+
+def monitor_memory_kib(stack) -> tuple[int, int]:
+    """(resident now, peak resident since start) of the monitor's process, in KiB."""
+    out = stack.compose("exec", "-T", "gpu-monitor", "python3", "-c", MONITOR_MEMORY).stdout.split()
+    return int(out[0]), int(out[1])
+
+
+def test_a_flood_of_large_unauthenticated_bodies_does_not_take_the_monitor_down(stack):
+    """50 concurrent POSTs of 8 MiB each, no token, through the proxy: each is refused from its
+    Content-Length (413) before the monitor reads it or asks the hub; the monitor's peak memory
+    grows by far less than one body per request, and it answers throughout."""
+    rss_before, _ = monitor_memory_kib(stack)
+    body = b" " * (8 * 1024 * 1024)
+
+    def flood(_: int):
+        try:
+            r = requests_post(stack, body)
+            return r.status_code
+        except Exception as e:  # noqa: BLE001 - a dropped connection is an answer too
+            return type(e).__name__
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(50) as pool:
+        answers = list(pool.map(flood, range(50)))
+    took = time.monotonic() - started
+    health = monitor(stack, "GET", "api/health", token="")
+    _, peak = monitor_memory_kib(stack)
+    counts = {a: answers.count(a) for a in set(answers)}
+    print(f"\n50 x 8 MiB unauthenticated POSTs: {counts} in {took:.1f} s; monitor RSS {rss_before / 1024:.0f} MiB "
+          f"before, peak {peak / 1024:.0f} MiB since start")
+    assert health.status_code == 200, health.text
+    assert set(answers) <= {413, 502, "ConnectionError"}, counts
+    assert answers.count(413) >= 1, counts
+    assert peak - rss_before < 64 * 1024, (rss_before, peak)  # 50 buffered bodies would be 400 MiB
+    assert monitor(stack, "GET", "api/devices").status_code == 200
+
+
+def requests_post(stack, body: bytes):
+    s = stack.session()
+    s.headers.pop("Authorization", None)
+    return s.post(f"{stack.base_url}/{MONITOR}/api/allocations", data=body, timeout=60)
+
+
+def test_a_running_container_whose_allocation_was_released_is_adopted_again(stack):
+    r = stack.start_server("bob", {"profile": "opencl", "gpus": 1})
+    assert r.status_code in (201, 202), r.text
+    try:
+        (held,) = allocations(stack, "bob")
+        labels = json.loads(subprocess.run(["docker", "inspect", "gpuhub-bob", "--format", "{{json .Config.Labels}}"],
+                                           capture_output=True, text=True, check=True).stdout)
+        assert labels["org.gpuhub.devices"] == held["devices"][0]["uuid"]
+        assert labels["org.gpuhub.deployment"] == "gpuhub-test"
+        # released behind the container's back (a race, or by hand): its device is in use
+        assert monitor(stack, "DELETE", f"api/allocations/{held['id']}").status_code == 200
+        released = time.monotonic()
+        wait_for(lambda: [a["id"] for a in allocations(stack, "bob")] == [held["id"]], 3 + 10, interval=0.3,
+                 what="bob's allocation held again")
+        print(f"\nreleased under a running container -> adopted again: {time.monotonic() - released:.1f} s "
+              "(bound: one reconcile interval, 3 s)")
+        (again,) = allocations(stack, "bob")
+        assert again["devices"] == held["devices"]
+        logs = stack.compose("logs", "--no-color", "gpu-monitor").stdout
+        assert f"reconcile: adopted {held['id']} for gpuhub-bob" in logs
+    finally:
+        stack.stop_server("bob")
+    wait_for(lambda: allocations(stack) == [], 10, what="released")

@@ -308,3 +308,117 @@ def test_an_allocation_after_the_database_dropped_its_connections_still_succeeds
     decision = store.allocate(request("bob"), DEVICES, POLICY)
     assert isinstance(decision, Granted) and not decision.existing, decision
     assert _rows(store) == 2
+
+
+def _hold_the_allocation_lock(database_url):
+    """A second session, as a psql left open in a transaction would: it takes the allocation
+    lock and keeps it until the returned function is called."""
+    from gpu_monitor.store import ALLOCATE_LOCK
+
+    engine = sa.create_engine(database_url())
+    conn = engine.connect()
+    conn.execute(sa.text("SET application_name = 'psql left open'"))
+    conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ALLOCATE_LOCK)))
+
+    def release() -> None:
+        conn.rollback()
+        conn.close()
+        engine.dispose()
+
+    return release
+
+
+def test_a_session_holding_the_allocation_lock_fails_allocations_in_time_and_health_says_so(database_url):
+    from gpu_monitor.store import is_busy
+
+    store = AllocationStore.from_url(database_url(), lock_timeout=1.0)
+    store.migrate()
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {SCHEMA}.allocations"))
+    release = _hold_the_allocation_lock(database_url)
+    try:
+        started = time.monotonic()
+        with pytest.raises(sa.exc.OperationalError) as info:
+            store.allocate(request("alice"), DEVICES, POLICY)
+        waited = time.monotonic() - started
+        print(f"\nallocation lock held elsewhere: the allocation gave up after {waited:.2f} s (lock_timeout 1 s)")
+        assert is_busy(info.value) and 0.9 < waited < 3
+        time.sleep(0.2)  # held longer than the lock timeout now
+        health = store.health()
+        assert not health.ok
+        assert "database busy" in health.message and "psql left open" in health.message
+        assert "pg_terminate_backend(" in health.message
+    finally:
+        release()
+    assert store.health().ok
+    assert isinstance(store.allocate(request("alice"), DEVICES, POLICY), Granted)
+    store.dispose()
+
+
+def test_health_says_when_the_database_does_not_answer(database_url):
+    url = database_url().set(port=1)  # nothing listens there
+    store = AllocationStore(sa.create_engine(url))
+    started = time.monotonic()
+    health = store.health()
+    assert not health.ok and health.message.startswith("the database does not answer")
+    assert time.monotonic() - started < 5
+    store.dispose()
+
+
+def test_the_monitors_sessions_carry_timeouts_and_keepalives(store):
+    with store.engine.connect() as conn:
+        got = {name: conn.execute(sa.text(f"SHOW {name}")).scalar()
+               for name in ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout",
+                            "application_name", "tcp_keepalives_idle")}
+    assert got == {"lock_timeout": "5s", "statement_timeout": "30s", "idle_in_transaction_session_timeout": "1min",
+                   "application_name": "gpu-monitor", "tcp_keepalives_idle": got["tcp_keepalives_idle"]}
+
+
+def test_a_batch_with_one_value_postgresql_refuses_still_answers_the_others(store):
+    """A NUL byte in one request (the parser refuses it now; this is the batcher's own guard):
+    psycopg2 refuses the batch's statement; the others of the batch still get their devices."""
+    import asyncio
+    import types
+
+    from gpu_monitor.app import AllocationBatcher
+
+    async def run(fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    monitor = types.SimpleNamespace(store=store, devices=DEVICES, policy=POLICY, run=run,
+                                    unavailable=frozenset(), busy_since=None)
+    batcher = AllocationBatcher(monitor)  # type: ignore[arg-type]
+
+    async def burst():
+        return await asyncio.gather(*(batcher.submit(request(u)) for u in ("alice", "mallory\x00", "bob")),
+                                    return_exceptions=True)
+
+    alice, mallory, bob = asyncio.run(burst())
+    assert isinstance(alice, Granted) and isinstance(bob, Granted), (alice, bob)
+    assert isinstance(mallory, Exception) and "NUL" in str(mallory)
+    assert sorted(a.user for a in store.list()) == ["alice", "bob"]
+
+
+def test_adopting_holds_a_running_containers_allocation_again_unless_its_devices_are_taken(store):
+    from gpu_monitor.allocator import Allocation
+
+    seats = {d.uuid: 1 for d in DEVICES}
+    granted = store.allocate(request("alice"), DEVICES, POLICY)
+    assert isinstance(granted, Granted)
+    a = granted.allocation
+    assert store.release(a.id) is not None
+    # the container still runs: hold its allocation again, same id and devices
+    assert store.adopt(a, seats) is None
+    assert store.list() == [a]
+    assert store.adopt(a, seats) == f"allocation {a.id} is held already"
+    with store.engine.connect() as conn:
+        ended = conn.execute(sa.text(f"SELECT ended_at FROM {SCHEMA}.allocation_history WHERE id = :id"),
+                             {"id": a.id}).scalar()
+    assert ended is None  # its history is open again
+    # released, and someone else got its device meanwhile: not adopted
+    store.release(a.id)
+    bob = store.allocate(request("bob"), DEVICES, POLICY)
+    assert isinstance(bob, Granted) and bob.allocation.device_uuids == a.device_uuids
+    refusal = store.adopt(Allocation(a.id, a.user, a.server, a.profile, a.device_uuids, a.created_at), seats)
+    assert refusal is not None and "held by another allocation" in refusal
+    assert [x.user for x in store.list()] == ["bob"]

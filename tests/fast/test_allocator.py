@@ -347,3 +347,15 @@ BAD_POLICY = {
 def test_bad_policy_is_refused_at_startup(kwargs, says):
     with pytest.raises(ValueError, match="^" + re.escape(says)):
         Policy(**kwargs)
+
+
+def test_a_device_a_running_container_uses_without_an_allocation_is_never_granted():
+    """reconcile.plan()'s `unavailable`: such a device counts as in use, whatever its seats."""
+    taken = frozenset({gpu(0).uuid})
+    first = decide(ask("ada", 1), TWO, [], EXCLUSIVE, now=NOW, new_id="n1", unavailable=taken)
+    assert isinstance(first, Granted) and first.allocation.device_uuids == (gpu(1).uuid,)
+    second = decide(ask("bob", 1), TWO, [first.allocation], Policy(share={"gpu": 4}), now=NOW, new_id="n2",
+                    unavailable=taken)
+    assert uuids(second) == (gpu(1).uuid,)  # a shared seat on the other device, never GPU 0
+    none = decide(ask("bob", 1), TWO, [first.allocation], EXCLUSIVE, now=NOW, new_id="n2", unavailable=taken)
+    assert isinstance(none, Refused) and none.code == "none_free" and "0 free (2 of 2 in use)" in none.reason

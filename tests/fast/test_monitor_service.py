@@ -10,7 +10,6 @@ import pytest
 
 from gpu_monitor.allocator import AllocationRequest
 from gpu_monitor.app import MAX_BODY_BYTES, BadRequest, parse_allocation_request
-from gpu_monitor.devices import Device
 from gpu_monitor.reconciler import container_view
 from gpu_monitor.settings import SettingError, load_settings
 
@@ -41,6 +40,12 @@ BAD = {
     "empty user": (b'{"user": "", "count": 1}', "'user' must not be empty"),
     "server null": (b'{"user": "a", "server": null, "count": 1}', "'server' must be a string"),
     "long profile": (json.dumps({"user": "a", "count": 1, "profile": "p" * 256}).encode(), "longer than 255"),
+    # psycopg2 refuses a NUL in a statement: one such request failed its whole batch
+    "NUL in user": (b'{"user": "a\\u0000b", "count": 1}', "'user' contains a control character"),
+    "newline in server": (b'{"user": "a", "server": "x\\ny", "count": 1}', "'server' contains a control"),
+    "escape in profile": (b'{"user": "a", "profile": "\\u001b[31m", "count": 1}', "'profile' contains a control"),
+    "DEL in a group": (b'{"user": "a", "count": 1, "groups": ["ok", "g\\u007f"]}', "'groups' contains a control"),
+    "tab in user": (b'{"user": "a\\tb", "count": 1}', "'user' contains a control"),
 }
 
 
@@ -58,37 +63,118 @@ def test_a_huge_body_is_413_before_parsing():
     assert info.value.status == 413
 
 
-SLICES = [Device(uuid="CPU-a", index=0, kind="cpu-slice", name="s0", cpuset="0-1"),
-          Device(uuid="CPU-b", index=1, kind="cpu-slice", name="s1", cpuset="2-3"),
-          Device(uuid="GPU-x", index=2, kind="gpu", name="g", docker_device_id="GPU-x")]
-
-
-def inspect(running=True, labels=None, cpuset="", requests=None, name="/gpuhub-ada"):
-    return {"Name": name, "State": {"Running": running},
-            "Config": {"Labels": labels if labels is not None else
-                       {"org.gpuhub.allocation": "a1", "org.gpuhub.user": "ada", "org.gpuhub.server": ""}},
-            "HostConfig": {"CpusetCpus": cpuset, "DeviceRequests": requests}}
+def listed(state="running", labels=None, name="/gpuhub-ada", devices="CPU-b"):
+    """One entry of GET /containers/json, as `docker.containers.list(sparse=True)` gives it."""
+    if labels is None:
+        labels = {"org.gpuhub.allocation": "a1", "org.gpuhub.user": "ada", "org.gpuhub.server": "",
+                  "org.gpuhub.profile": "opencl", "org.gpuhub.deployment": "gpuhub"}
+        if devices is not None:
+            labels["org.gpuhub.devices"] = devices
+    return {"Id": "f00d" * 16, "Names": [name], "State": state, "Status": "Up 2 minutes", "Labels": labels}
 
 
 VIEWS = {
-    "cpu slice by cpuset": (inspect(cpuset="2-3"), ("CPU-b",)),
-    "gpu by device request": (inspect(requests=[{"Driver": "nvidia", "DeviceIDs": ["GPU-x"]}]), ("GPU-x",)),
-    "an unknown id is kept as it is (so it never matches an allocation)": (
-        inspect(requests=[{"DeviceIDs": ["GPU-gone"]}]), ("GPU-gone",)),
-    "no devices": (inspect(), ()),
+    "one device": (listed(devices="CPU-b"), ("CPU-b",)),
+    "several, spaces ignored": (listed(devices="GPU-x, MIG-y"), ("GPU-x", "MIG-y")),
+    "empty label: no devices": (listed(devices=""), ()),
+    "no label (an older spawner): unknown": (listed(devices=None), None),
 }
 
 
 @pytest.mark.parametrize("attrs, ids", VIEWS.values(), ids=VIEWS.keys())
-def test_container_view_maps_devices_back_to_uuids(attrs, ids):
-    view = container_view(attrs, SLICES)
+def test_container_view_reads_devices_from_the_label(attrs, ids):
+    view = container_view(attrs)
     assert view.device_ids == ids
-    assert (view.name, view.allocation_id, view.user, view.server, view.running) == ("gpuhub-ada", "a1", "ada", "", True)
+    assert (view.name, view.allocation_id, view.user, view.server, view.running, view.profile, view.id) == (
+        "gpuhub-ada", "a1", "ada", "", True, "opencl", "f00d" * 16)
+
+
+@pytest.mark.parametrize("state", ["exited", "created", "paused", "restarting", "dead"])
+def test_only_the_running_state_counts_as_running(state):
+    assert container_view(listed(state=state)).running is False
 
 
 def test_container_without_allocation_label_holds_nothing():
-    view = container_view(inspect(labels={"org.gpuhub.user": "ada"}, running=False), SLICES)
+    view = container_view(listed(labels={"org.gpuhub.user": "ada"}, state="exited"))
     assert view.allocation_id is None and view.running is False
+
+
+class ListOnlyDocker:
+    """docker-py's client as the monitor's API filter allows it: the container list (with its
+    filters, applied here) and DELETE without force; `inspect` raises like the filter's 403."""
+
+    def __init__(self, entries):
+        self.entries = entries
+        self.calls = []
+        self.containers = self
+        self.api = self
+
+    def list(self, all=False, sparse=False, filters=None):
+        import types
+
+        self.calls.append(("list", all, sparse, filters))
+        assert all and sparse, "docker-py inspects every container unless sparse=True"
+        found = []
+        for e in self.entries:
+            labels = e["Labels"]
+            ok = all_ok = True
+            for f in filters.get("label", []):
+                key, _, value = f.partition("=")
+                all_ok &= key in labels and (not _ or labels[key] == value)
+            if "id" in filters:
+                ok = e["Id"] == filters["id"]
+            if ok and all_ok:
+                found.append(types.SimpleNamespace(attrs=e))
+        return found
+
+    def get(self, *a, **k):
+        raise AssertionError("inspect (GET /containers/{id}/json) is refused by the API filter")
+
+    def remove_container(self, container_id, force=False):
+        assert not force
+        self.calls.append(("remove", container_id))
+        self.entries = [e for e in self.entries if e["Id"] != container_id]
+
+
+def _reconciler(docker, deployment="gpuhub"):
+    from gpu_monitor.reconciler import Reconciler
+
+    return Reconciler(monitor=None, docker=docker, hub_api_url="http://hub.invalid", api_token="x",  # type: ignore[arg-type]
+                      interval=60, grace_seconds=120, deployment=deployment)
+
+
+def test_the_reconciler_sees_only_its_own_deployments_containers():
+    mine = listed(name="/gpuhub-ada")
+    theirs = listed(name="/gpuhub-bob")
+    theirs["Labels"] = {**theirs["Labels"], "org.gpuhub.deployment": "gpuhub-test"}
+    unlabelled = listed(name="/gpuhub-carol")
+    del unlabelled["Labels"]["org.gpuhub.deployment"]
+    docker = ListOnlyDocker([mine, theirs, unlabelled])
+    assert [c.name for c in _reconciler(docker)._containers()] == ["gpuhub-ada"]
+    assert [c.name for c in _reconciler(docker, "gpuhub-test")._containers()] == ["gpuhub-bob"]
+    assert docker.calls[0][3]["label"] == ["org.gpuhub.allocation", "org.gpuhub.deployment=gpuhub"]
+
+
+def test_removing_a_stopped_container_uses_the_list_and_delete_only():
+    stopped = listed(state="exited")
+    docker = ListOnlyDocker([stopped])
+    assert _reconciler(docker)._remove_if_stopped(stopped["Id"]) is True
+    assert ("remove", stopped["Id"]) in docker.calls and docker.entries == []
+
+
+def test_a_container_running_again_is_not_removed():
+    again = listed(state="running")
+    docker = ListOnlyDocker([again])
+    assert _reconciler(docker)._remove_if_stopped(again["Id"]) is False
+    assert docker.entries == [again]
+
+
+def test_another_deployments_stopped_container_is_never_removed():
+    theirs = listed(state="exited")
+    theirs["Labels"]["org.gpuhub.deployment"] = "gpuhub-test"
+    docker = ListOnlyDocker([theirs])
+    assert _reconciler(docker)._remove_if_stopped(theirs["Id"]) is False
+    assert docker.entries == [theirs]
 
 
 def test_settings_defaults_and_values():
@@ -145,3 +231,77 @@ def test_usage_goes_to_the_holders_of_each_device_per_hour_and_minute():
     assert sorted(usage) == [("a1", hour, 30.0, 120.0), ("a2", hour, 30.0, 60.0)]
     minute = (now + 60) - (now + 60) % 60
     assert sorted(points) == [("GPU-0", minute, 0.5, 100.0), ("GPU-1", minute, None, None)]
+
+
+def test_non_ascii_names_are_not_control_characters():
+    body = json.dumps({"user": "ünïcödé", "server": "été", "count": 1}).encode()
+    assert parse_allocation_request(body).user == "ünïcödé"
+
+
+class StoreThatRefusesNUL:
+    """Like psycopg2: a batch with a NUL anywhere fails as a whole (ValueError)."""
+
+    def __init__(self):
+        self.batches = []
+
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+        self.batches.append([r.user for r in requests])
+        if any("\x00" in r.user for r in requests):
+            raise ValueError("A string literal cannot contain NUL (0x00) characters.")
+        from gpu_monitor.allocator import Allocation, Granted
+        return [Granted(Allocation(r.user, r.user, r.server, r.profile, ("GPU-0",), 0.0), False) for r in requests]
+
+
+class StoreThatIsDown:
+    def __init__(self):
+        self.calls = 0
+
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+        from sqlalchemy.exc import OperationalError
+        self.calls += 1
+        raise OperationalError("SELECT", {}, Exception("could not connect"))
+
+
+def _batcher(store):
+    import types
+
+    from gpu_monitor.app import AllocationBatcher
+
+    async def run(fn, *args):
+        return fn(*args)
+
+    return AllocationBatcher(types.SimpleNamespace(store=store, devices=[], policy=None, run=run, unavailable=frozenset()))
+
+
+def test_one_failing_request_does_not_fail_the_others_of_its_batch():
+    import asyncio
+
+    from gpu_monitor.allocator import Granted
+
+    store = StoreThatRefusesNUL()
+    batcher = _batcher(store)
+
+    async def burst():
+        return await asyncio.gather(*(batcher.submit(AllocationRequest(u, "", "", 1)) for u in ("a", "b\x00", "c")),
+                                    return_exceptions=True)
+
+    a, bad, c = asyncio.run(burst())
+    assert isinstance(a, Granted) and isinstance(c, Granted)
+    assert isinstance(bad, ValueError)
+    assert store.batches[0] == ["a", "b\x00", "c"]  # one batch first, then each alone
+
+
+def test_a_database_outage_fails_the_batch_at_once_without_retrying_each():
+    import asyncio
+
+    from sqlalchemy.exc import OperationalError
+
+    store = StoreThatIsDown()
+    batcher = _batcher(store)
+
+    async def burst():
+        return await asyncio.gather(*(batcher.submit(AllocationRequest(u, "", "", 1)) for u in "abc"),
+                                    return_exceptions=True)
+
+    assert all(isinstance(r, OperationalError) for r in asyncio.run(burst()))
+    assert store.calls == 1

@@ -1,4 +1,5 @@
-"""The sampler's counters: busy seconds integrate utilisation over time; gaps invent nothing."""
+"""The sampler's counters: busy seconds integrate utilisation over time; gaps invent nothing
+(a missing reading, and a stretch of failing samples: test_a_sampling_outage_...)."""
 
 import threading
 
@@ -59,6 +60,57 @@ def test_busy_seconds(readings, times, busy, sampled):
     state = sampler.states()["GPU-0"]
     assert state.busy_seconds == pytest.approx(busy)
     assert state.sampled_seconds == pytest.approx(sampled)
+
+
+class OutageBackend(ScriptedBackend):
+    """Full load, but `sample()` raises while `down` is set (a driver that stops answering)."""
+
+    def __init__(self):
+        super().__init__([[1.0]])
+        self.down = False
+
+    def sample(self):
+        if self.down:
+            self.calls += 1
+            raise RuntimeError("NVML: GPU is lost")
+        return super().sample()
+
+
+def test_a_sampling_outage_counts_as_unmeasured_not_as_measured_time():
+    """Samples every 5 s; the backend raises for 30 minutes in the middle. The outage must add
+    neither sampled nor busy seconds: only the 10 s before it and the 10 s after it count."""
+    clock = Clock()
+    backend = OutageBackend()
+    sampler = Sampler(backend, interval=5.0, clock=clock)
+
+    def tick():  # what the sampling thread does each interval
+        try:
+            sampler.step()
+        except RuntimeError:
+            pass
+        clock.now += 5.0
+
+    for _ in range(3):  # t = 0, 5, 10: 10 s measured
+        tick()
+    backend.down = True
+    while clock.now < 10 + 1800:
+        tick()
+    backend.down = False
+    for _ in range(3):  # the first sample after the outage restarts the count; then 10 s
+        tick()
+    state = sampler.states()["GPU-0"]
+    assert state.sampled_seconds == pytest.approx(20.0)
+    assert state.busy_seconds == pytest.approx(20.0)
+
+
+def test_one_missed_sample_is_bridged():
+    """A single failure (10 s between good samples, within the cap) is still measured."""
+    clock = Clock()
+    sampler = Sampler(ScriptedBackend([[0.5]]), interval=5.0, clock=clock)
+    sampler.step()
+    clock.now = 10.0
+    sampler.step()
+    assert sampler.states()["GPU-0"].sampled_seconds == pytest.approx(10.0)
 
 
 def test_each_device_counts_on_its_own():
