@@ -7,7 +7,10 @@
 # 2 s default to 100 ms: every spawn waits for its route, and 2 s was most of a route add
 # (docs/proxy.md). The API entrypoint (the hub adds routes through it) listens only on the
 # address of the alias proxy-api, which exists on the edge network alone: user servers, on the
-# users' network, cannot even connect to it.
+# users' network, cannot even connect to it. The access log is an allow-list: the fields named
+# below, the request path without its query string (which carries OAuth codes and ?token=), and
+# no header at all (Authorization, Cookie, X-XSRFToken, Referer...); new fields Traefik adds
+# later stay out too.
 set -eu
 
 fail() { echo "gpuhub proxy: configuration error: $1" >&2; exit 1; }
@@ -25,11 +28,21 @@ set -- \
   --log.level="${TRAEFIK_LOG_LEVEL:-INFO}" \
   --accesslog=true \
   --accesslog.format=json \
-  --accesslog.fields.headers.defaultmode=keep \
-  --accesslog.fields.headers.names.Authorization=redact \
-  --accesslog.fields.headers.names.Cookie=redact \
-  --accesslog.fields.headers.names.Set-Cookie=redact \
-  --accesslog.fields.headers.names.Proxy-Authorization=redact \
+  --accesslog.fields.defaultmode=drop \
+  --accesslog.fields.names.StartUTC=keep \
+  --accesslog.fields.names.ClientHost=keep \
+  --accesslog.fields.names.RequestMethod=keep \
+  --accesslog.fields.names.RequestHost=keep \
+  --accesslog.fields.names.RequestPath=keep \
+  --accesslog.fields.names.RequestProtocol=keep \
+  --accesslog.fields.names.DownstreamStatus=keep \
+  --accesslog.fields.names.DownstreamContentSize=keep \
+  --accesslog.fields.names.OriginStatus=keep \
+  --accesslog.fields.names.Duration=keep \
+  --accesslog.fields.names.RouterName=keep \
+  --accesslog.fields.names.entryPointName=keep \
+  --accesslog.fields.queryparameters.defaultmode=drop \
+  --accesslog.fields.headers.defaultmode=drop \
   --entrypoints.web.address=:80 \
   --entrypoints.web.http.redirections.entrypoint.to=websecure \
   --entrypoints.web.http.redirections.entrypoint.scheme=https \

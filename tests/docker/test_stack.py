@@ -75,7 +75,7 @@ def test_access_log_redacts_credentials(stack):
 
     logs = wait_for(logged, 10, what="the request in the proxy's access log")
     assert marker not in logs and stack.token not in logs
-    assert '"request_Authorization":"REDACTED"' in logs and '"request_Cookie":"REDACTED"' in logs
+    assert '"request_' not in logs  # no header is logged at all (test_hardening.py: the access log)
 
 
 def test_bad_spawn_options_are_refused_before_any_container(stack):
