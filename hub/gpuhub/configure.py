@@ -20,6 +20,7 @@ from . import cryptcheck
 from .auth import authenticator_config
 from .profiles import load_profiles
 from .settings import ConfigError, Settings, read_secret_file
+from .subdomains import configure_subdomains
 
 OPERATOR_SERVICE = "gpuhub-operator"
 # The GPU monitor (its own container, a hub service) and the hub's identity towards it.
@@ -66,6 +67,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     # Restarting the hub must not stop anyone's server: they are picked up again.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
+    # every user server on a host of its own (GPUHUB_USER_SUBDOMAINS)
+    configure_subdomains(c, settings)
 
     # --- proxy: Traefik, driven through its file provider on a shared volume -------------
     c.JupyterHub.proxy_class = "traefik_file"
