@@ -71,7 +71,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     configure_subdomains(c, settings)
 
     # --- proxy: Traefik, driven through its file provider on a shared volume -------------
-    c.JupyterHub.proxy_class = "traefik_file"
+    # traefik_file, keeping service routes whose spec changed (gpuhub.proxy)
+    c.JupyterHub.proxy_class = "gpuhub.proxy.TraefikFileProxy"
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = settings.traefik_rules_file
     c.TraefikFileProviderProxy.traefik_api_url = settings.proxy_api_url

@@ -159,3 +159,25 @@ def test_a_certificate_missing_a_wanted_name_is_rewritten(tmp_path):
     san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["localhost", "*.user.localhost"]
+
+
+def test_a_service_route_whose_spec_changed_is_replaced_not_lost():
+    """JupyterHub's route check finds a service's route by name only (gpuhub.proxy)."""
+    from types import SimpleNamespace
+
+    from gpuhub.proxy import TraefikFileProxy, moved_service_routes
+    from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
+
+    monitor = SimpleNamespace(server=object(), proxy_spec="localhost/services/gpu-monitor/")
+    stopped = SimpleNamespace(server=None, proxy_spec="localhost/services/other/")
+    routes = {
+        "/": {"data": {"hub": True}},
+        "/services/gpu-monitor/": {"data": {"service": "gpu-monitor"}},  # before the switch
+        "/services/other/": {"data": {"service": "other"}},
+        "alice.user.localhost/user/alice/": {"data": {"user": "alice"}},
+    }
+    services = {"gpu-monitor": monitor, "other": stopped}
+    assert moved_service_routes(routes, services) == ["/services/gpu-monitor/"]
+    routes["localhost/services/gpu-monitor/"] = routes.pop("/services/gpu-monitor/")
+    assert moved_service_routes(routes, services) == []
+    assert issubclass(TraefikFileProxy, TraefikFileProviderProxy)
