@@ -1,7 +1,7 @@
 #!/bin/sh
 # Starts Traefik with gpuhub's static configuration, built from the environment so that the same
-# file serves both cases: Let's Encrypt when DOMAIN and ACME_EMAIL are set, otherwise the local
-# certificate made by the init service. Dynamic configuration (TLS options, headers, the
+# file serves both cases: Let's Encrypt when DOMAIN and ACME_EMAIL are set (HTTP-01, or DNS-01
+# with ACME_DNS_PROVIDER), otherwise the local certificate made by the init service. Dynamic configuration (TLS options, headers, the
 # certificate) is in proxy/dynamic/; routes to the hub and to user servers are written by the
 # hub into rules.yaml in the same watched directory. The provider throttle is cut from Traefik's
 # 2 s default to 100 ms: every spawn waits for its route, and 2 s was most of a route add
@@ -64,9 +64,28 @@ if [ -n "${DOMAIN:-}" ]; then
     --certificatesresolvers.acme.acme.email="${ACME_EMAIL}" \
     --certificatesresolvers.acme.acme.storage=/letsencrypt/acme.json \
     --certificatesresolvers.acme.acme.caserver="${ACME_CA_SERVER:-https://acme-v02.api.letsencrypt.org/directory}" \
-    --certificatesresolvers.acme.acme.httpchallenge.entrypoint=web \
     --entrypoints.websecure.http.tls.certresolver=acme \
     --entrypoints.websecure.http.tls.domains[0].main="${DOMAIN}"
+  # Per-user subdomains (GPUHUB_USER_SUBDOMAINS, off by default with DOMAIN; the init service
+  # refuses them without ACME_DNS_PROVIDER): one certificate for DOMAIN and *.DOMAIN, which every
+  # user's route inherits from the entrypoint, so no certificate is ordered per user.
+  case "${GPUHUB_USER_SUBDOMAINS:-}" in
+    1|true|yes|on) set -- "$@" --entrypoints.websecure.http.tls.domains[0].sans="*.${DOMAIN}" ;;
+  esac
+  if [ -n "${ACME_DNS_PROVIDER:-}" ]; then
+    # DNS-01: the only challenge Let's Encrypt accepts for a wildcard. The provider's credentials
+    # come from the ACME_DNS_ENV file, as <VAR>_FILE paths into ACME_DNS_SECRETS (lego reads both).
+    echo "gpuhub proxy: DNS-01 challenge through ${ACME_DNS_PROVIDER}"
+    set -- "$@" --certificatesresolvers.acme.acme.dnschallenge.provider="${ACME_DNS_PROVIDER}"
+    if [ -n "${ACME_DNS_RESOLVERS:-}" ]; then
+      set -- "$@" --certificatesresolvers.acme.acme.dnschallenge.resolvers="${ACME_DNS_RESOLVERS}"
+    fi
+    case "${ACME_DNS_PROPAGATION_CHECKS:-true}" in
+      0|false|no|off) set -- "$@" --certificatesresolvers.acme.acme.dnschallenge.propagation.disablechecks=true ;;
+    esac
+  else
+    set -- "$@" --certificatesresolvers.acme.acme.httpchallenge.entrypoint=web
+  fi
 else
   echo "gpuhub proxy: no DOMAIN set, serving the local self-signed certificate"
 fi

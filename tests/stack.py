@@ -50,6 +50,9 @@ TEST_ENV = {
     "GPUHUB_MONITOR_GRACE_SECONDS": "5",
     "GPUHUB_CPU_SLICES": "2",
     "GPUHUB_MONITOR_FLUSH_SECONDS": "2",
+    # one origin, as the tests' URLs are written; per-user subdomains (the default without
+    # DOMAIN) are tested by turning them on: tests/docker/test_subdomains.py
+    "GPUHUB_USER_SUBDOMAINS": "false",
 }
 
 

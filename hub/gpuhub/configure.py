@@ -20,6 +20,7 @@ from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable
 from .profiles import load_profiles
 from .settings import ConfigError, Settings, read_secret_file
+from .subdomains import configure_subdomains
 
 OPERATOR_SERVICE = "gpuhub-operator"
 # The GPU monitor (its own container, a hub service) and the hub's identity towards it.
@@ -66,9 +67,12 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     # Restarting the hub must not stop anyone's server: they are picked up again.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
+    # every user server on a host of its own (GPUHUB_USER_SUBDOMAINS)
+    configure_subdomains(c, settings)
 
     # --- proxy: Traefik, driven through its file provider on a shared volume -------------
-    c.JupyterHub.proxy_class = "traefik_file"
+    # traefik_file, keeping service routes whose spec changed (gpuhub.proxy)
+    c.JupyterHub.proxy_class = "gpuhub.proxy.TraefikFileProxy"
     c.TraefikFileProviderProxy.should_start = False
     c.TraefikFileProviderProxy.dynamic_config_file = settings.traefik_rules_file
     c.TraefikFileProviderProxy.traefik_api_url = settings.proxy_api_url

@@ -15,6 +15,7 @@ from pathlib import Path
 from .profiles import load_profiles
 from .secrets import ensure_secret, read_secret
 from .settings import ConfigError, load_settings
+from .subdomains import certificate_names
 from .tls import needs_certificate, write_localhost_certificate
 
 POSTGRES_UID = 999  # the uid of `postgres` in the official image (and in our stand-in)
@@ -56,8 +57,8 @@ def main(environ=os.environ) -> int:
     write_pgpass(settings)
 
     certs = Path(settings.certs_dir)
-    if needs_certificate(certs / "local.crt"):
-        hostnames = tuple(dict.fromkeys((settings.public_host, "localhost")))
+    hostnames = certificate_names(settings)
+    if needs_certificate(certs / "local.crt", names=hostnames):
         write_localhost_certificate(certs, secrets / "local-ca.key", hostnames)
         print(f"gpuhub init: wrote a certificate for {', '.join(hostnames)} signed by {certs}/local-ca.crt")
 

@@ -217,6 +217,8 @@ class Settings:
     cull_idle_seconds: int = 0  # jupyterhub-idle-culler's --timeout; 0: not run
     # labels every user container (org.gpuhub.deployment): the GPU monitor counts only its own
     deployment: str = "gpuhub"
+    # every user server on a host of its own (gpuhub.subdomains)
+    user_subdomains: bool = False
 
     @property
     def demo(self) -> bool:
@@ -304,6 +306,30 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
     return OAuthSettings(client_id=client_id, client_secret=client_secret, **extra)  # type: ignore[arg-type]
 
 
+def _user_subdomains(environ: Mapping[str, str]) -> bool:
+    """GPUHUB_USER_SUBDOMAINS: on by default without DOMAIN (every *.localhost name is the
+    loopback address in browsers, and the local CA signs the wildcard), off by default with one
+    (a wildcard DNS record and a DNS-01 certificate are the operator's to set up)."""
+    domain = _clean(environ, "DOMAIN")
+    if not _bool(environ, "GPUHUB_USER_SUBDOMAINS", default=not domain):
+        return False
+    if domain:
+        try:
+            ipaddress.ip_address(domain)
+        except ValueError:
+            pass
+        else:
+            raise ConfigError("GPUHUB_USER_SUBDOMAINS", f"is on, but DOMAIN={domain} is an IP address, which "
+                              "has no subdomains: set DOMAIN to a DNS name with a wildcard record "
+                              "(*.<name>), or GPUHUB_USER_SUBDOMAINS=false")
+        if not _clean(environ, "ACME_DNS_PROVIDER"):
+            raise ConfigError("GPUHUB_USER_SUBDOMAINS", f"is on, which needs a certificate for *.{domain}, and "
+                              "Let's Encrypt issues wildcards only over the DNS-01 challenge, not HTTP-01: "
+                              "set ACME_DNS_PROVIDER and its credentials (README, 'Per-user subdomains'), "
+                              "or GPUHUB_USER_SUBDOMAINS=false")
+    return True
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the hub's settings; raise ConfigError on the first problem."""
     if environ is None:
@@ -378,4 +404,5 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         policy_file=_clean(environ, "GPUHUB_POLICY_FILE") or Settings.policy_file,
         cull_idle_seconds=_seconds(environ, "GPUHUB_CULL_IDLE_SECONDS"),
         deployment=_deployment(environ),
+        user_subdomains=_user_subdomains(environ),
     )

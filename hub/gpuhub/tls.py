@@ -1,7 +1,8 @@
 """The locally generated certificate Traefik serves when no Let's Encrypt domain is set.
 
 A small local certificate authority (10 years, kept; its key among the hub's secrets) signs the server certificate (for the
-hub's host name, `localhost` and the loopback addresses; one year, renewed by the init step
+hub's host name, `localhost`, the wildcard over user hosts when they have subdomains, and the
+loopback addresses; one year, renewed by the init step
 when fewer than 30 days remain). Trusting `local-ca.crt` once, in a browser or with
 `curl --cacert`, makes every renewed certificate verify, as with mkcert.
 """
@@ -27,11 +28,20 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def needs_certificate(cert_path: Path, now: dt.datetime | None = None) -> bool:
+def needs_certificate(cert_path: Path, now: dt.datetime | None = None, names: tuple[str, ...] = ()) -> bool:
+    """Whether to (re)write the certificate: missing, due for renewal, or not naming every one
+    of `names` (e.g. after DOMAIN or GPUHUB_USER_SUBDOMAINS changed)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (FileNotFoundError, ValueError):
         return True
+    if names:
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            return True
+        if not set(names) <= set(san.get_values_for_type(x509.DNSName)):
+            return True
     return cert.not_valid_after_utc - (now or _now()) < RENEW_BEFORE
 
 

@@ -219,6 +219,12 @@ REFUSED_CONFIG = {
     "domain without acme e-mail": (
         "proxy", {"DOMAIN": "hub.example.org"},
         "gpuhub proxy: configuration error: ACME_EMAIL: is required with DOMAIN=hub.example.org"),
+    "per-user subdomains with Let's Encrypt over HTTP-01": (
+        "init", {"DOMAIN": "hub.example.org", "ACME_EMAIL": "ops@example.org", "GPUHUB_USER_SUBDOMAINS": "true"},
+        "gpuhub: configuration error: GPUHUB_USER_SUBDOMAINS: is on, which needs a certificate for *.hub.example.org"),
+    "per-user subdomains under an IP address": (
+        "init", {"DOMAIN": "192.0.2.7", "GPUHUB_USER_SUBDOMAINS": "true", "ACME_DNS_PROVIDER": "cloudflare"},
+        "gpuhub: configuration error: GPUHUB_USER_SUBDOMAINS: is on, but DOMAIN=192.0.2.7 is an IP address"),
 }
 
 

@@ -20,7 +20,7 @@ def configured(environ) -> Config:
 def test_hub_keeps_servers_and_uses_traefik_and_postgres(environ):
     c = configured(environ)
     assert c.JupyterHub.cleanup_servers is False
-    assert c.JupyterHub.proxy_class == "traefik_file"
+    assert c.JupyterHub.proxy_class == "gpuhub.proxy.TraefikFileProxy"  # traefik_file, gpuhub.proxy
     assert c.TraefikFileProviderProxy.should_start is False
     assert c.TraefikFileProviderProxy.traefik_api_password == "ab" * 32
     assert c.JupyterHub.db_url.startswith("postgresql+psycopg2://jupyterhub@db:5432/jupyterhub?passfile=")
