@@ -8,10 +8,12 @@ module (tests/docker/test_subdomains.py)."""
 import re
 
 import pytest
-from playwright.sync_api import Page, expect
 
-from ..docker.test_subdomains import subdomains  # noqa: F401 - the module's fixture
-from .test_login import HUB, SERVER_START_MS, log_in_at_provider
+pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
+from playwright.sync_api import Page, expect  # noqa: E402
+
+from ..docker.test_subdomains import subdomains  # noqa: E402,F401 - the module's fixture
+from .test_login import HUB, SERVER_START_MS, log_in_at_provider  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
