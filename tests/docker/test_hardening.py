@@ -699,6 +699,18 @@ def test_restarting_the_monitor_during_a_burst_of_spawns_gives_no_device_twice_a
     assert allocations(stack) == []
 
 
+def write_pebble_config(directory, hostname: str) -> None:
+    """pebble's configuration and TLS certificate (for `hostname`, from a CA of its own) in
+    `directory`, which the pebble service mounts at /pebble, readable by its user."""
+    write_localhost_certificate(directory, directory / "ca.key", (hostname,))
+    (directory / "config.json").write_text(json.dumps({"pebble": {
+        "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
+        "certificate": "/pebble/local.crt", "privateKey": "/pebble/local.key",
+        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+    for f in directory.iterdir():
+        f.chmod(0o644)
+
+
 @pytest.mark.security
 def test_lets_encrypt_path_obtains_a_certificate_from_a_local_acme_server(stack):
     """Traefik's ACME configuration (DOMAIN, ACME_EMAIL, ACME_CA_SERVER) for real: pebble, Let's
@@ -706,13 +718,7 @@ def test_lets_encrypt_path_obtains_a_certificate_from_a_local_acme_server(stack)
     answers on port 80, and Traefik serves it for the domain."""
     pebble = stack.workdir / "pebble"
     pebble.mkdir(exist_ok=True)
-    write_localhost_certificate(pebble, pebble / "ca.key", ("pebble",))
-    (pebble / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
-        "certificate": "/pebble/local.crt", "privateKey": "/pebble/local.key",
-        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-    for f in pebble.iterdir():
-        f.chmod(0o644)
+    write_pebble_config(pebble, "pebble")
     env = {"GPUHUB_TEST_PEBBLE_DIR": str(pebble)}
     stack.compose("--profile", "acme", "up", "-d", "--build", "pebble", env=env, timeout=600)
 

@@ -12,7 +12,6 @@ are recreated) and off again at the end. `*.localhost` names resolve to 127.0.0.
 from __future__ import annotations
 
 import http.cookiejar
-import json
 import re
 import secrets
 import socket
@@ -24,9 +23,9 @@ import pytest
 import requests
 from cryptography import x509
 
-from gpuhub.tls import write_localhost_certificate
 
 from ..stack import wait_for
+from .test_hardening import write_pebble_config
 from .test_policy import recreated
 
 pytestmark = pytest.mark.docker
@@ -106,13 +105,7 @@ def test_lets_encrypt_over_dns01_issues_one_wildcard_certificate_for_the_user_ho
     pebble = stack.workdir / "pebble-dns"
     secrets_dir = pebble / "acme-dns"
     secrets_dir.mkdir(parents=True, exist_ok=True)
-    write_localhost_certificate(pebble, pebble / "ca.key", ("pebble-dns",))
-    (pebble / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
-        "certificate": "/pebble/local.crt", "privateKey": "/pebble/local.key",
-        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-    for f in pebble.iterdir():
-        f.chmod(0o644)
+    write_pebble_config(pebble, "pebble-dns")
     password = secrets_dir / "httpreq_password"
     password.write_text(secrets.token_hex(16))
     password.chmod(0o600)
