@@ -287,14 +287,18 @@ def test_a_user_server_cannot_allocate_or_reach_the_monitor_directly(stack):
     assert allocations(stack) == []
 
 
+# The service's process is `python3 -m gpu_monitor` (under tini, whose command line ends with the
+# same words; this program's own names the module too, as a string).
 MONITOR_MEMORY = (
-    "import glob\n"
+    "import glob, os\n"
     "for status in glob.glob('/proc/[0-9]*/status'):\n"
+    "    if status == f'/proc/{os.getpid()}/status':\n"
+    "        continue\n"
     "    try:\n"
     "        cmd = open(status.replace('status', 'cmdline'), 'rb').read()\n"
     "    except OSError:\n"
     "        continue\n"
-    "    if b'gpu_monitor' in cmd:\n"
+    "    if cmd.startswith(b'python3\\x00-m\\x00gpu_monitor'):\n"
     "        fields = dict(l.split(':', 1) for l in open(status).read().splitlines() if ':' in l)\n"
     "        print(int(fields['VmRSS'].split()[0]), int(fields['VmHWM'].split()[0]))\n"
 )
@@ -330,7 +334,9 @@ def test_a_flood_of_large_unauthenticated_bodies_does_not_take_the_monitor_down(
     print(f"\n50 x 8 MiB unauthenticated POSTs: {counts} in {took:.1f} s; monitor RSS {rss_before / 1024:.0f} MiB "
           f"before, peak {peak / 1024:.0f} MiB since start")
     assert health.status_code == 200, health.text
-    assert set(answers) <= {413, 502, "ConnectionError"}, counts
+    # a refusal sent while the client is still uploading ends in a reset connection, which requests
+    # reports as ConnectionError or, inside TLS, SSLError: the connection dropped, not a crash
+    assert set(answers) <= {413, 502, "ConnectionError", "SSLError"}, counts
     assert answers.count(413) >= 1, counts
     assert peak - rss_before < 64 * 1024, (rss_before, peak)  # 50 buffered bodies would be 400 MiB
     assert monitor(stack, "GET", "api/devices").status_code == 200
