@@ -22,6 +22,7 @@ from gpu_monitor.devices import Device
 from gpu_monitor.store import MIGRATIONS, SCHEMA, AllocationStore
 
 from ..stack import wait_for
+from ..aio import run_async
 
 pytestmark = pytest.mark.docker
 
@@ -393,7 +394,7 @@ def test_a_batch_with_one_value_postgresql_refuses_still_answers_the_others(stor
         return await asyncio.gather(*(batcher.submit(request(u)) for u in ("alice", "mallory\x00", "bob")),
                                     return_exceptions=True)
 
-    alice, mallory, bob = asyncio.run(burst())
+    alice, mallory, bob = run_async(burst())
     assert isinstance(alice, Granted) and isinstance(bob, Granted), (alice, bob)
     assert isinstance(mallory, Exception) and "NUL" in str(mallory)
     assert sorted(a.user for a in store.list()) == ["alice", "bob"]

@@ -20,6 +20,7 @@ from gpu_monitor.idle import IdleReclaimer
 from gpu_monitor.policy import IdleReclaim
 from gpu_monitor.sampler import DeviceState
 from gpu_monitor.settings import SettingError
+from ..aio import run_async
 
 WITHOUT = ["list:users", "read:servers", "access:services!service=gpu-monitor"]
 WITH = WITHOUT + ["servers", "delete:servers"]
@@ -43,14 +44,14 @@ async def _with_hub(scopes, fn):
 
 def test_the_monitor_refuses_to_start_beside_a_hub_that_did_not_grant_the_scope():
     with pytest.raises(SettingError) as info:
-        asyncio.run(_with_hub(WITHOUT, lambda url: check_reclaim_scope(url, "t" * 40)))
+        run_async(_with_hub(WITHOUT, lambda url: check_reclaim_scope(url, "t" * 40)))
     message = str(info.value)
     assert message.startswith("GPUHUB_POLICY: idle_reclaim is enabled")
     assert "docker compose restart hub gpu-monitor" in message and "\n" not in message
 
 
 def test_it_starts_when_the_hub_granted_the_scope():
-    _, asked = asyncio.run(_with_hub(WITH, lambda url: check_reclaim_scope(url, "t" * 40)))
+    _, asked = run_async(_with_hub(WITH, lambda url: check_reclaim_scope(url, "t" * 40)))
     assert asked == ["token " + "t" * 40]
 
 
@@ -58,7 +59,7 @@ def test_it_starts_when_the_hub_does_not_answer_yet():
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    asyncio.run(check_reclaim_scope(f"http://127.0.0.1:{port}/hub/api", "t" * 40))
+    run_async(check_reclaim_scope(f"http://127.0.0.1:{port}/hub/api", "t" * 40))
 
 
 def _idle_monitor():
@@ -84,6 +85,6 @@ def test_notices_only_while_the_hub_confirms_the_scope(scopes, noticed):
         await reclaimer.once()
         return reclaimer
 
-    reclaimer, _ = asyncio.run(_with_hub(scopes, check))
+    reclaimer, _ = run_async(_with_hub(scopes, check))
     assert bool(reclaimer.notices) is noticed
     assert reclaimer.may_stop is noticed

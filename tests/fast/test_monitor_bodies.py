@@ -13,6 +13,7 @@ import pytest
 from tornado import web
 
 from gpu_monitor.app import MAX_BUFFER_BYTES, MAX_READ_BYTES, AllocationsHandler
+from ..aio import run_async
 
 
 class SpyHubAuth:
@@ -67,7 +68,7 @@ async def _serve(fn):
 def test_an_8_mib_body_is_refused_413_without_reading_it_or_asking_the_hub():
     size = 8 * 1024 * 1024
     head = f"POST /api/allocations HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n".encode()
-    line, sent, took = asyncio.run(_serve(lambda port: _exchange(port, head, size)))
+    line, sent, took = run_async(_serve(lambda port: _exchange(port, head, size)))
     assert line == b"HTTP/1.1 413 the body is 8388608 bytes; at most 4096 are accepted"
     assert SpyAllocationsHandler.spy.asked == 0
     assert sent < size  # the server closed the connection instead of taking it all
@@ -92,7 +93,7 @@ def test_a_chunked_body_is_capped_too():
             except OSError:
                 return b"closed"
 
-    answer = asyncio.run(_serve(send))
+    answer = run_async(_serve(send))
     # past the server's 64 KiB read limit tornado stops reading (400 "chunked body too large"
     # or a closed connection); nothing beyond the limit is buffered
     assert answer == b"closed" or answer.startswith((b"HTTP/1.1 413", b"HTTP/1.1 400")), answer
@@ -102,7 +103,7 @@ def test_a_chunked_body_is_capped_too():
 def test_a_small_body_goes_on_to_authentication():
     body = b'{"user": "a", "count": 1}'
     head = f"POST /api/allocations HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
-    line, _, _ = asyncio.run(_serve(lambda port: _exchange(port, head, 0)))
+    line, _, _ = run_async(_serve(lambda port: _exchange(port, head, 0)))
     assert line.startswith(b"HTTP/1.1 401")
     assert SpyAllocationsHandler.spy.asked == 1
 
@@ -110,7 +111,7 @@ def test_a_small_body_goes_on_to_authentication():
 @pytest.mark.parametrize("length", ["4097", "-1", "abc"])
 def test_a_content_length_over_the_cap_or_not_a_number_is_413(length):
     head = f"POST /api/allocations HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode()
-    line, _, _ = asyncio.run(_serve(lambda port: _exchange(port, head, 0)))
+    line, _, _ = run_async(_serve(lambda port: _exchange(port, head, 0)))
     # tornado itself refuses a malformed Content-Length (400) before any handler runs
     assert line.startswith(b"HTTP/1.1 413") or line.startswith(b"HTTP/1.1 400"), line
     assert SpyAllocationsHandler.spy.asked == 0

@@ -16,6 +16,7 @@ from tornado.httpclient import AsyncHTTPClient
 from gpu_monitor.allocator import Policy
 from gpu_monitor.app import HealthHandler, HostInfo, Monitor
 from gpu_monitor.store import DatabaseHealth
+from ..aio import run_async
 
 
 class StoreWithHealth:
@@ -46,20 +47,20 @@ async def _get(store, busy_since=None) -> tuple[int, dict, float]:
 
 
 def test_healthy_when_the_database_answers():
-    code, body, _ = asyncio.run(_get(StoreWithHealth()))
+    code, body, _ = run_async(_get(StoreWithHealth()))
     assert (code, body) == (200, {"status": "ok"})
 
 
 def test_503_with_the_stores_sentence_when_it_is_unhappy():
     sentence = "database busy: PostgreSQL session 42 (psql, idle in transaction) has held the allocation lock"
-    code, body, _ = asyncio.run(_get(StoreWithHealth(DatabaseHealth(False, sentence))))
+    code, body, _ = run_async(_get(StoreWithHealth(DatabaseHealth(False, sentence))))
     assert code == 503 and body["message"] == sentence
 
 
 def test_503_within_a_few_seconds_when_the_database_hangs():
     store = StoreWithHealth(hang=30)
     try:
-        code, body, took = asyncio.run(_get(store))
+        code, body, took = run_async(_get(store))
     finally:
         store.released.set()
     assert code == 503 and "does not answer within" in body["message"]
@@ -67,7 +68,7 @@ def test_503_within_a_few_seconds_when_the_database_hangs():
 
 
 def test_503_while_allocations_time_out_on_the_lock():
-    code, body, _ = asyncio.run(_get(StoreWithHealth(), busy_since=time.time() - 30))
+    code, body, _ = run_async(_get(StoreWithHealth(), busy_since=time.time() - 30))
     assert code == 503 and body["message"].startswith("database busy")
 
 
@@ -93,5 +94,5 @@ def test_a_lock_timeout_is_a_503_database_busy(sqlstate, words):
         finally:
             server.stop()
 
-    r = asyncio.run(go())
+    r = run_async(go())
     assert r.code == 503 and words in json.loads(r.body)["message"]

@@ -12,6 +12,7 @@ from gpu_monitor.allocator import AllocationRequest
 from gpu_monitor.app import MAX_BODY_BYTES, BadRequest, parse_allocation_request
 from gpu_monitor.reconciler import container_view
 from gpu_monitor.settings import SettingError, load_settings
+from ..aio import run_async
 
 GOOD = {
     "full": ({"user": "ada", "server": "big", "profile": "cuda", "count": 2},
@@ -285,7 +286,7 @@ def test_one_failing_request_does_not_fail_the_others_of_its_batch():
         return await asyncio.gather(*(batcher.submit(AllocationRequest(u, "", "", 1)) for u in ("a", "b\x00", "c")),
                                     return_exceptions=True)
 
-    a, bad, c = asyncio.run(burst())
+    a, bad, c = run_async(burst())
     assert isinstance(a, Granted) and isinstance(c, Granted)
     assert isinstance(bad, ValueError)
     assert store.batches[0] == ["a", "b\x00", "c"]  # one batch first, then each alone
@@ -303,5 +304,5 @@ def test_a_database_outage_fails_the_batch_at_once_without_retrying_each():
         return await asyncio.gather(*(batcher.submit(AllocationRequest(u, "", "", 1)) for u in "abc"),
                                     return_exceptions=True)
 
-    assert all(isinstance(r, OperationalError) for r in asyncio.run(burst()))
+    assert all(isinstance(r, OperationalError) for r in run_async(burst()))
     assert store.calls == 1

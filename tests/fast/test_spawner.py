@@ -12,6 +12,7 @@ from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
 
 from ..fakes.docker_api import ObedientDocker
+from ..aio import run_async
 
 PROFILES = parse_profiles({
     "profiles": [
@@ -20,13 +21,6 @@ PROFILES = parse_profiles({
         {"name": "cuda", "display_name": "CUDA", "image": "gpuhub/cuda", "gpus": [0, 1, 2]},
     ]
 })
-
-
-def run_async(coroutine):
-    """Run a coroutine to its end on a loop of its own (in a thread: the browser tier's
-    Playwright keeps an event loop running in the main thread of the same pytest process)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 @pytest.fixture

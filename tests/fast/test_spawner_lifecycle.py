@@ -23,6 +23,7 @@ from gpuhub.spawner import GPUDockerSpawner
 from ..fakes.docker_api import (ImageNotPulledDocker, ObedientDocker, SlowStartDocker,
                                 StuckContainerDocker)
 from ..fakes.monitor_api import NVML_HOST, AllocationTimeoutMonitor, FakeMonitor
+from ..aio import run_async
 
 PROFILES = parse_profiles({
     "profiles": [
@@ -31,13 +32,6 @@ PROFILES = parse_profiles({
     ]
 })
 DEPLOYMENT = "gpuhub-lifecycle-test"
-
-
-def run_async(coroutine):
-    """Run a coroutine to its end on a loop of its own (in a thread: the browser tier's
-    Playwright keeps an event loop running in the main thread of the same pytest process)."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 def spawner_on(docker_api, monitor_url: str = "", user: str = "alice", **traits) -> GPUDockerSpawner:
