@@ -108,6 +108,7 @@ async def serve(settings: Settings) -> None:
         oauth_redirect_uri=f"{prefix}oauth_callback",
         access_scopes={f"access:services!service={SERVICE_NAME}"},
         cache_max_age=300,  # as JupyterHub's own default; refusals: MonitorHubOAuth
+        cookie_host_prefix_enabled=settings.user_subdomains,
     )
     app = make_app(monitor, hub_auth, prefix, cookie_secret=os.urandom(32))
     server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES,

@@ -378,7 +378,32 @@ class MonitorHubOAuth(HubOAuth):
         return data
 
 
-class JSONErrorHandler(web.RequestHandler):
+class PathOnlyLog(web.RequestHandler):
+    """Logs a request by method and path, never its query string: OAuth codes reach
+    `oauth_callback?code=...`, and a browser may send `?token=`. Tornado's access log and its
+    log of a refusal (an HTTPError with a log message) both use `_request_summary()`, which is the
+    full URI; an uncaught exception adds the request's repr, which holds it too."""
+
+    def _request_summary(self) -> str:
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, web.HTTPError):
+            super().log_exception(typ, value, tb)
+        else:
+            logging.getLogger("tornado.application").error(
+                "Uncaught exception %s", self._request_summary(), exc_info=(typ, value, tb))
+
+
+class OAuthCallbackHandler(PathOnlyLog, HubOAuthCallbackHandler):
+    pass
+
+
+class StaticHandler(PathOnlyLog, web.StaticFileHandler):
+    pass
+
+
+class JSONErrorHandler(PathOnlyLog):
     """Every error as JSON with a sentence: a wrong method, an unknown path, a bad request."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
@@ -691,8 +716,8 @@ def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: b
             (rf"{p}/api/history", HistoryHandler),
             (rf"{p}/api/accounting", AccountingHandler),
             (rf"{p}/metrics", MetricsHandler),
-            (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
-            (rf"{p}/static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
+            (rf"{p}/oauth_callback", OAuthCallbackHandler),
+            (rf"{p}/static/(.*)", StaticHandler, {"path": str(STATIC)}),
             (rf"{p}/?", DashboardHandler),
         ],
         monitor=monitor,

@@ -47,6 +47,10 @@ class Settings:
     # which stack's containers this monitor looks after (label org.gpuhub.deployment): two
     # stacks on one Docker daemon must never reconcile each other's containers
     deployment: str = "gpuhub"
+    # the hub serves each user's server on a subdomain (GPUHUB_USER_SUBDOMAINS, validated by the
+    # hub): this service's login cookie is then `__Host-` prefixed, as the hub's own, so that a
+    # user's server cannot toss a cookie for the parent domain that the dashboard would read
+    user_subdomains: bool = False
 
     def read_api_token(self) -> str:
         return _read_file("GPUHUB_MONITOR_TOKEN_FILE", self.api_token_file, min_length=32)
@@ -107,7 +111,19 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         db_password_file=_get(environ, "GPUHUB_DB_PASSWORD_FILE") or defaults.db_password_file,
         docker_url=_get(environ, "GPUHUB_MONITOR_DOCKER_URL") or defaults.docker_url,
         deployment=_deployment(environ),
+        user_subdomains=_switch(environ, "GPUHUB_USER_SUBDOMAINS"),
     )
+
+
+SWITCH = {"": False, "0": False, "false": False, "no": False, "off": False,
+          "1": True, "true": True, "yes": True, "on": True}
+
+
+def _switch(environ: Mapping[str, str], name: str) -> bool:
+    raw = _get(environ, name).lower()
+    if raw not in SWITCH:
+        raise SettingError(name, f"expected true or false, got {raw!r}")
+    return SWITCH[raw]
 
 
 def _deployment(environ: Mapping[str, str]) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable
+from .logs import LOGGING_CONFIG
 from .profiles import load_profiles
 from .settings import ConfigError, Settings, read_secret_file
 from .subdomains import configure_subdomains
@@ -67,6 +68,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     # Restarting the hub must not stop anyone's server: they are picked up again.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
+    # no query string (OAuth codes, ?token=) in the hub's log (gpuhub.logs)
+    c.JupyterHub.logging_config = LOGGING_CONFIG
     # every user server on a host of its own (GPUHUB_USER_SUBDOMAINS)
     configure_subdomains(c, settings)
 

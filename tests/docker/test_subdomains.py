@@ -219,6 +219,10 @@ def test_the_hubs_login_cookie_stays_on_its_host_and_jupyterlab_logs_in_on_its_o
         devices = wait_for(lambda: (r := s.get(f"{HUB}/services/gpu-monitor/api/devices", timeout=30)).ok and r,
                            30, what="the monitor's devices with the dashboard's cookie")
         assert devices.json(), devices.text
+        # the dashboard's login cookie is __Host- too: a user's host cannot toss one for it
+        hosts = {(c.name, c.domain.removesuffix(".local"), c.path) for c in s.cookies}
+        assert ("__Host-service-gpu-monitor", "localhost", "/") in hosts, hosts
+        assert not [c for c in s.cookies if c.name == "service-gpu-monitor"], hosts
         print(f"\nsubdomains: hub cookies {[c.split(';')[0].split('=')[0] for c in hub_cookies]}; "
               f"JupyterLab at {lab.url} on its own cookie; dashboard {dashboard.status_code}")
 

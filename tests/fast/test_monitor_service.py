@@ -184,6 +184,9 @@ def test_settings_defaults_and_values():
     s = load_settings({"GPUHUB_MONITOR_BACKEND": "cpu-slices", "GPUHUB_CPU_SLICES": "4",
                        "GPUHUB_POLICY_FILE": "/etc/p.yaml", "GPUHUB_MONITOR_FLUSH_SECONDS": "2.5"})
     assert (s.backend, s.cpu_slices, s.policy_file, s.flush_seconds) == ("cpu-slices", 4, "/etc/p.yaml", 2.5)
+    assert not s.user_subdomains
+    assert load_settings({"GPUHUB_USER_SUBDOMAINS": " Yes "}).user_subdomains
+    assert not load_settings({"GPUHUB_USER_SUBDOMAINS": "off"}).user_subdomains
 
 
 BAD_SETTINGS = {
@@ -192,6 +195,7 @@ BAD_SETTINGS = {
     "slices text": ({"GPUHUB_CPU_SLICES": "two"}, "GPUHUB_CPU_SLICES: expected a whole number"),
     "interval": ({"GPUHUB_MONITOR_RECONCILE_SECONDS": "0"}, "GPUHUB_MONITOR_RECONCILE_SECONDS: must be at least 1"),
     "flush": ({"GPUHUB_MONITOR_FLUSH_SECONDS": "0.5"}, "GPUHUB_MONITOR_FLUSH_SECONDS: must be at least 1"),
+    "subdomains": ({"GPUHUB_USER_SUBDOMAINS": "maybe"}, "GPUHUB_USER_SUBDOMAINS: expected true or false, got 'maybe'"),
 }
 
 
