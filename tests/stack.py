@@ -14,12 +14,14 @@ import json
 import os
 import secrets
 import shutil
+import string
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import escapism  # DockerSpawner's own dependency
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -29,7 +31,7 @@ USER_NETWORK = "gpuhub-test-users"
 USERS_SUBNET = "10.213.224.0/20"
 # The provider knows alice, bob and mallory; only alice and bob may log in. carol is made
 # through the API only.
-TEST_USERS = ("alice", "bob", "mallory", "carol")
+TEST_USERS = ("alice", "bob", "mallory", "carol", "dave")
 ARTIFACTS = ROOT / "test-artifacts"
 
 TEST_ENV = {
@@ -112,6 +114,14 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
     raise TimeoutError(f"{what} not reached within {timeout:.0f}s (last error: {last_error!r})")
 
 
+def remove_home(user: str) -> None:
+    """Removes the home volume the spawner made for `user`, whose name DockerSpawner's default
+    `escape` makes: lower-case letters and digits kept, all else as -XX ("burst-0" ->
+    gpuhub-home-burst-2d0)."""
+    safe = escapism.escape(user, set(string.ascii_lowercase + string.digits), escape_char="-").lower()
+    subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{safe}"], capture_output=True)
+
+
 @dataclass
 class Stack:
     workdir: Path
@@ -144,7 +154,7 @@ class Stack:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True)
         self.compose("down", "-v", "--remove-orphans", check=False)
         for user in TEST_USERS:
-            subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
+            remove_home(user)
 
     def user_containers(self) -> list[str]:
         out = subprocess.run(["docker", "ps", "-a", "--filter", "label=org.gpuhub.user",

@@ -7,7 +7,6 @@ created (never from the command line), and the operator token from a file the op
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -158,7 +157,7 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.Spawner.default_url = "/lab"
     # A burst of logins: servers start a few at a time (each then answers in seconds instead of
     # all of them late), so the queue's wait is part of start_timeout (bench/login_burst.py).
-    c.GPUDockerSpawner.start_concurrency = 2 * (os.cpu_count() or 1)
+    c.GPUDockerSpawner.start_concurrency = settings.start_concurrency
     c.Spawner.start_timeout = 300
     c.Spawner.http_timeout = 60
 

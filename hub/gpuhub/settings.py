@@ -93,11 +93,15 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
 
 
 def _seconds(environ: Mapping[str, str], name: str) -> int:
+    return _count(environ, name, 0, "a whole number of seconds (0: off)")
+
+
+def _count(environ: Mapping[str, str], name: str, default: int, what: str = "a whole number") -> int:
     value = _clean(environ, name)
     if not value:
-        return 0
+        return default
     if not _whole_number(value):
-        raise ConfigError(name, f"expected a whole number of seconds (0: off), got {value!r}")
+        raise ConfigError(name, f"expected {what}, got {value!r}")
     return int(value)
 
 
@@ -215,6 +219,8 @@ class Settings:
     monitor_secrets_dir: str = "/srv/gpuhub/monitor-secrets"
     policy_file: str = "/srv/gpuhub/config/gpu-policy.yaml"
     cull_idle_seconds: int = 0  # jupyterhub-idle-culler's --timeout; 0: not run
+    # servers starting at once (GPUDockerSpawner.start_concurrency); 0: no limit
+    start_concurrency: int = 2
     # labels every user container (org.gpuhub.deployment): the GPU monitor counts only its own
     deployment: str = "gpuhub"
     # every user server on a host of its own (gpuhub.subdomains)
@@ -403,6 +409,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         monitor_secrets_dir=_clean(environ, "GPUHUB_MONITOR_SECRETS_DIR") or Settings.monitor_secrets_dir,
         policy_file=_clean(environ, "GPUHUB_POLICY_FILE") or Settings.policy_file,
         cull_idle_seconds=_seconds(environ, "GPUHUB_CULL_IDLE_SECONDS"),
+        # two per CPU: measured best for a burst of logins (bench/login_burst.py)
+        start_concurrency=_count(environ, "GPUHUB_START_CONCURRENCY", 2 * (os.cpu_count() or 1),
+                                 "a whole number of servers (0: no limit)"),
         deployment=_deployment(environ),
         user_subdomains=_user_subdomains(environ),
     )

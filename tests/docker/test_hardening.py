@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from gpuhub.tls import write_localhost_certificate
 
-from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, wait_for
+from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, remove_home, wait_for
 from .test_monitor import allocations, monitor, user_token
 from .test_policy import recreated
 
@@ -648,7 +648,7 @@ def test_a_spawn_failure_storm_gives_messages_releases_devices_and_the_hub_stays
         finally:
             for user in users:
                 stack.api("DELETE", f"users/{user}")
-                subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
+                remove_home(user)
 
 
 @pytest.mark.reliability
@@ -698,8 +698,62 @@ def test_restarting_the_monitor_during_a_burst_of_spawns_gives_no_device_twice_a
             if stack.api("GET", f"users/{user}").json().get("servers"):
                 stack.stop_server(user)
             stack.api("DELETE", f"users/{user}")
-            subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
+            remove_home(user)
     assert allocations(stack) == []
+
+
+@pytest.mark.reliability
+def test_a_spawn_waiting_for_its_turn_holds_no_device(stack):
+    """Issue 12.4: a spawn allocated its device and then waited in the start queue, where the
+    reconciler (grace 5 s here) saw an allocation without a container and could free it while
+    the spawn went on to start on it. With one start at a time, two servers without a device
+    are asked for first and two with one device each behind them: while the device servers
+    wait their turn they hold nothing, and at most one allocation (the server in its turn,
+    between allocating and `docker start`) ever lacks a running container."""
+    users = {"turn0": {"profile": "minimal", "gpus": 0}, "turn1": {"profile": "minimal", "gpus": 0},
+             "turn2": {"profile": "opencl", "gpus": 1}, "turn3": {"profile": "opencl", "gpus": 1}}
+    gpu_users = {"turn2", "turn3"}
+    with recreated(stack, ("hub",), {"GPUHUB_START_CONCURRENCY": "1"}):
+        try:
+            for user in users:
+                stack.api("POST", f"users/{user}")
+            threads = [threading.Thread(target=stack.api, args=("POST", f"users/{u}/server"), kwargs={"json": o})
+                       for u, o in users.items()]
+            for t in threads:
+                t.start()
+                time.sleep(0.2)  # in this order
+            without_container, waited_empty = [], set()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                servers = {u: stack.api("GET", f"users/{u}").json()["servers"].get("", {}) for u in users}
+                running = set(subprocess.run(
+                    ["docker", "ps", "--filter", f"label=org.gpuhub.deployment={PROJECT}", "--format",
+                     '{{.Label "org.gpuhub.user"}}'], capture_output=True, text=True, check=True).stdout.split())
+                held = {a["user"] for a in allocations(stack)}
+                without_container.append(sorted(held - running))
+                # a device server waiting in line: pending, no container, no allocation
+                waited_empty |= {u for u in gpu_users if servers[u].get("pending") and u not in running
+                                 and u not in held}
+                if all(s.get("ready") for s in servers.values()):
+                    break
+                time.sleep(0.2)
+            for t in threads:
+                t.join(60)
+            assert all(stack.api("GET", f"users/{u}").json()["servers"].get("", {}).get("ready") for u in users)
+            assert waited_empty, "no device server was seen waiting its turn: the queue did not form"
+            assert max(len(w) for w in without_container) <= 1, [w for w in without_container if len(w) > 1][:3]
+            # and reconciliation took nothing: each device server holds its own device
+            held = {a["user"]: [d["uuid"] for d in a["devices"]] for a in allocations(stack)}
+            assert set(held) == gpu_users and held["turn2"] != held["turn3"], held
+            print(f"\nstart queue of 1, 4 spawns: {sorted(waited_empty)} seen waiting without a device; "
+                  f"at most {max(len(w) for w in without_container)} allocation without a running container "
+                  f"over {len(without_container)} samples")
+        finally:
+            for user in users:
+                if stack.api("GET", f"users/{user}").json().get("servers"):
+                    stack.stop_server(user)
+                stack.api("DELETE", f"users/{user}")
+                remove_home(user)
 
 
 def write_pebble_config(directory, hostname: str) -> None:

@@ -241,5 +241,7 @@ def test_servers_start_a_few_at_a_time_and_may_wait_their_turn(environ, monkeypa
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     c = configured(environ)
     assert c.GPUDockerSpawner.start_concurrency == 4
+    assert configured({**environ, "GPUHUB_START_CONCURRENCY": "1"}).GPUDockerSpawner.start_concurrency == 1
+    assert configured({**environ, "GPUHUB_START_CONCURRENCY": "0"}).GPUDockerSpawner.start_concurrency == 0  # no limit
     # the queue's wait counts against start_timeout (bench/login_burst.py: 100 people within 85 s)
     assert c.Spawner.start_timeout >= 300 and c.Spawner.http_timeout == 60

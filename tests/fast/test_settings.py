@@ -71,17 +71,17 @@ def test_bad_settings_are_refused_naming_the_variable(environ, change, variable,
 
 
 # Every numeric setting the hub reads, with a valid value (the monitor's are gpu_monitor/settings.py's).
-NUMERIC = {"GPUHUB_HTTPS_PORT": "8443", "GPUHUB_CULL_IDLE_SECONDS": "600"}
+NUMERIC = {"GPUHUB_HTTPS_PORT": "8443", "GPUHUB_CULL_IDLE_SECONDS": "600", "GPUHUB_START_CONCURRENCY": "4"}
 NOT_A_NUMBER = ("nan", "NaN", "inf", "-inf", "+inf", "Infinity", "1e309", "1e3", "1.5", "-1", "0x10", "²", "١٢", "8443 s")
 
 
 def test_every_numeric_setting_is_in_the_table():
-    """A new `_port`/`_seconds` setting in gpuhub/settings.py joins NUMERIC, and so the table below."""
+    """A new `_port`/`_seconds`/`_count` setting in gpuhub/settings.py joins NUMERIC, and so the table below."""
     import re
     from pathlib import Path
 
     source = (Path(__file__).resolve().parents[2] / "hub" / "gpuhub" / "settings.py").read_text()
-    assert set(re.findall(r'_(?:port|seconds)\(environ, "(\w+)"', source)) == set(NUMERIC)
+    assert set(re.findall(r'_(?:port|seconds|count)\(environ, "(\w+)"', source)) == set(NUMERIC)
 
 
 @pytest.mark.parametrize("variable", NUMERIC)
