@@ -225,7 +225,7 @@ SERVICES = {
     "hub": ("", {"DAC_READ_SEARCH"}),
     "gpu-monitor": ("", {"DAC_READ_SEARCH"}),
     "db": ("", {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"}),
-    "proxy": ("", {"NET_BIND_SERVICE"}),
+    "proxy": ("", {"NET_BIND_SERVICE", "DAC_READ_SEARCH"}),
     "netpolicy": ("", {"NET_ADMIN", "NET_RAW"}),
     "monitor-docker": ("", set()),
     "demo-oidc": ("oidc", set()),
@@ -756,6 +756,13 @@ def test_a_spawn_waiting_for_its_turn_holds_no_device(stack):
                 remove_home(user)
 
 
+def empty_acme_store(stack) -> None:
+    """The proxy removed with its ACME store (the acme volume), so that a certificate another
+    ACME test obtained is not served instead of the one this test orders."""
+    stack.compose("rm", "-sf", "proxy")
+    subprocess.run(["docker", "volume", "rm", f"{stack.project}_acme"], capture_output=True)
+
+
 def write_pebble_config(directory, hostname: str) -> None:
     """pebble's configuration and TLS certificate (for `hostname`, from a CA of its own) in
     `directory`, which the pebble service mounts at /pebble, readable by its user."""
@@ -765,7 +772,8 @@ def write_pebble_config(directory, hostname: str) -> None:
         "certificate": "/pebble/local.crt", "privateKey": "/pebble/local.key",
         "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
     for f in directory.iterdir():
-        f.chmod(0o644)
+        if f.is_file():  # a directory beside them (the DNS-01 test's credentials) keeps its x bit
+            f.chmod(0o644)
 
 
 @pytest.mark.security
@@ -788,6 +796,7 @@ def test_lets_encrypt_path_obtains_a_certificate_from_a_local_acme_server(stack)
 
     acme = {**env, "DOMAIN": "gpuhub.test", "ACME_EMAIL": "ops@gpuhub.test",
             "ACME_CA_SERVER": "https://pebble:14000/dir", "LEGO_CA_CERTIFICATES": "/pebble/local-ca.crt"}
+    empty_acme_store(stack)  # the DNS-01 test's wildcard would be served otherwise
     try:
         with recreated(stack, ("proxy",), acme):
             started = time.monotonic()

@@ -12,6 +12,7 @@ are recreated) and off again at the end. `*.localhost` names resolve to 127.0.0.
 from __future__ import annotations
 
 import http.cookiejar
+import os
 import re
 import secrets
 import socket
@@ -25,7 +26,7 @@ from cryptography import x509
 
 
 from ..stack import wait_for
-from .test_hardening import write_pebble_config
+from .test_hardening import empty_acme_store, write_pebble_config
 from .test_policy import recreated
 
 pytestmark = pytest.mark.docker
@@ -52,14 +53,14 @@ def subdomains(stack):
         mp.setattr(socket, "getaddrinfo", getaddrinfo)
         try:
             stack.compose("run", "--rm", "--no-deps", "-T", "init", env=on)
-            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", env=on)
+            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor", env=on)
             stack.wait_hub()
             yield stack
         finally:
             for user in ("alice",):
                 if stack.api("GET", f"users/{user}").json().get("servers"):
                     stack.stop_server(user)
-            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub")
+            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor")
             stack.wait_hub()
 
 
@@ -96,9 +97,6 @@ def served_certificate(name: str) -> x509.Certificate:
 
 
 @pytest.mark.security
-@pytest.mark.xfail(strict=False, reason="KNOWN DEFECT, open in issue 12: passed on its own branch, but in the "
-                   "merged tree (proxy with cap_drop ALL and a read-only root, issue 12.16) Traefik obtained no "
-                   "certificate from pebble over DNS-01 within 120 s in a full clean-clone run; not yet diagnosed")
 def test_lets_encrypt_over_dns01_issues_one_wildcard_certificate_for_the_user_hosts(stack):
     """DOMAIN with GPUHUB_USER_SUBDOMAINS=true and ACME_DNS_PROVIDER, for real: Traefik orders
     gpuhub.test and *.gpuhub.test from pebble (Let's Encrypt's test server) over DNS-01; its
@@ -111,7 +109,11 @@ def test_lets_encrypt_over_dns01_issues_one_wildcard_certificate_for_the_user_ho
     write_pebble_config(pebble, "pebble-dns")
     password = secrets_dir / "httpreq_password"
     password.write_text(secrets.token_hex(16))
+    # the operator's files, not the proxy's (uid 0 of its container): mode 600 in a 700 directory
     password.chmod(0o600)
+    secrets_dir.chmod(0o700)
+    for path in (secrets_dir, password):
+        os.chown(path, 1000, 1000)
     # the provider's settings as an operator writes them (config/acme-dns.env.example)
     (pebble / "acme-dns.env").write_text(
         "HTTPREQ_ENDPOINT=http://acme-dns-adapter:8080\nHTTPREQ_USERNAME=gpuhub\n"
@@ -123,15 +125,19 @@ def test_lets_encrypt_over_dns01_issues_one_wildcard_certificate_for_the_user_ho
             "ACME_CA_SERVER": "https://pebble-dns:14000/dir", "LEGO_CA_CERTIFICATES": "/pebble/local-ca.crt",
             "ACME_DNS_PROVIDER": "httpreq", "ACME_DNS_ENV": str(pebble / "acme-dns.env"),
             "ACME_DNS_RESOLVERS": "challtestsrv:8053", "ACME_DNS_PROPAGATION_CHECKS": "false"}
-    # an empty ACME store: the HTTP-01 test (test_hardening.py) leaves its gpuhub.test certificate
-    # there, from another pebble, which Traefik would serve until it has the wildcard
-    stack.compose("rm", "-sf", "proxy")
-    subprocess.run(["docker", "volume", "rm", f"{stack.project}_acme"], capture_output=True)
+    # the HTTP-01 test (test_hardening.py) leaves its gpuhub.test certificate, from another
+    # pebble, which Traefik would serve until it has the wildcard
+    empty_acme_store(stack)
     try:
         with recreated(stack, ("proxy",), acme):
             started = time.monotonic()
-            cert = wait_for(lambda: (c := served_certificate("gpuhub.test")) and "Pebble" in c.issuer.rfc4514_string()
-                            and c, 120, interval=1, what="a certificate from pebble over DNS-01 for gpuhub.test")
+            try:
+                cert = wait_for(lambda: (c := served_certificate("gpuhub.test")) and "Pebble" in c.issuer.rfc4514_string()
+                                and c, 120, interval=1, what="a certificate from pebble over DNS-01 for gpuhub.test")
+            except TimeoutError as e:  # what lego said is in the proxy's log
+                proxy = subprocess.run(["docker", "logs", f"{stack.project}-proxy-1"], capture_output=True, text=True)
+                lines = [line for line in (proxy.stdout + proxy.stderr).splitlines() if "RequestPath" not in line]
+                raise AssertionError(f"{e}; the proxy's log:\n" + "\n".join(lines[-30:])) from None
             took = time.monotonic() - started
             names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
                 .get_values_for_type(x509.DNSName)
