@@ -90,7 +90,7 @@ def main() -> int:
         for user in users:
             stack.stop_server(user)
             stack.api("DELETE", f"users/{user}")
-            subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{user}"], capture_output=True)
+            subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{user}"], capture_output=True)
     finally:
         stack.down()
 

@@ -113,7 +113,7 @@ def gpuhub_target(workdir: Path) -> Target:
     ctx = ssl.create_default_context(cafile=stack.cafile)
     return Target(
         name="gpuhub", base_url=stack.base_url, admin_token=stack.token, ssl=ctx, project=stack.project,
-        hub_container=f"{stack.project}-hub-1", volume_of=lambda u: f"gpuhub-home-{u}",
+        hub_container=f"{stack.project}-hub-1", volume_of=lambda u: f"{stack.project}-home-{u}",
         compose=lambda *a, **kw: stack.compose(*a, check=False, **kw),
         logs=lambda: stack.compose("logs", "--no-color", "hub", check=False).stdout,
         down=stack.down,

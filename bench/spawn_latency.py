@@ -363,7 +363,7 @@ def main() -> int:
         for name in args.configs.split(","):
             user = f"sb{name}"  # letters only: DockerSpawner escapes "-" in container names
             targets.append(Target(f"gpuhub {name} ({profiles[name]['gpus']} GPU)", "gpuhub", user, profiles[name],
-                                  gh_session, stack.base_url, stack.api, f"{stack.project}-hub-1", f"gpuhub-{user}",
+                                  gh_session, stack.base_url, stack.api, f"{stack.project}-hub-1", f"{stack.project}-{user}",
                                   f"{stack.project}-gpu-monitor-1"))
         if not args.no_reference:
             log("starting the reference")
@@ -396,11 +396,11 @@ def main() -> int:
         if stack is not None:
             for t in targets:
                 if t.kind == "gpuhub":
-                    subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{t.user}"], capture_output=True)
+                    subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{t.user}"], capture_output=True)
             stack.down()
             for t in targets:
                 if t.kind == "gpuhub":
-                    subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{t.user}"], capture_output=True)
+                    subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{t.user}"], capture_output=True)
         if ref is not None:
             ref.down()
     images = {img: image_id(img) for img in [f"gpuhub/hub:{args.gpuhub_version}"]

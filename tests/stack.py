@@ -115,11 +115,12 @@ def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "cond
 
 
 def remove_home(user: str) -> None:
-    """Removes the home volume the spawner made for `user`, whose name DockerSpawner's default
-    `escape` makes: lower-case letters and digits kept, all else as -XX ("burst-0" ->
-    gpuhub-home-burst-2d0)."""
+    """Removes the home volume the test stack's spawner made for `user`: `<project>-home-<name>`,
+    the name as DockerSpawner's default `escape` makes it: lower-case letters and digits kept,
+    all else as -XX ("burst-0" -> gpuhub-test-home-burst-2d0). A gpuhub on the same daemon
+    (project `gpuhub`) has its own names, which no test touches."""
     safe = escapism.escape(user, set(string.ascii_lowercase + string.digits), escape_char="-").lower()
-    subprocess.run(["docker", "volume", "rm", "-f", f"gpuhub-home-{safe}"], capture_output=True)
+    subprocess.run(["docker", "volume", "rm", "-f", f"{PROJECT}-home-{safe}"], capture_output=True)
 
 
 @dataclass

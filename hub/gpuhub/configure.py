@@ -147,11 +147,14 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
         "GPUHUB_SECRETS_DIR", str(secrets / "gpu_allocator_token"))
     c.DockerSpawner.network_name = settings.user_network
     c.DockerSpawner.use_internal_ip = True
-    c.DockerSpawner.prefix = "gpuhub"
+    # Docker's names for servers and homes carry the deployment's name (GPUHUB_DEPLOYMENT, by
+    # default the Compose project's, `gpuhub`: gpuhub-<user>, gpuhub-home-<user>), so that two
+    # stacks on one daemon (a test stack beside a production hub) never share a container or a home
+    c.DockerSpawner.prefix = settings.deployment
     # A stopped server's container is removed; its home volume stays. Every start therefore
     # gets the current profile's settings instead of an old container's.
     c.DockerSpawner.remove = True
-    c.DockerSpawner.volumes = {"gpuhub-home-{username}": "/home/jovyan"}
+    c.DockerSpawner.volumes = {f"{settings.deployment}-home-{{username}}": "/home/jovyan"}
     c.DockerSpawner.notebook_dir = "/home/jovyan"
     c.DockerSpawner.pull_policy = "ifnotpresent"
     c.Spawner.default_url = "/lab"

@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
 from playwright.sync_api import Page, Request, expect  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+from ..stack import PROJECT  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
@@ -132,7 +133,7 @@ def test_allowed_user_picks_opencl_runs_code_on_pocl_stops_and_logs_out(page: Pa
 
     model = stack.api("GET", f"users/{user}").json()
     assert model["servers"] == {} and model["server"] is None, model
-    assert f"gpuhub-{user}" not in stack.user_containers()
+    assert f"{PROJECT}-{user}" not in stack.user_containers()
     # stopping gave the device back
     r = stack.session().get(f"{HUB}/services/gpu-monitor/api/allocations?user={user}", timeout=30)
     assert r.status_code == 200 and r.json() == {"allocations": []}, r.text
@@ -161,7 +162,7 @@ def test_user_not_allowed_is_refused_and_gets_nothing(page: Page, stack):
     assert user not in [u["name"] for u in stack.api("GET", "users").json()]
     names = subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
                            capture_output=True, text=True, check=True).stdout.split()
-    assert f"gpuhub-{user}" not in names
+    assert f"{PROJECT}-{user}" not in names
 
 
 def test_when_no_device_is_free_the_spawn_page_says_so(page: Page, stack, hub_user):
@@ -186,7 +187,7 @@ def test_when_no_device_is_free_the_spawn_page_says_so(page: Page, stack, hub_us
         expect(page.get_by_text(re.compile(
             r"No GPU for this server: 1 GPU\(s\) requested, 0 free \(2 of 2 in use\)"))).to_be_visible(timeout=60_000)
         assert stack.api("GET", f"users/{user}").json()["servers"] == {}
-        assert f"gpuhub-{user}" not in stack.user_containers()
+        assert f"{PROJECT}-{user}" not in stack.user_containers()
     finally:
         for allocation in holders:
             s.delete(f"{monitor}/{allocation}", timeout=30)

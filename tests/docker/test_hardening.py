@@ -61,8 +61,8 @@ def test_no_secret_in_any_command_line_environment_or_log(stack):
     secrets["operator token"] = stack.token
     assert all(len(value) >= 16 for value in secrets.values()), "a secret could not be read"
     with stack.running_server("carol", {"profile": "opencl", "gpus": 1}):
-        containers = project_containers() + ["gpuhub-carol"]
-        server_token = subprocess.run(["docker", "exec", "gpuhub-carol", "printenv", "JUPYTERHUB_API_TOKEN"],
+        containers = project_containers() + [f"{PROJECT}-carol"]
+        server_token = subprocess.run(["docker", "exec", f"{PROJECT}-carol", "printenv", "JUPYTERHUB_API_TOKEN"],
                                       capture_output=True, text=True, check=True).stdout.strip()
         checked = 0
         for container in containers:
@@ -74,7 +74,7 @@ def test_no_secret_in_any_command_line_environment_or_log(stack):
                 for name, value in secrets.items():
                     assert value not in text, f"{name} appears in {container}'s {what}"
                 # a server's own token is in its own environment (JupyterHub's design), nowhere else
-                if container != "gpuhub-carol" or what != "docker inspect":
+                if container != f"{PROJECT}-carol" or what != "docker inspect":
                     assert server_token not in text, f"carol's server token appears in {container}'s {what}"
                 checked += 1
         print(f"\n{len(secrets) + 1} secrets checked in {checked} places ({len(containers)} containers)")
@@ -298,7 +298,7 @@ def test_metrics_need_authentication(stack):
 @pytest.mark.security
 def test_a_user_server_is_confined_and_cannot_reach_the_proxy_api(stack):
     with stack.running_server("carol", {"profile": "minimal", "gpus": 0}):
-        host = json.loads(subprocess.run(["docker", "inspect", "gpuhub-carol", "--format", "{{json .HostConfig}}"],
+        host = json.loads(subprocess.run(["docker", "inspect", f"{PROJECT}-carol", "--format", "{{json .HostConfig}}"],
                                          capture_output=True, text=True, check=True).stdout)
         # the minimal profile's limits (config/profiles.yaml) and the spawner's hardening
         assert host["Memory"] == 2 * 1024**3
@@ -325,7 +325,7 @@ def test_no_server_can_connect_to_another_users_server(stack):
 
     minimal = {"profile": "minimal", "gpus": 0}
     with stack.running_server("carol", minimal), stack.running_server("dave", minimal):
-        carol, dave = address("gpuhub-carol"), address("gpuhub-dave")
+        carol, dave = address(f"{PROJECT}-carol"), address(f"{PROJECT}-dave")
         assert carol and dave and carol != dave
         # both answer through the proxy: the proxy reaches each (and the hub saw them start)
         for user in ("carol", "dave"):
@@ -541,17 +541,17 @@ def test_odd_usernames_get_safe_distinct_names_and_working_routes(stack):
         containers = [n[0] for n in names.values()]
         assert len(set(containers)) == len(ODD_NAMES), names
         for name in containers:
-            assert name.startswith("gpuhub-") and all(c.isalnum() or c in "-_." for c in name), name
+            assert name.startswith(f"{PROJECT}-") and all(c.isalnum() or c in "-_." for c in name), name
         print(f"\ncontainers: {containers}")
     finally:
         for user in ODD_NAMES:
             if stack.api("GET", f"users/{user}").json().get("servers"):
                 stack.stop_server(user)
             stack.api("DELETE", f"users/{user}")
-        # only the home volumes of the containers this test made (gpuhub-<name> mounts
-        # gpuhub-home-<name>): every other gpuhub-home-* on this daemon may be a person's files
+        # only the home volumes of the containers this test made (<project>-<name> mounts
+        # <project>-home-<name>)
         for container in (n[0] for n in names.values()):
-            volume = "gpuhub-home-" + container.removeprefix("gpuhub-")
+            volume = f"{PROJECT}-home-" + container.removeprefix(f"{PROJECT}-")
             subprocess.run(["docker", "volume", "rm", "-f", volume], capture_output=True)
     assert stack.api("POST", "users/sl%2Fash").status_code >= 400
 
@@ -644,7 +644,7 @@ def test_a_spawn_failure_storm_gives_messages_releases_devices_and_the_hub_stays
             assert all(not stack.api("GET", f"users/{u}").json()["servers"] for u in users)
             wait_for(lambda: allocations(stack) == [], 30, what="every device released")
             assert stack.api("GET", "/").status_code == 200
-            assert not [c for c in stack.user_containers() if c.startswith("gpuhub-storm")]
+            assert not [c for c in stack.user_containers() if c.startswith(f"{PROJECT}-storm")]
         finally:
             for user in users:
                 stack.api("DELETE", f"users/{user}")
@@ -680,7 +680,7 @@ def test_restarting_the_monitor_during_a_burst_of_spawns_gives_no_device_twice_a
         # no device twice: each running server's container holds a device of its own
         held = {}
         for user in running:
-            # DockerSpawner escapes names ("burst-0" -> gpuhub-burst-2d0): find it by its label
+            # DockerSpawner escapes names ("burst-0" -> gpuhub-test-burst-2d0): find it by its label
             container = subprocess.run(["docker", "ps", "-q", "--filter", f"label=org.gpuhub.user={user}"],
                                        capture_output=True, text=True, check=True).stdout.split()
             assert len(container) == 1, (user, container)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ..stack import REACH, wait_for
+from ..stack import PROJECT, REACH, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -93,7 +93,7 @@ def test_each_server_gets_its_own_device_a_third_is_refused_stopping_frees(stack
             assert seen[user]["cpus"] == cpuset_cores(device["cpuset"]), (user, seen[user], device)
             assert seen[user]["units"] == [device["cores"]]
             assert seen[user]["env"] == device["uuid"] and seen[user]["nvidia"] == "void"
-            label = subprocess.run(["docker", "inspect", f"gpuhub-{user}", "--format",
+            label = subprocess.run(["docker", "inspect", f"{PROJECT}-{user}", "--format",
                                     '{{index .Config.Labels "org.gpuhub.allocation"}}'],
                                    capture_output=True, text=True, check=True).stdout.strip()
             assert label == held[user]["id"]
@@ -104,7 +104,7 @@ def test_each_server_gets_its_own_device_a_third_is_refused_stopping_frees(stack
         assert r.status_code == 503, r.text
         assert "1 GPU(s) requested, 0 free (2 of 2 in use)" in r.json()["message"]
         assert not stack.api("GET", "users/carol").json()["servers"]
-        assert "gpuhub-carol" not in stack.user_containers()
+        assert f"{PROJECT}-carol" not in stack.user_containers()
         assert {a["user"] for a in allocations(stack)} == {"alice", "bob"}
 
         stack.stop_server("alice")
@@ -123,7 +123,7 @@ def test_a_container_killed_behind_the_hubs_back_frees_its_device(stack):
     r = stack.start_server("bob", {"profile": "opencl", "gpus": 1})
     assert r.status_code in (201, 202), r.text
     assert len(allocations(stack, "bob")) == 1
-    subprocess.run(["docker", "kill", "gpuhub-bob"], capture_output=True, check=True)
+    subprocess.run(["docker", "kill", f"{PROJECT}-bob"], capture_output=True, check=True)
     killed = time.monotonic()
     # The hub polls its servers every 30 s (Spawner.poll_interval); on finding the container gone
     # it cleans the server up and the spawner's post-stop hook releases. Bound: the poll interval
@@ -131,7 +131,7 @@ def test_a_container_killed_behind_the_hubs_back_frees_its_device(stack):
     wait_for(lambda: not allocations(stack, "bob"), 30 + 3 + 10, interval=0.5, what="bob's device released")
     print(f"\nkilled container -> device free: {time.monotonic() - killed:.1f} s (bound 30 s + 3 s)")
     wait_for(lambda: not stack.api("GET", "users/bob").json()["servers"], 30, what="bob's server stopped")
-    assert "gpuhub-bob" not in stack.user_containers()
+    assert f"{PROJECT}-bob" not in stack.user_containers()
     logs = stack.compose("logs", "--no-color", "hub").stdout
     assert "released bob's allocation" in logs or "released bob" in logs, "the hub did not release"
 
@@ -144,14 +144,14 @@ def test_with_the_hub_down_reconciliation_frees_a_killed_containers_device(stack
         # held while the container runs, hub or no hub (checked before the kill: the allocation is
         # already older than the grace, so a round right after the kill may release it at once)
         assert stored_allocations(stack) == ["bob"]
-        subprocess.run(["docker", "kill", "gpuhub-bob"], capture_output=True, check=True)
+        subprocess.run(["docker", "kill", f"{PROJECT}-bob"], capture_output=True, check=True)
         killed = time.monotonic()
         # the hub cannot be asked: Docker alone decides, after the grace (5 s) and a round (3 s)
         wait_for(lambda: stored_allocations(stack) == [], 5 + 3 + 10, interval=0.5, what="bob's device released")
         print(f"\nhub down: killed container -> device free: {time.monotonic() - killed:.1f} s (bound 8 s)")
         # DockerSpawner creates containers with auto-remove (c.DockerSpawner.remove): none is left
         # to restart later with a stale device request
-        assert "gpuhub-bob" not in stack.user_containers()
+        assert f"{PROJECT}-bob" not in stack.user_containers()
         logs = stack.compose("logs", "--no-color", "gpu-monitor").stdout
         assert "reconcile: released" in logs and "the hub is unreachable" in logs
     finally:
@@ -353,7 +353,7 @@ def test_a_running_container_whose_allocation_was_released_is_adopted_again(stac
     assert r.status_code in (201, 202), r.text
     try:
         (held,) = allocations(stack, "bob")
-        labels = json.loads(subprocess.run(["docker", "inspect", "gpuhub-bob", "--format", "{{json .Config.Labels}}"],
+        labels = json.loads(subprocess.run(["docker", "inspect", f"{PROJECT}-bob", "--format", "{{json .Config.Labels}}"],
                                            capture_output=True, text=True, check=True).stdout)
         assert labels["org.gpuhub.devices"] == held["devices"][0]["uuid"]
         assert labels["org.gpuhub.deployment"] == "gpuhub-test"
@@ -367,7 +367,7 @@ def test_a_running_container_whose_allocation_was_released_is_adopted_again(stac
         (again,) = allocations(stack, "bob")
         assert again["devices"] == held["devices"]
         logs = stack.compose("logs", "--no-color", "gpu-monitor").stdout
-        assert f"reconcile: adopted {held['id']} for gpuhub-bob" in logs
+        assert f"reconcile: adopted {held['id']} for {PROJECT}-bob" in logs
     finally:
         stack.stop_server("bob")
     wait_for(lambda: allocations(stack) == [], 10, what="released")

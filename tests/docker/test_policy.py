@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ..stack import ROOT, wait_for
+from ..stack import PROJECT, ROOT, wait_for
 from .test_monitor import allocations, monitor
 
 pytestmark = pytest.mark.docker
@@ -63,7 +63,7 @@ def test_limits_refuse_with_their_reason_through_the_api_and_the_hub(stack):
             r = stack.start_server("bob", {"profile": "opencl", "gpus": 1})
             assert r.status_code == 503, r.text
             assert "your group 'students' allows 0 per user" in r.json()["message"]
-            assert "gpuhub-bob" not in stack.user_containers()
+            assert f"{PROJECT}-bob" not in stack.user_containers()
         finally:
             stack.api("DELETE", "groups/students")
             release_all(stack)
@@ -146,7 +146,7 @@ def test_an_idle_server_gets_a_notice_then_is_stopped_and_its_device_freed(stack
             wait_for(lambda: not stack.api("GET", "users/carol").json()["servers"], 60, what="carol's server stopped")
             print(f"\nidle reclaim: notice seen, server stopped {time.monotonic() - started:.1f} s later")
             assert allocations(stack, "carol") == []
-            assert "gpuhub-carol" not in stack.user_containers()
+            assert f"{PROJECT}-carol" not in stack.user_containers()
             logs = stack.compose("logs", "--no-color", "gpu-monitor").stdout
             assert "idle reclaim: stopped carol/" in logs
         finally:

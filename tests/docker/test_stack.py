@@ -11,7 +11,7 @@ import threading
 import pytest
 import requests
 
-from ..stack import REACH, ROOT, users_network, wait_for
+from ..stack import PROJECT, REACH, ROOT, users_network, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -91,7 +91,7 @@ def test_bad_spawn_options_are_refused_before_any_container(stack):
         assert r.status_code == 400, (name, r.status_code, r.text)
         assert r.json()["message"], name
         assert not stack.api("GET", "users/bob").json()["servers"], name
-    assert "gpuhub-bob" not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
+    assert f"{PROJECT}-bob" not in subprocess.run(["docker", "ps", "-a", "--format", "{{.Names}}"],
                                               capture_output=True, text=True).stdout
 
 
@@ -105,7 +105,7 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
     assert out.split() == ["jovyan", "void", "42"]
 
     # the container: labelled, hardened, on the users' network only
-    inspect = subprocess.run(["docker", "inspect", "gpuhub-alice", "--format",
+    inspect = subprocess.run(["docker", "inspect", f"{PROJECT}-alice", "--format",
                               "{{json .Config.Labels}}|{{.HostConfig.CapDrop}}|{{.HostConfig.Privileged}}|{{json .NetworkSettings.Networks}}"],
                              capture_output=True, text=True, check=True).stdout
     labels, capdrop, privileged, networks = inspect.split("|")
@@ -127,19 +127,19 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
     # timeout); Traefik's API entrypoint also listens on the edge network only (test_hardening.py)
     assert proxy_api == "TimeoutError"
 
-    container_id = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", "gpuhub-alice"],
+    container_id = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", f"{PROJECT}-alice"],
                                   capture_output=True, text=True, check=True).stdout.strip()
     stack.compose("restart", "hub")
     stack.wait_hub()
     wait_for(lambda: stack.api("GET", "users/alice").json()["servers"][""]["ready"], 60,
              what="alice's server ready after the hub restart")
-    same = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", "gpuhub-alice"],
+    same = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", f"{PROJECT}-alice"],
                           capture_output=True, text=True, check=True).stdout.strip()
     assert same == container_id, "the hub restart replaced the user's container"
     assert stack.run_code("alice", "print('still here')").strip() == "still here"
 
     stack.stop_server("alice")
-    assert "gpuhub-alice" not in stack.user_containers()
+    assert f"{PROJECT}-alice" not in stack.user_containers()
     gone = stack.session().get(f"{stack.base_url}/user/alice/api/status", timeout=10, allow_redirects=False)
     assert gone.status_code != 200
 
@@ -158,7 +158,7 @@ def test_opencl_profile_spawns_and_computes_on_pocl(stack):
         assert platform == "Portable Computing Language"
         assert float(total) == 2 * sum(range(1000))
         assert (visible, profile) == ("void", "opencl")
-        labels = subprocess.run(["docker", "inspect", "gpuhub-carol", "--format", "{{json .Config.Labels}}"],
+        labels = subprocess.run(["docker", "inspect", f"{PROJECT}-carol", "--format", "{{json .Config.Labels}}"],
                                 capture_output=True, text=True, check=True).stdout
         assert '"org.gpuhub.profile":"opencl"' in labels
     finally:

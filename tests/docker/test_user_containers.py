@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from ..stack import PROJECT
+from ..stack import PROJECT, remove_home
 
 pytestmark = pytest.mark.docker
 
@@ -50,7 +50,7 @@ PROFILE_CODE = {
 def test_root_filesystem_is_read_only_with_tmpfs_and_the_server_works(stack, profile):
     stack.api("POST", "users/carol")
     with stack.running_server("carol", {"profile": profile, "gpus": 0}):
-        host = json.loads(subprocess.run(["docker", "inspect", "gpuhub-carol", "--format", "{{json .HostConfig}}"],
+        host = json.loads(subprocess.run(["docker", "inspect", f"{PROJECT}-carol", "--format", "{{json .HostConfig}}"],
                                          capture_output=True, text=True, check=True).stdout)
         assert host["ReadonlyRootfs"] is True
         assert host["Tmpfs"] == TMPFS
@@ -76,10 +76,36 @@ def test_containers_carry_their_deployment_and_devices_in_docker_ps(stack):
     with stack.running_server("carol", {"profile": "opencl", "gpus": 1}):
         # a listing filtered on this deployment, as the monitor reads it: no inspect needed
         listed = subprocess.run(
-            ["docker", "ps", "--filter", f"label=org.gpuhub.deployment={PROJECT}", "--filter", "name=^gpuhub-carol$",
+            ["docker", "ps", "--filter", f"label=org.gpuhub.deployment={PROJECT}", "--filter", f"name=^{PROJECT}-carol$",
              "--format", '{{.Label "org.gpuhub.allocation"}} {{.Label "org.gpuhub.devices"}}'],
             capture_output=True, text=True, check=True).stdout.split()
         r = stack.session().get(f"{stack.base_url}/services/gpu-monitor/api/allocations?user=carol", timeout=60)
         assert r.status_code == 200, r.text
         (allocation,) = r.json()["allocations"]
         assert listed == [allocation["id"], ",".join(d["uuid"] for d in allocation["devices"])]
+
+
+def test_a_gpuhub_on_the_same_daemon_keeps_its_names_and_its_homes(stack):
+    """Servers and homes are named after the deployment (the Compose project): the test stack's
+    carol is gpuhub-test-carol with gpuhub-test-home-carol, never a production gpuhub's
+    gpuhub-carol or gpuhub-home-carol, which the tests' clean-up must not remove either. The
+    "production" home here is a stand-in made by the test, unless one exists (then left alone)."""
+    production_home = "gpuhub-home-carol"
+    existed = subprocess.run(["docker", "volume", "inspect", production_home], capture_output=True).returncode == 0
+    if not existed:
+        subprocess.run(["docker", "volume", "create", "--label", "org.gpuhub.test-standin=1", production_home],
+                       capture_output=True, check=True)
+    try:
+        stack.api("POST", "users/carol")
+        with stack.running_server("carol", {"profile": "minimal", "gpus": 0}):
+            mounts = json.loads(subprocess.run(["docker", "inspect", f"{PROJECT}-carol", "--format",
+                                                "{{json .Mounts}}"], capture_output=True, text=True,
+                                               check=True).stdout)
+            assert [m["Name"] for m in mounts if m["Destination"] == "/home/jovyan"] == [f"{PROJECT}-home-carol"]
+        remove_home("carol")  # what the tests' clean-up does
+        volumes = subprocess.run(["docker", "volume", "ls", "-q"], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        assert production_home in volumes and f"{PROJECT}-home-carol" not in volumes
+    finally:
+        if not existed:
+            subprocess.run(["docker", "volume", "rm", "-f", production_home], capture_output=True)

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from ..stack import ROOT, wait_for
+from ..stack import PROJECT, ROOT, wait_for
 from .test_monitor import allocations
 
 pytestmark = [pytest.mark.docker, pytest.mark.reliability]
@@ -58,7 +58,7 @@ def test_a_docker_daemon_restart_brings_the_services_back_and_frees_the_lost_ser
         assert stack.api("GET", "users/carol").json()["servers"][""]["ready"]
         stack.stop_server("carol")
     else:
-        assert "gpuhub-carol" not in stack.user_containers()  # auto-removed with the daemon's stop
+        assert f"{PROJECT}-carol" not in stack.user_containers()  # auto-removed with the daemon's stop
         wait_for(lambda: not stack.api("GET", "users/carol").json()["servers"], 90, what="the hub noticing")
     wait_for(lambda: allocations(stack, "carol") == [], 60, what="carol's device released")
     print(f"\ndocker daemon restart (live-restore {'on' if live_restore else 'off'}): hub reachable again "

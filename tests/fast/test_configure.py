@@ -31,6 +31,16 @@ def test_hub_keeps_servers_and_uses_traefik_and_postgres(environ):
     assert c.JupyterHub.spawner_class == "gpuhub.spawner.GPUDockerSpawner"
     assert c.DockerSpawner.network_name == "gpuhub-users"
     assert c.DockerSpawner.volumes == {"gpuhub-home-{username}": "/home/jovyan"}
+    assert c.DockerSpawner.prefix == "gpuhub"  # servers gpuhub-<user>
+
+
+def test_servers_and_homes_are_named_after_the_deployment(environ):
+    """Two stacks on one daemon (a test stack beside a production hub) share no container and
+    no home volume."""
+    c = configured({**environ, "GPUHUB_DEPLOYMENT": "gpuhub-test"})
+    assert c.DockerSpawner.prefix == "gpuhub-test"
+    assert c.DockerSpawner.volumes == {"gpuhub-test-home-{username}": "/home/jovyan"}
+    assert c.GPUDockerSpawner.deployment == "gpuhub-test"
 
 
 def test_generic_oidc_login(environ):
