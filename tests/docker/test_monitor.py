@@ -257,9 +257,13 @@ def test_bad_requests_are_4xx_with_a_message_and_change_nothing(stack):
         assert words in r.json()["message"], (name, r.text)
     r = monitor(stack, "POST", "api/allocations", data=b"{not json")
     assert r.status_code == 400 and "not JSON" in r.json()["message"]
-    for size in (10_000, 2_000_000):
-        r = monitor(stack, "POST", "api/allocations", data=b" " * size)
-        assert r.status_code == 413 and "at most 4096" in r.json()["message"], (size, r.status_code)
+    r = monitor(stack, "POST", "api/allocations", data=b" " * 10_000)
+    assert r.status_code == 413 and "at most 4096" in r.json()["message"], r.status_code
+    # 2 MB: the monitor refuses from the Content-Length and closes the connection while the proxy
+    # may still be sending the body; Traefik then answers 502 (seen in 1 of 6 full runs) instead
+    # of passing the 413 on, as in the flood test below. Either way nothing was read or changed.
+    r = monitor(stack, "POST", "api/allocations", data=b" " * 2_000_000)
+    assert (r.status_code == 413 and "at most 4096" in r.json()["message"]) or r.status_code == 502, r.status_code
     assert monitor(stack, "DELETE", "api/allocations/0b7e2b1a-0000-4000-8000-000000000000").status_code == 404
     assert monitor(stack, "DELETE", "api/allocations/../../hub").status_code == 404
     assert allocations(stack) == []
