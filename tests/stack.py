@@ -207,6 +207,13 @@ class Stack:
             if self.api("GET", f"users/{user}").json().get("servers"):
                 self.stop_server(user)
 
+    def remove_user(self, user: str) -> None:
+        """`user`'s server stopped (if any), the user deleted and their home volume removed."""
+        if self.api("GET", f"users/{user}").json().get("servers"):
+            self.stop_server(user)
+        self.api("DELETE", f"users/{user}")
+        remove_home(user)
+
     def stop_server(self, user: str) -> None:
         r = self.api("DELETE", f"users/{user}/server")
         assert r.status_code in (202, 204), r.text

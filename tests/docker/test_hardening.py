@@ -695,10 +695,7 @@ def test_restarting_the_monitor_during_a_burst_of_spawns_gives_no_device_twice_a
               f"statuses {sorted(s for s, _ in results.values())}, no allocation left over")
     finally:
         for user in users:
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop_server(user)
-            stack.api("DELETE", f"users/{user}")
-            remove_home(user)
+            stack.remove_user(user)
     assert allocations(stack) == []
 
 
@@ -750,10 +747,7 @@ def test_a_spawn_waiting_for_its_turn_holds_no_device(stack):
                   f"over {len(without_container)} samples")
         finally:
             for user in users:
-                if stack.api("GET", f"users/{user}").json().get("servers"):
-                    stack.stop_server(user)
-                stack.api("DELETE", f"users/{user}")
-                remove_home(user)
+                stack.remove_user(user)
 
 
 def empty_acme_store(stack) -> None:
