@@ -12,7 +12,7 @@ grants released before the next), and reads the server's own times from the moni
 log. Both images must exist: build A from the old code, e.g.
 
     git archive <old commit> gpu_monitor | tar -x -C /tmp/old
-    docker build -t gpuhub/gpu-monitor:old -f images/monitor/Dockerfile /tmp/old/gpu_monitor
+    docker build -t gpuhub/gpu-monitor:old -f images/monitor/Dockerfile /tmp/old
 
 and let the stack build B from the work tree (GPUHUB_VERSION=B). `--py-spy PATH` records B's
 turns with py-spy (non-blocking) into `--out`, and then the figures of those turns are not

@@ -24,7 +24,8 @@ from .devices import Backend, BackendUnavailable, Device
 from .sampler import Sampler
 from .idle import HubUnreachable, IdleReclaimer, reclaim_scope_problem, token_scopes
 from .policy import load_policy
-from .settings import SERVICE_NAME, Settings, SettingError, load_settings
+from .contract import ACCESS_SCOPE, SERVICE_NAME
+from .settings import Settings, SettingError, load_settings
 from .store import AllocationStore
 
 log = logging.getLogger("gpu_monitor")
@@ -106,7 +107,7 @@ async def serve(settings: Settings) -> None:
         base_url=prefix,
         oauth_client_id=f"service-{SERVICE_NAME}",
         oauth_redirect_uri=f"{prefix}oauth_callback",
-        access_scopes={f"access:services!service={SERVICE_NAME}"},
+        access_scopes={ACCESS_SCOPE},
         cache_max_age=300,  # as JupyterHub's own default; refusals: MonitorHubOAuth
         cookie_host_prefix_enabled=settings.user_subdomains,
     )

@@ -43,7 +43,7 @@ from .devices import Device
 from .loops import every
 from .metrics import MonitorCollector, render
 from .sampler import CounterDeltas, DeviceState, Sampler
-from .settings import SCOPE_ALLOCATE, SCOPE_READ_ALL
+from .contract import SCOPE_ALLOCATE, SCOPE_READ_ALL
 from .store import HEALTH_TIMEOUT_SECONDS, AllocationStore, is_busy
 
 log = logging.getLogger(__name__)

@@ -30,12 +30,12 @@ from typing import Any
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from .app import Monitor
+from .contract import LABEL_ALLOCATION, LABEL_DEPLOYMENT, LABEL_DEVICES, LABEL_PROFILE, LABEL_SERVER, LABEL_USER
 from .loops import every
 from .reconcile import ContainerView, Plan, plan
 
 log = logging.getLogger(__name__)
 
-LABEL = "org.gpuhub"
 PAGINATION = "application/jupyterhub-pagination+json"
 
 
@@ -43,15 +43,15 @@ def container_view(attrs: dict[str, Any]) -> ContainerView:
     """One entry of Docker's container list (`GET /containers/json`) as the planner sees it."""
     labels = attrs.get("Labels") or {}
     names = attrs.get("Names") or []
-    devices = labels.get(f"{LABEL}.devices")
+    devices = labels.get(LABEL_DEVICES)
     return ContainerView(
         name=(names[0] if names else attrs.get("Id", "")[:12]).lstrip("/"),
-        allocation_id=labels.get(f"{LABEL}.allocation") or None,
-        user=labels.get(f"{LABEL}.user", ""),
-        server=labels.get(f"{LABEL}.server", ""),
+        allocation_id=labels.get(LABEL_ALLOCATION) or None,
+        user=labels.get(LABEL_USER, ""),
+        server=labels.get(LABEL_SERVER, ""),
         running=attrs.get("State") == "running",
         device_ids=None if devices is None else tuple(d.strip() for d in devices.split(",") if d.strip()),
-        profile=labels.get(f"{LABEL}.profile", ""),
+        profile=labels.get(LABEL_PROFILE, ""),
         id=attrs.get("Id", ""),
     )
 
@@ -71,7 +71,7 @@ class Reconciler:
     def _list(self, **filters: Any) -> list[ContainerView]:
         """This deployment's containers that carry an allocation, from the list endpoint only
         (`sparse=True`: docker-py would otherwise inspect each one)."""
-        labels = [f"{LABEL}.allocation", f"{LABEL}.deployment={self.deployment}"]
+        labels = [LABEL_ALLOCATION, f"{LABEL_DEPLOYMENT}={self.deployment}"]
         extra = filters.pop("label", None)
         if extra:
             labels.append(extra)
@@ -84,7 +84,7 @@ class Reconciler:
     def _still_unheld(self, allocation_id: str) -> bool:
         """No running container carries `allocation_id` now (one may have started since the
         round's list: releasing then would hand its devices out twice)."""
-        return not any(c.running for c in self._list(label=f"{LABEL}.allocation={allocation_id}"))
+        return not any(c.running for c in self._list(label=f"{LABEL_ALLOCATION}={allocation_id}"))
 
     async def hub_servers(self) -> set[tuple[str, str]] | None:
         """(user, server) of every server the hub lists as running or pending; None if the hub

@@ -13,11 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .contract import SERVICE_PREFIX
+
 BACKENDS = ("auto", "nvml", "cpu-slices")
-SERVICE_NAME = "gpu-monitor"
-# The custom scopes the hub defines for this service (hub/gpuhub/configure.py uses the same).
-SCOPE_ALLOCATE = "custom:gpu-monitor:allocate"
-SCOPE_READ_ALL = "custom:gpu-monitor:read-all"
 
 
 class SettingError(Exception):
@@ -36,7 +34,7 @@ class Settings:
     flush_seconds: float = 60.0
     policy_file: str = "/srv/gpuhub/config/gpu-policy.yaml"
     port: int = 8000
-    service_prefix: str = f"/services/{SERVICE_NAME}/"
+    service_prefix: str = SERVICE_PREFIX
     hub_api_url: str = "http://hub:8081/hub/api"
     api_token_file: str = "/srv/gpuhub/monitor-secrets/api_token"
     db_host: str = "db"

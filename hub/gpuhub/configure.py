@@ -15,6 +15,10 @@ import bcrypt
 import yaml
 from typing import Any
 
+from gpu_monitor.contract import ACCESS_SCOPE as MONITOR_ACCESS
+from gpu_monitor.contract import SCOPE_ALLOCATE, SCOPE_READ_ALL
+from gpu_monitor.contract import SERVICE_NAME as MONITOR_SERVICE
+
 from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable
 from .logs import LOGGING_CONFIG
@@ -23,13 +27,8 @@ from .settings import ConfigError, Settings, read_secret_file
 from .subdomains import configure_subdomains
 
 OPERATOR_SERVICE = "gpuhub-operator"
-# The GPU monitor (its own container, a hub service) and the hub's identity towards it.
-MONITOR_SERVICE = "gpu-monitor"
+# The hub's identity towards the GPU monitor (its own container, a hub service).
 ALLOCATOR_SERVICE = "gpuhub-spawner"
-# Custom scopes the monitor checks (gpu_monitor/settings.py names the same strings).
-SCOPE_ALLOCATE = "custom:gpu-monitor:allocate"
-SCOPE_READ_ALL = "custom:gpu-monitor:read-all"
-MONITOR_ACCESS = f"access:services!service={MONITOR_SERVICE}"
 
 DEMO_NOTICE = (
     "Demo mode: anyone on this computer can log in as 'demo' through the bundled test "

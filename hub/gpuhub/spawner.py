@@ -42,21 +42,19 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, Unicode, default
 
+from gpu_monitor.contract import (
+    LABEL_ALLOCATION,
+    LABEL_CUDA_MAJOR,
+    LABEL_DEPLOYMENT,
+    LABEL_DEVICES,
+    LABEL_GPUS,
+    LABEL_PROFILE,
+    LABEL_SERVER,
+    LABEL_USER,
+)
+
 from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
 
-LABEL_PREFIX = "org.gpuhub"
-CUDA_LABEL = f"{LABEL_PREFIX}.cuda-major"
-# Labels on every user container; the GPU monitor rebuilds its view from them (a `docker ps`
-# listing carries labels, so it needs no inspect per container).
-USER_LABEL = f"{LABEL_PREFIX}.user"
-SERVER_LABEL = f"{LABEL_PREFIX}.server"
-PROFILE_LABEL = f"{LABEL_PREFIX}.profile"
-GPUS_LABEL = f"{LABEL_PREFIX}.gpus"
-# which gpuhub started the container: several deployments may share one Docker daemon
-DEPLOYMENT_LABEL = f"{LABEL_PREFIX}.deployment"
-# only on containers holding devices: the allocation's id, and its device UUIDs in its order
-ALLOCATION_LABEL = f"{LABEL_PREFIX}.allocation"
-DEVICES_LABEL = f"{LABEL_PREFIX}.devices"
 GPU_KINDS = ("gpu", "mig")
 
 # Where a read-only container may still write (besides the home volume and /dev/shm): programs
@@ -358,11 +356,11 @@ class GPUDockerSpawner(DockerSpawner):
                 # pass for a container of the service that built its image.
                 "com.docker.compose.project": "",
                 "com.docker.compose.service": "",
-                DEPLOYMENT_LABEL: _label_value(self.deployment),
-                USER_LABEL: _label_value(self.user.name),
-                SERVER_LABEL: _label_value(self.name or ""),
-                PROFILE_LABEL: profile.name,
-                GPUS_LABEL: str(choice.gpus),
+                LABEL_DEPLOYMENT: _label_value(self.deployment),
+                LABEL_USER: _label_value(self.user.name),
+                LABEL_SERVER: _label_value(self.name or ""),
+                LABEL_PROFILE: profile.name,
+                LABEL_GPUS: str(choice.gpus),
             }
         }
 
@@ -447,7 +445,7 @@ class GPUDockerSpawner(DockerSpawner):
         if host.get("cuda_driver_version"):
             image = await self.docker("inspect_image", self.image)
             labels = (image.get("Config") or {}).get("Labels") or {}
-            refusal = cuda_refusal(profile, self.image, labels.get(CUDA_LABEL), host)
+            refusal = cuda_refusal(profile, self.image, labels.get(LABEL_CUDA_MAJOR), host)
             if refusal:
                 raise web.HTTPError(400, refusal)
         self._report(20, f"Allocating {gpus} device(s) from the GPU monitor")
@@ -472,8 +470,8 @@ class GPUDockerSpawner(DockerSpawner):
         self.extra_host_config = {**self.extra_host_config, **host_config}
         self.environment = {**self.environment, **env}
         labels = self.extra_create_kwargs.setdefault("labels", {})
-        labels[ALLOCATION_LABEL] = data["id"]
-        labels[DEVICES_LABEL] = ",".join(d["uuid"] for d in data["devices"])
+        labels[LABEL_ALLOCATION] = data["id"]
+        labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in data["devices"])
         names = ", ".join(d.get("name") or d["uuid"] for d in data["devices"])
         self._report(25, f"Allocated: {names}")
 
