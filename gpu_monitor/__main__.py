@@ -25,7 +25,8 @@ from .sampler import Sampler
 from .idle import HubUnreachable, IdleReclaimer, reclaim_scope_problem, token_scopes
 from .policy import load_policy
 from .contract import ACCESS_SCOPE, SERVICE_NAME
-from .settings import Settings, SettingError, load_settings
+from .env import ConfigError
+from .settings import Settings, load_settings
 from .store import AllocationStore
 
 log = logging.getLogger("gpu_monitor")
@@ -79,7 +80,7 @@ async def check_reclaim_scope(hub_api_url: str, token: str) -> None:
         return
     problem = reclaim_scope_problem(scopes)
     if problem:
-        raise SettingError("GPUHUB_POLICY", problem)
+        raise ConfigError("GPUHUB_POLICY", problem)
 
 
 async def serve(settings: Settings) -> None:
@@ -145,7 +146,7 @@ def main() -> int:
     try:
         settings = load_settings()
         asyncio.run(serve(settings))
-    except SettingError as e:
+    except ConfigError as e:
         print(f"gpu-monitor: configuration error: {e}", file=sys.stderr)
         return 1
     except BackendUnavailable as e:

@@ -15,7 +15,7 @@ import jsonschema
 import yaml
 
 from .allocator import Policy
-from .settings import SettingError
+from .env import ConfigError
 
 VARIABLE = "GPUHUB_POLICY_FILE"
 LIMIT = {"type": "object", "additionalProperties": False,
@@ -71,7 +71,7 @@ def parse_policy(data: Any, source: str = "policy") -> GPUPolicy:
         jsonschema.validate(data, SCHEMA)
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise SettingError(VARIABLE, f"{source}: at {where}: {e.message}") from None
+        raise ConfigError(VARIABLE, f"{source}: at {where}: {e.message}") from None
     share = {kind: mode["shared"] for kind, mode in (data.get("sharing") or {}).items() if mode != "exclusive"}
     allocation = Policy(
         max_gpus_per_user=data.get("max_gpus_per_user"),
@@ -83,7 +83,7 @@ def parse_policy(data: Any, source: str = "policy") -> GPUPolicy:
     )
     idle = IdleReclaim(**(data.get("idle_reclaim") or {}))
     if idle.notice_after_minutes > idle.stop_after_minutes:
-        raise SettingError(VARIABLE, f"{source}: idle_reclaim: notice_after_minutes ({idle.notice_after_minutes:g}) "
+        raise ConfigError(VARIABLE, f"{source}: idle_reclaim: notice_after_minutes ({idle.notice_after_minutes:g}) "
                                      f"must not exceed stop_after_minutes ({idle.stop_after_minutes:g})")
     return GPUPolicy(allocation, idle)
 
@@ -93,7 +93,7 @@ def load_policy(path: str) -> GPUPolicy:
         with open(path) as f:
             data = yaml.safe_load(f)
     except FileNotFoundError:
-        raise SettingError(VARIABLE, f"{path} does not exist (config/gpu-policy.yaml ships one)") from None
+        raise ConfigError(VARIABLE, f"{path} does not exist (config/gpu-policy.yaml ships one)") from None
     except yaml.YAMLError as e:
-        raise SettingError(VARIABLE, f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(VARIABLE, f"{path} is not valid YAML: {e}") from None
     return parse_policy(data, path)

@@ -3,7 +3,8 @@
 import sys
 
 from gpuhub.configure import configure
-from gpuhub.settings import ConfigError, load_settings
+from gpu_monitor.env import ConfigError
+from gpuhub.settings import load_settings
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)
 

@@ -16,6 +16,7 @@ import yaml
 from typing import Any
 
 from gpu_monitor.contract import ACCESS_SCOPE as MONITOR_ACCESS
+from gpu_monitor.env import ConfigError, read_secret_file
 from gpu_monitor.contract import SCOPE_ALLOCATE, SCOPE_READ_ALL
 from gpu_monitor.contract import SERVICE_NAME as MONITOR_SERVICE
 
@@ -23,7 +24,7 @@ from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable
 from .logs import LOGGING_CONFIG
 from .profiles import load_profiles
-from .settings import ConfigError, Settings, read_secret_file
+from .settings import Settings
 from .subdomains import configure_subdomains
 
 OPERATOR_SERVICE = "gpuhub-operator"

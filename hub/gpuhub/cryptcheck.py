@@ -16,7 +16,7 @@ import hmac
 import sys
 from typing import Any
 
-from .settings import ConfigError
+from gpu_monitor.env import ConfigError
 
 TABLE = "gpuhub_meta"
 KEY = "crypt_key_fingerprint"
@@ -73,7 +73,9 @@ def connect(settings: Any) -> Any:
 def main(argv: list[str] | None = None) -> int:
     from pathlib import Path
 
-    from .settings import load_settings, read_secret_file
+    from gpu_monitor.env import read_secret_file
+
+    from .settings import load_settings
 
     args = sys.argv[1:] if argv is None else argv
     if args != ["--forget-login-state"]:

@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 from .profiles import load_profiles
-from .secrets import ensure_secret, read_secret
-from .settings import ConfigError, load_settings
+from .secrets import ensure_secret
+from gpu_monitor.env import ConfigError, read_secret_file
+
+from .settings import load_settings
 from .subdomains import certificate_names
 from .tls import needs_certificate, write_localhost_certificate
 
@@ -27,7 +29,7 @@ MONITOR_SECRETS = ("api_token",)
 
 def write_pgpass(settings) -> None:
     """The hub's libpq password file for the database (host:port:db:user:password, mode 600)."""
-    password = read_secret(settings.db_password_file)
+    password = read_secret_file("GPUHUB_DB_PASSWORD_FILE", settings.db_password_file)
     line = f"{settings.db_host}:5432:{settings.db_name}:{settings.db_user}:{password}\n"
     path = Path(settings.pgpass_file)
     tmp = path.with_name(f".{path.name}.tmp")

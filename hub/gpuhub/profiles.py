@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import jsonschema
 import yaml
 
-from .settings import ConfigError
+from gpu_monitor.env import ConfigError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?[kmgKMG]?$"

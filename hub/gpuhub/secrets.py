@@ -31,7 +31,3 @@ def ensure_secret(path: str | os.PathLike[str], nbytes: int = 32, uid: int | Non
     if uid is not None or gid is not None:
         os.chown(target, -1 if uid is None else uid, -1 if gid is None else gid)
     return created
-
-
-def read_secret(path: str | os.PathLike[str]) -> str:
-    return Path(path).read_text().strip()

@@ -1,20 +1,24 @@
-"""Every setting the hub reads from its environment, read once and validated at startup.
+"""Every setting the hub reads from its environment, declared once, read once, validated at startup.
 
 `load_settings(environ)` is the only place that looks at environment variables. It returns a
 frozen `Settings` or raises `ConfigError` naming the variable and what to set, so that a
 misconfigured hub stops with one readable line instead of starting in a surprising state
-(above all: never open to everyone because a variable is missing). The operator-facing
-documentation of each variable is `config/gpuhub.env.example`; keep the two in step.
+(above all: never open to everyone because a variable is missing). Each variable is a
+`Setting` (gpu_monitor/env.py: name, parser, default) declared below; those the GPU monitor
+reads too are declared in gpu_monitor/settings.py and imported. The operator's documentation
+(config/gpuhub.env.example, the README's table) is generated from gpuhub/catalogue.py.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import os
-import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+
+from gpu_monitor.env import ConfigError, Invalid, Setting, names, one_of, port, read_secret_file, switch, text, url, whole_number
+from gpu_monitor.settings import DB_HOST, DB_PASSWORD_FILE, DEPLOYMENT, DOMAIN, POLICY_FILE, USER_SUBDOMAINS
 
 AUTHENTICATORS = ("demo", "generic", "github", "gitlab", "google", "azuread")
 
@@ -41,96 +45,96 @@ USERNAME_CLAIMS = {
 }
 # Claims that identify a person for good; the others can change hands (gpuhub.auth warns).
 STABLE_CLAIMS = frozenset({"sub", "oid"})
-DEFAULT_CLIENT_SECRET_FILE = "/run/gpuhub/secrets/oauth_client_secret"
+
+H = ("hub", "init")
 
 
-class ConfigError(Exception):
-    """A setting is missing or wrong. `str()` is the one line shown to the operator."""
-
-    def __init__(self, variable: str, message: str):
-        self.variable = variable
-        self.message = message
-        super().__init__(f"{variable}: {message}")
+def _true_or_false(value: str) -> str:
+    # exactly these two: images/netpolicy/netpolicy.sh compares the text
+    if value not in ("true", "false"):
+        raise Invalid(f"expected true or false, got {value!r}")
+    return value
 
 
-def _clean(environ: Mapping[str, str], name: str) -> str:
-    """A variable's value with surrounding blanks removed; empty means unset.
+# ---- the declarations (documented in gpuhub/catalogue.py) ----------------------------------------
+AUTHENTICATOR = Setting("GPUHUB_AUTHENTICATOR", one_of(*AUTHENTICATORS), "demo", ("hub", "init", "demo-oidc"))
+OAUTH_CLIENT_ID = Setting("OAUTH_CLIENT_ID", text, "", H)
+OAUTH_CLIENT_SECRET_FILE = Setting("OAUTH_CLIENT_SECRET_FILE", text, "/run/gpuhub/secrets/oauth_client_secret", H)
+OIDC_AUTHORIZE_URL = Setting("OIDC_AUTHORIZE_URL", url, "", H)
+OIDC_TOKEN_URL = Setting("OIDC_TOKEN_URL", url, "", H)
+OIDC_USERINFO_URL = Setting("OIDC_USERINFO_URL", url, "", H)
+OIDC_USERNAME_CLAIM = Setting("OIDC_USERNAME_CLAIM", text, "", H)  # empty: the provider's (USERNAME_CLAIMS)
+OIDC_GROUPS_CLAIM = Setting("OIDC_GROUPS_CLAIM", text, "groups", H)
+OIDC_SCOPES = Setting("OIDC_SCOPES", lambda v: tuple(v.split()), ("openid", "profile", "email"), H)
+GITLAB_URL = Setting("GITLAB_URL", url, "https://gitlab.com", H)
+AZUREAD_TENANT_ID = Setting("AZUREAD_TENANT_ID", text, "", H)
+ALLOWED_USERS = Setting("GPUHUB_ALLOWED_USERS", names, frozenset(), H)
+ALLOWED_GROUPS = Setting("GPUHUB_ALLOWED_GROUPS", names, frozenset(), H)
+ALLOW_ALL = Setting("GPUHUB_ALLOW_ALL", switch, False, H)
+ADMIN_USERS = Setting("GPUHUB_ADMIN_USERS", names, frozenset(), H)
+LISTEN = Setting("GPUHUB_LISTEN", text, "127.0.0.1", ("compose", *H))
+HTTPS_PORT = Setting("GPUHUB_HTTPS_PORT", port, 443, ("compose", *H))
+ACME_DNS_PROVIDER = Setting("ACME_DNS_PROVIDER", text, "", ("proxy", *H))
+API_TOKEN_FILE = Setting("GPUHUB_API_TOKEN_FILE", text, "/run/gpuhub/secrets/api_token", H)
+PROFILES_FILE = Setting("GPUHUB_PROFILES_FILE", text, "/srv/gpuhub/config/profiles.yaml", H)
+USER_NETWORK = Setting("GPUHUB_USER_NETWORK", text, "gpuhub-users", ("compose", *H))
+USERS_SUBNET = Setting("GPUHUB_USERS_SUBNET", text, "10.213.240.0/20", ("compose", "netpolicy", *H))
+USERS_IP_RANGE = Setting("GPUHUB_USERS_IP_RANGE", text, "10.213.248.0/21", ("compose", *H))
+USERS_HUB_IP = Setting("GPUHUB_USERS_HUB_IP", text, "10.213.240.2", ("compose", "netpolicy", *H))
+USERS_PROXY_IP = Setting("GPUHUB_USERS_PROXY_IP", text, "10.213.240.3", ("compose", "netpolicy", *H))
+SERVER_TO_SERVER = Setting("GPUHUB_SERVER_TO_SERVER", _true_or_false, "false", ("compose", "netpolicy", *H))
+CULL_IDLE_SECONDS = Setting("GPUHUB_CULL_IDLE_SECONDS", whole_number(0, "a whole number of seconds (0: off)"), 0, H)
+# two per CPU: measured best for a burst of logins (bench/login_burst.py)
+START_CONCURRENCY = Setting("GPUHUB_START_CONCURRENCY", whole_number(0, "a whole number of servers (0: no limit)"),
+                            lambda environ: 2 * (os.cpu_count() or 1), H)
+# wiring that docker-compose.yml fixes
+SECRETS_DIR = Setting("GPUHUB_SECRETS_DIR", text, "/srv/gpuhub/secrets", H)
+CERTS_DIR = Setting("GPUHUB_CERTS_DIR", text, "/srv/gpuhub/certs", H)
+DB_NAME = Setting("GPUHUB_DB_NAME", text, "jupyterhub", H)
+DB_USER = Setting("GPUHUB_DB_USER", text, "jupyterhub", H)
+PROXY_API_URL = Setting("GPUHUB_PROXY_API_URL", url, "http://proxy-api:8099", H)
+TRAEFIK_RULES_FILE = Setting("GPUHUB_TRAEFIK_RULES_FILE", text, "/srv/gpuhub/traefik/rules.yaml", H)
+MONITOR_URL = Setting("GPUHUB_MONITOR_URL", url, "http://gpu-monitor:8000/services/gpu-monitor", H)
+MONITOR_SECRETS_DIR = Setting("GPUHUB_MONITOR_SECRETS_DIR", text, "/srv/gpuhub/monitor-secrets", H)
+DEMO_OIDC_PUBLIC_URL = Setting("GPUHUB_DEMO_OIDC_PUBLIC_URL", url, "http://localhost:9400", H)
+DEMO_OIDC_URL = Setting("GPUHUB_DEMO_OIDC_URL", url, "http://demo-oidc:9400", H)
 
-    Compose passes `${VAR:-}` through as an empty string, so empty and unset must mean the same.
-    """
-    return environ.get(name, "").strip()
-
-
-def _list(environ: Mapping[str, str], name: str) -> frozenset[str]:
-    return frozenset(item.strip() for item in _clean(environ, name).split(",") if item.strip())
-
-
-def _bool(environ: Mapping[str, str], name: str, default: bool = False) -> bool:
-    value = _clean(environ, name).lower()
-    if not value:
-        return default
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(name, f"expected true or false, got {value!r}")
-
-
-def _whole_number(value: str) -> bool:
-    """ASCII digits only. Refuses nan, inf, -inf, 1e309, signs and fractions, and also what
-    str.isdigit() alone lets through: superscripts ("²", which int() then refuses with a
-    traceback instead of the variable's name) and other scripts' digits."""
-    return value.isascii() and value.isdigit()
-
-
-def _port(environ: Mapping[str, str], name: str, default: int) -> int:
-    value = _clean(environ, name)
-    if not value:
-        return default
-    if not _whole_number(value) or not 0 < int(value) < 65536:
-        raise ConfigError(name, f"expected a TCP port number (1-65535), got {value!r}")
-    return int(value)
-
-
-def _seconds(environ: Mapping[str, str], name: str) -> int:
-    return _count(environ, name, 0, "a whole number of seconds (0: off)")
-
-
-def _count(environ: Mapping[str, str], name: str, default: int, what: str = "a whole number") -> int:
-    value = _clean(environ, name)
-    if not value:
-        return default
-    if not _whole_number(value):
-        raise ConfigError(name, f"expected {what}, got {value!r}")
-    return int(value)
+SETTINGS = (
+    AUTHENTICATOR, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET_FILE, OIDC_AUTHORIZE_URL, OIDC_TOKEN_URL,
+    OIDC_USERINFO_URL, OIDC_USERNAME_CLAIM, OIDC_GROUPS_CLAIM, OIDC_SCOPES, GITLAB_URL, AZUREAD_TENANT_ID,
+    ALLOWED_USERS, ALLOWED_GROUPS, ALLOW_ALL, ADMIN_USERS, DOMAIN, LISTEN, HTTPS_PORT, ACME_DNS_PROVIDER,
+    USER_SUBDOMAINS, API_TOKEN_FILE, PROFILES_FILE, USER_NETWORK, USERS_SUBNET, USERS_IP_RANGE, USERS_HUB_IP,
+    USERS_PROXY_IP, SERVER_TO_SERVER, DEPLOYMENT, POLICY_FILE, CULL_IDLE_SECONDS, START_CONCURRENCY,
+    SECRETS_DIR, CERTS_DIR, DB_HOST, DB_NAME, DB_USER, DB_PASSWORD_FILE, PROXY_API_URL, TRAEFIK_RULES_FILE,
+    MONITOR_URL, MONITOR_SECRETS_DIR, DEMO_OIDC_PUBLIC_URL, DEMO_OIDC_URL,
+)
 
 
 def _check_users_network(environ: Mapping[str, str]) -> None:
     """The users' network's addresses (docker-compose.yml): the hub and the proxy need fixed
     addresses in the subnet, outside the range servers get theirs from, for the network policy
     that keeps servers from connecting to one another (images/netpolicy/netpolicy.sh)."""
-    isolation = _clean(environ, "GPUHUB_SERVER_TO_SERVER") or "false"
-    if isolation not in {"true", "false"}:
-        raise ConfigError("GPUHUB_SERVER_TO_SERVER", f"expected true or false, got {isolation!r}")
+    SERVER_TO_SERVER.read(environ)
 
-    def network(name: str, default: str) -> ipaddress.IPv4Network:
-        value = _clean(environ, name) or default
+    def network(setting: Setting[str]) -> ipaddress.IPv4Network:
+        value = setting.read(environ)
         try:
             return ipaddress.IPv4Network(value)
         except ValueError as error:
-            raise ConfigError(name, f"expected an IPv4 subnet like {default}, got {value!r} ({error})") from None
+            raise ConfigError(setting.name, f"expected an IPv4 subnet like {setting.default}, "
+                                            f"got {value!r} ({error})") from None
 
-    subnet = network("GPUHUB_USERS_SUBNET", "10.213.240.0/20")
-    servers = network("GPUHUB_USERS_IP_RANGE", "10.213.248.0/21")
+    subnet = network(USERS_SUBNET)
+    servers = network(USERS_IP_RANGE)
     if not servers.subnet_of(subnet):
-        raise ConfigError("GPUHUB_USERS_IP_RANGE", f"{servers} is not inside GPUHUB_USERS_SUBNET {subnet}")
+        raise ConfigError(USERS_IP_RANGE.name, f"{servers} is not inside GPUHUB_USERS_SUBNET {subnet}")
     seen: dict[ipaddress.IPv4Address, str] = {}
-    for name, default in (("GPUHUB_USERS_HUB_IP", "10.213.240.2"), ("GPUHUB_USERS_PROXY_IP", "10.213.240.3")):
-        value = _clean(environ, name) or default
+    for setting in (USERS_HUB_IP, USERS_PROXY_IP):
+        name, value = setting.name, setting.read(environ)
         try:
             address = ipaddress.IPv4Address(value)
         except ValueError:
-            raise ConfigError(name, f"expected an IPv4 address like {default}, got {value!r}") from None
+            raise ConfigError(name, f"expected an IPv4 address like {setting.default}, got {value!r}") from None
         if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
             raise ConfigError(name, f"{address} is not a host address of GPUHUB_USERS_SUBNET {subnet}")
         if address == subnet.network_address + 1:
@@ -143,36 +147,10 @@ def _check_users_network(environ: Mapping[str, str]) -> None:
         seen[address] = name
 
 
-def _deployment(environ: Mapping[str, str]) -> str:
-    # Compose's rule for project names, which is where the default comes from
-    value = _clean(environ, "GPUHUB_DEPLOYMENT") or Settings.deployment
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", value):
-        raise ConfigError("GPUHUB_DEPLOYMENT", f"expected a name of lowercase letters, digits, '-' and '_' "
-                          f"(like a Compose project name), got {value[:80]!r}")
-    return value
-
-
-def _url(environ: Mapping[str, str], name: str, required_for: str | None = None) -> str:
-    value = _clean(environ, name)
+def _required_url(environ: Mapping[str, str], setting: Setting[str], required_for: str) -> str:
+    value = setting.read(environ)
     if not value:
-        if required_for:
-            raise ConfigError(name, f"is required for {required_for}; set it to the provider's URL")
-        return ""
-    if not value.startswith(("https://", "http://")):
-        raise ConfigError(name, f"expected an http(s) URL, got {value!r}")
-    return value.rstrip("/")
-
-
-def read_secret_file(variable: str, path: str) -> str:
-    """Read a secret from a file, refusing an empty one. The secret itself is never shown."""
-    try:
-        value = Path(path).read_text().strip()
-    except FileNotFoundError:
-        raise ConfigError(variable, f"file {path} does not exist") from None
-    except OSError as e:
-        raise ConfigError(variable, f"cannot read {path}: {e.strerror}") from None
-    if not value:
-        raise ConfigError(variable, f"file {path} is empty")
+        raise ConfigError(setting.name, f"is required for {required_for}; set it to the provider's URL")
     return value
 
 
@@ -215,16 +193,16 @@ class Settings:
     proxy_api_url: str
     traefik_rules_file: str
     # the GPU monitor service: where the hub reaches it, and the volume holding its token
-    monitor_url: str = "http://gpu-monitor:8000/services/gpu-monitor/"
-    monitor_secrets_dir: str = "/srv/gpuhub/monitor-secrets"
-    policy_file: str = "/srv/gpuhub/config/gpu-policy.yaml"
-    cull_idle_seconds: int = 0  # jupyterhub-idle-culler's --timeout; 0: not run
+    monitor_url: str
+    monitor_secrets_dir: str
+    policy_file: str
+    cull_idle_seconds: int  # jupyterhub-idle-culler's --timeout; 0: not run
     # servers starting at once (GPUDockerSpawner.start_concurrency); 0: no limit
-    start_concurrency: int = 2
+    start_concurrency: int
     # labels every user container (org.gpuhub.deployment): the GPU monitor counts only its own
-    deployment: str = "gpuhub"
+    deployment: str
     # every user server on a host of its own (gpuhub.subdomains)
-    user_subdomains: bool = False
+    user_subdomains: bool
 
     @property
     def demo(self) -> bool:
@@ -258,8 +236,8 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
     if authenticator == "demo":
         # The bundled provider: the browser reaches it on the host's loopback, the hub on the
         # compose network. Client id and secret are accepted as given by the demo provider.
-        public = _url(environ, "GPUHUB_DEMO_OIDC_PUBLIC_URL") or "http://localhost:9400"
-        internal = _url(environ, "GPUHUB_DEMO_OIDC_URL") or "http://demo-oidc:9400"
+        public = DEMO_OIDC_PUBLIC_URL.read(environ)
+        internal = DEMO_OIDC_URL.read(environ)
         return OAuthSettings(
             client_id="gpuhub-demo",
             client_secret="gpuhub-demo-not-a-secret",
@@ -269,14 +247,14 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
             username_claim="sub",
         )
 
-    client_id = _clean(environ, "OAUTH_CLIENT_ID")
+    client_id = OAUTH_CLIENT_ID.read(environ)
     if not client_id:
         raise ConfigError(
             "OAUTH_CLIENT_ID",
             f"is required for GPUHUB_AUTHENTICATOR={authenticator}; "
             "set it to the client id of the OAuth app you registered with the provider",
         )
-    secret_file = _clean(environ, "OAUTH_CLIENT_SECRET_FILE") or DEFAULT_CLIENT_SECRET_FILE
+    secret_file = OAUTH_CLIENT_SECRET_FILE.read(environ)
     if not Path(secret_file).exists():
         raise ConfigError(
             "OAUTH_CLIENT_SECRET_FILE",
@@ -288,24 +266,24 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
     extra: dict[str, object] = {}
     if authenticator == "generic":
         extra = dict(
-            authorize_url=_url(environ, "OIDC_AUTHORIZE_URL", "GPUHUB_AUTHENTICATOR=generic"),
-            token_url=_url(environ, "OIDC_TOKEN_URL", "GPUHUB_AUTHENTICATOR=generic"),
-            userdata_url=_url(environ, "OIDC_USERINFO_URL", "GPUHUB_AUTHENTICATOR=generic"),
-            username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or USERNAME_CLAIMS["generic"],
-            groups_claim=_clean(environ, "OIDC_GROUPS_CLAIM") or "groups",
-            scopes=tuple(_clean(environ, "OIDC_SCOPES").split()) or ("openid", "profile", "email"),
+            authorize_url=_required_url(environ, OIDC_AUTHORIZE_URL, "GPUHUB_AUTHENTICATOR=generic"),
+            token_url=_required_url(environ, OIDC_TOKEN_URL, "GPUHUB_AUTHENTICATOR=generic"),
+            userdata_url=_required_url(environ, OIDC_USERINFO_URL, "GPUHUB_AUTHENTICATOR=generic"),
+            username_claim=OIDC_USERNAME_CLAIM.read(environ) or USERNAME_CLAIMS["generic"],
+            groups_claim=OIDC_GROUPS_CLAIM.read(environ),
+            scopes=OIDC_SCOPES.read(environ),
         )
     elif authenticator == "gitlab":
-        extra = dict(gitlab_url=_url(environ, "GITLAB_URL") or "https://gitlab.com")
+        extra = dict(gitlab_url=GITLAB_URL.read(environ))
     elif authenticator == "azuread":
-        tenant = _clean(environ, "AZUREAD_TENANT_ID")
+        tenant = AZUREAD_TENANT_ID.read(environ)
         if not tenant:
             raise ConfigError(
                 "AZUREAD_TENANT_ID",
                 "is required for GPUHUB_AUTHENTICATOR=azuread; set it to your directory (tenant) id",
             )
         extra = dict(azuread_tenant_id=tenant,
-                     username_claim=_clean(environ, "OIDC_USERNAME_CLAIM") or USERNAME_CLAIMS["azuread"])
+                     username_claim=OIDC_USERNAME_CLAIM.read(environ) or USERNAME_CLAIMS["azuread"])
     # github, gitlab, google: their own claim, always set explicitly (OAuthenticator's default
     # would otherwise follow an OAUTH2_USERNAME_KEY in the hub's environment)
     extra = {"username_claim": USERNAME_CLAIMS[authenticator], **extra}
@@ -313,12 +291,11 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
 
 
 def _user_subdomains(environ: Mapping[str, str]) -> bool:
-    """GPUHUB_USER_SUBDOMAINS: on by default without DOMAIN (every *.localhost name is the
-    loopback address in browsers, and the local CA signs the wildcard), off by default with one
-    (a wildcard DNS record and a DNS-01 certificate are the operator's to set up)."""
-    domain = _clean(environ, "DOMAIN")
-    if not _bool(environ, "GPUHUB_USER_SUBDOMAINS", default=not domain):
+    """GPUHUB_USER_SUBDOMAINS (declared with the monitor's settings: on by default without
+    DOMAIN), and what it needs with a DOMAIN: a DNS name, and a DNS-01 certificate."""
+    if not USER_SUBDOMAINS.read(environ):
         return False
+    domain = DOMAIN.read(environ)
     if domain:
         try:
             ipaddress.ip_address(domain)
@@ -328,7 +305,7 @@ def _user_subdomains(environ: Mapping[str, str]) -> bool:
             raise ConfigError("GPUHUB_USER_SUBDOMAINS", f"is on, but DOMAIN={domain} is an IP address, which "
                               "has no subdomains: set DOMAIN to a DNS name with a wildcard record "
                               "(*.<name>), or GPUHUB_USER_SUBDOMAINS=false")
-        if not _clean(environ, "ACME_DNS_PROVIDER"):
+        if not ACME_DNS_PROVIDER.read(environ):
             raise ConfigError("GPUHUB_USER_SUBDOMAINS", f"is on, which needs a certificate for *.{domain}, and "
                               "Let's Encrypt issues wildcards only over the DNS-01 challenge, not HTTP-01: "
                               "set ACME_DNS_PROVIDER and its credentials (README, 'Per-user subdomains'), "
@@ -341,19 +318,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if environ is None:
         environ = os.environ
 
-    authenticator = _clean(environ, "GPUHUB_AUTHENTICATOR").lower() or "demo"
-    if authenticator not in AUTHENTICATORS:
-        raise ConfigError(
-            "GPUHUB_AUTHENTICATOR",
-            f"unknown value {authenticator!r}; choose one of {', '.join(AUTHENTICATORS)}",
-        )
-
-    listen = _clean(environ, "GPUHUB_LISTEN") or "127.0.0.1"
-    public_host = _clean(environ, "DOMAIN") or "localhost"
-    allowed_users = _list(environ, "GPUHUB_ALLOWED_USERS")
-    allowed_groups = _list(environ, "GPUHUB_ALLOWED_GROUPS")
-    admin_users = _list(environ, "GPUHUB_ADMIN_USERS")
-    allow_all = _bool(environ, "GPUHUB_ALLOW_ALL")
+    authenticator = AUTHENTICATOR.read(environ)
+    listen = LISTEN.read(environ)
+    public_host = DOMAIN.read(environ) or "localhost"
+    allowed_users = ALLOWED_USERS.read(environ)
+    allowed_groups = ALLOWED_GROUPS.read(environ)
+    admin_users = ADMIN_USERS.read(environ)
+    allow_all = ALLOW_ALL.read(environ)
 
     if authenticator == "demo":
         if not _is_loopback(listen):
@@ -391,27 +362,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         admin_users=admin_users,
         allow_all=allow_all,
         public_host=public_host,
-        https_port=_port(environ, "GPUHUB_HTTPS_PORT", 443),
+        https_port=HTTPS_PORT.read(environ),
         listen=listen,
-        user_network=_clean(environ, "GPUHUB_USER_NETWORK") or "gpuhub-users",
-        profiles_file=_clean(environ, "GPUHUB_PROFILES_FILE") or "/srv/gpuhub/config/profiles.yaml",
-        secrets_dir=_clean(environ, "GPUHUB_SECRETS_DIR") or "/srv/gpuhub/secrets",
-        certs_dir=_clean(environ, "GPUHUB_CERTS_DIR") or "/srv/gpuhub/certs",
-        operator_token_file=_clean(environ, "GPUHUB_API_TOKEN_FILE") or "/run/gpuhub/secrets/api_token",
-        db_host=_clean(environ, "GPUHUB_DB_HOST") or "db",
-        db_name=_clean(environ, "GPUHUB_DB_NAME") or "jupyterhub",
-        db_user=_clean(environ, "GPUHUB_DB_USER") or "jupyterhub",
-        db_password_file=_clean(environ, "GPUHUB_DB_PASSWORD_FILE") or "/run/gpuhub/db/password",
-        proxy_api_url=_url(environ, "GPUHUB_PROXY_API_URL") or "http://proxy-api:8099",
-        traefik_rules_file=_clean(environ, "GPUHUB_TRAEFIK_RULES_FILE")
-        or "/srv/gpuhub/traefik/rules.yaml",
-        monitor_url=(_url(environ, "GPUHUB_MONITOR_URL") or Settings.monitor_url).rstrip("/") + "/",
-        monitor_secrets_dir=_clean(environ, "GPUHUB_MONITOR_SECRETS_DIR") or Settings.monitor_secrets_dir,
-        policy_file=_clean(environ, "GPUHUB_POLICY_FILE") or Settings.policy_file,
-        cull_idle_seconds=_seconds(environ, "GPUHUB_CULL_IDLE_SECONDS"),
-        # two per CPU: measured best for a burst of logins (bench/login_burst.py)
-        start_concurrency=_count(environ, "GPUHUB_START_CONCURRENCY", 2 * (os.cpu_count() or 1),
-                                 "a whole number of servers (0: no limit)"),
-        deployment=_deployment(environ),
+        user_network=USER_NETWORK.read(environ),
+        profiles_file=PROFILES_FILE.read(environ),
+        secrets_dir=SECRETS_DIR.read(environ),
+        certs_dir=CERTS_DIR.read(environ),
+        operator_token_file=API_TOKEN_FILE.read(environ),
+        db_host=DB_HOST.read(environ),
+        db_name=DB_NAME.read(environ),
+        db_user=DB_USER.read(environ),
+        db_password_file=DB_PASSWORD_FILE.read(environ),
+        proxy_api_url=PROXY_API_URL.read(environ),
+        traefik_rules_file=TRAEFIK_RULES_FILE.read(environ),
+        monitor_url=MONITOR_URL.read(environ) + "/",
+        monitor_secrets_dir=MONITOR_SECRETS_DIR.read(environ),
+        policy_file=POLICY_FILE.read(environ),
+        cull_idle_seconds=CULL_IDLE_SECONDS.read(environ),
+        start_concurrency=START_CONCURRENCY.read(environ),
+        deployment=DEPLOYMENT.read(environ),
         user_subdomains=_user_subdomains(environ),
     )

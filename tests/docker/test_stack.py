@@ -213,7 +213,7 @@ REFUSED_CONFIG = {
         "gpuhub: configuration error: GPUHUB_LISTEN: is 0.0.0.0, but the demo login"),
     "unknown monitor backend": (
         "gpu-monitor", {"GPUHUB_MONITOR_BACKEND": "cuda"},
-        "gpu-monitor: configuration error: GPUHUB_MONITOR_BACKEND: expected one of auto, nvml, cpu-slices"),
+        "gpu-monitor: configuration error: GPUHUB_MONITOR_BACKEND: unknown value 'cuda'; choose one of auto, nvml, cpu-slices"),
     "nvml demanded on a host without a driver": (
         "gpu-monitor", {"GPUHUB_MONITOR_BACKEND": "nvml"}, "gpu-monitor: no devices: NVIDIA driver library"),
     "domain without acme e-mail": (

@@ -19,7 +19,7 @@ from gpu_monitor.devices import Sample
 from gpu_monitor.idle import IdleReclaimer
 from gpu_monitor.policy import IdleReclaim
 from gpu_monitor.sampler import DeviceState
-from gpu_monitor.settings import SettingError
+from gpu_monitor.env import ConfigError
 from ..aio import run_async
 
 WITHOUT = ["list:users", "read:servers", "access:services!service=gpu-monitor"]
@@ -43,7 +43,7 @@ async def _with_hub(scopes, fn):
 
 
 def test_the_monitor_refuses_to_start_beside_a_hub_that_did_not_grant_the_scope():
-    with pytest.raises(SettingError) as info:
+    with pytest.raises(ConfigError) as info:
         run_async(_with_hub(WITHOUT, lambda url: check_reclaim_scope(url, "t" * 40)))
     message = str(info.value)
     assert message.startswith("GPUHUB_POLICY: idle_reclaim is enabled")

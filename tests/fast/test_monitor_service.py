@@ -11,7 +11,7 @@ import pytest
 from gpu_monitor.allocator import AllocationRequest
 from gpu_monitor.app import MAX_BODY_BYTES, BadRequest, parse_allocation_request
 from gpu_monitor.reconciler import container_view
-from gpu_monitor.settings import SettingError, load_settings
+from gpu_monitor.settings import ConfigError, load_settings
 from ..aio import run_async
 
 GOOD = {
@@ -184,13 +184,15 @@ def test_settings_defaults_and_values():
     s = load_settings({"GPUHUB_MONITOR_BACKEND": "cpu-slices", "GPUHUB_CPU_SLICES": "4",
                        "GPUHUB_POLICY_FILE": "/etc/p.yaml", "GPUHUB_MONITOR_FLUSH_SECONDS": "2.5"})
     assert (s.backend, s.cpu_slices, s.policy_file, s.flush_seconds) == ("cpu-slices", 4, "/etc/p.yaml", 2.5)
-    assert not s.user_subdomains
-    assert load_settings({"GPUHUB_USER_SUBDOMAINS": " Yes "}).user_subdomains
+    # as the hub reads it (one declaration): on unless DOMAIN is set
+    assert s.user_subdomains
+    assert not load_settings({"DOMAIN": "hub.example.org"}).user_subdomains
+    assert load_settings({"DOMAIN": "hub.example.org", "GPUHUB_USER_SUBDOMAINS": " Yes "}).user_subdomains
     assert not load_settings({"GPUHUB_USER_SUBDOMAINS": "off"}).user_subdomains
 
 
 BAD_SETTINGS = {
-    "backend": ({"GPUHUB_MONITOR_BACKEND": "rocm"}, "GPUHUB_MONITOR_BACKEND: expected one of auto, nvml, cpu-slices"),
+    "backend": ({"GPUHUB_MONITOR_BACKEND": "rocm"}, "GPUHUB_MONITOR_BACKEND: unknown value 'rocm'; choose one of auto, nvml, cpu-slices"),
     "slices": ({"GPUHUB_CPU_SLICES": "0"}, "GPUHUB_CPU_SLICES: must be at least 1"),
     "slices text": ({"GPUHUB_CPU_SLICES": "two"}, "GPUHUB_CPU_SLICES: expected a whole number"),
     "interval": ({"GPUHUB_MONITOR_RECONCILE_SECONDS": "0"}, "GPUHUB_MONITOR_RECONCILE_SECONDS: must be at least 1"),
@@ -201,18 +203,18 @@ BAD_SETTINGS = {
 
 @pytest.mark.parametrize("environ, message", BAD_SETTINGS.values(), ids=BAD_SETTINGS.keys())
 def test_bad_settings_name_the_variable(environ, message):
-    with pytest.raises(SettingError) as info:
+    with pytest.raises(ConfigError) as info:
         load_settings(environ)
     assert str(info.value).startswith(message)
 
 
 def test_token_file_problems_name_the_variable(tmp_path):
     s = load_settings({"GPUHUB_MONITOR_TOKEN_FILE": str(tmp_path / "missing")})
-    with pytest.raises(SettingError, match="GPUHUB_MONITOR_TOKEN_FILE: cannot read"):
+    with pytest.raises(ConfigError, match="GPUHUB_MONITOR_TOKEN_FILE: file .* does not exist; the init service writes it"):
         s.read_api_token()
     (tmp_path / "short").write_text("abc")
     s = load_settings({"GPUHUB_MONITOR_TOKEN_FILE": str(tmp_path / "short")})
-    with pytest.raises(SettingError, match="fewer than 32"):
+    with pytest.raises(ConfigError, match="fewer than 32"):
         s.read_api_token()
 
 

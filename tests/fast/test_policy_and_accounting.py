@@ -8,7 +8,7 @@ import yaml
 from gpu_monitor.accounting import account, to_csv
 from gpu_monitor.allocator import Policy
 from gpu_monitor.policy import IdleReclaim, load_policy, parse_policy
-from gpu_monitor.settings import SettingError
+from gpu_monitor.env import ConfigError
 
 from ..conftest import ROOT
 
@@ -50,7 +50,7 @@ BAD_POLICIES = {
 
 @pytest.mark.parametrize("text, words", BAD_POLICIES.values(), ids=BAD_POLICIES.keys())
 def test_bad_policy_files_stop_startup_with_the_location(text, words):
-    with pytest.raises(SettingError) as info:
+    with pytest.raises(ConfigError) as info:
         parse_policy(yaml.safe_load(text), "gpu-policy.yaml")
     assert str(info.value).startswith("GPUHUB_POLICY_FILE: gpu-policy.yaml")
     assert words in str(info.value)
@@ -62,7 +62,7 @@ def test_the_shipped_policy_file_is_valid_and_changes_nothing():
 
 
 def test_missing_policy_file_names_the_variable(tmp_path):
-    with pytest.raises(SettingError, match="GPUHUB_POLICY_FILE: .* does not exist"):
+    with pytest.raises(ConfigError, match="GPUHUB_POLICY_FILE: .* does not exist"):
         load_policy(str(tmp_path / "nope.yaml"))
 
 

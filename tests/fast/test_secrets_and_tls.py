@@ -6,7 +6,8 @@ import stat
 from cryptography import x509
 
 from gpuhub.init import main as init_main
-from gpuhub.secrets import ensure_secret, read_secret
+from gpu_monitor.env import read_secret_file
+from gpuhub.secrets import ensure_secret
 from gpuhub.tls import needs_certificate, write_localhost_certificate
 
 
@@ -17,11 +18,11 @@ def mode(path):
 def test_secret_created_once_with_mode_600(tmp_path):
     path = tmp_path / "d" / "cookie_secret"
     assert ensure_secret(path) is True
-    first = read_secret(path)
+    first = read_secret_file("TEST", path)
     assert len(first) == 64 and int(first, 16) >= 0
     assert mode(path) == 0o600
     assert ensure_secret(path) is False
-    assert read_secret(path) == first
+    assert read_secret_file("TEST", path) == first
 
 
 def test_existing_secret_is_kept_but_tightened(tmp_path):
@@ -29,7 +30,7 @@ def test_existing_secret_is_kept_but_tightened(tmp_path):
     path.write_text("from-backup")
     path.chmod(0o644)
     assert ensure_secret(path) is False
-    assert read_secret(path) == "from-backup" and mode(path) == 0o600
+    assert read_secret_file("TEST", path) == "from-backup" and mode(path) == 0o600
 
 
 def test_certificate_signed_by_the_local_ca_and_renewal(tmp_path):
@@ -64,13 +65,13 @@ def test_init_creates_everything_and_refuses_bad_config(environ, tmp_path, capsy
     assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "gpu_allocator_token", "local-ca.key", "pgpass",
                                                          "proxy_api_password"]
     assert mode(tmp_path / "db" / "pw") == 0o600
-    password = read_secret(tmp_path / "db" / "pw")
-    assert read_secret(secrets / "pgpass") == f"db:5432:jupyterhub:jupyterhub:{password}"
+    password = read_secret_file("TEST", tmp_path / "db" / "pw")
+    assert read_secret_file("TEST", secrets / "pgpass") == f"db:5432:jupyterhub:jupyterhub:{password}"
     assert mode(secrets / "pgpass") == 0o600
     assert (tmp_path / "certs" / "local.crt").exists()
     out = capsys.readouterr().out
     for name in ("cookie_secret", "crypt_key", "proxy_api_password"):
-        assert read_secret(secrets / name) not in out
+        assert read_secret_file("TEST", secrets / name) not in out
     assert password not in out
 
     assert init_main({**env, "GPUHUB_AUTHENTICATOR": "nope"}) == 1
