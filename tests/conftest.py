@@ -49,6 +49,7 @@ def environ(tmp_path):
         "GPUHUB_ALLOWED_USERS": "alice,bob",
         "GPUHUB_ADMIN_USERS": "alice",
         "GPUHUB_PROFILES_FILE": str(ROOT / "config" / "profiles.yaml"),
+        "GPUHUB_POLICY_FILE": str(ROOT / "config" / "gpu-policy.yaml"),
         "GPUHUB_SECRETS_DIR": str(secrets),
         "GPUHUB_MONITOR_SECRETS_DIR": str(monitor_secrets),
         "GPUHUB_DB_PASSWORD_FILE": str(tmp_path / "db_password"),

@@ -23,8 +23,8 @@ from gpu_monitor.contract import SERVICE_NAME as MONITOR_SERVICE
 from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable
 from .logs import LOGGING_CONFIG
-from .profiles import load_profiles
 from .settings import Settings
+from .siteconfig import SiteConfig, load_site_config
 from .subdomains import configure_subdomains
 
 OPERATOR_SERVICE = "gpuhub-operator"
@@ -57,7 +57,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     """Fill `c`. With `check_crypt_key` (the running hub), the crypt key's fingerprint is
     compared with the one recorded in the database (gpuhub.cryptcheck)."""
     secrets = Path(settings.secrets_dir)
-    profiles = load_profiles(settings.profiles_file)
+    site = load_site_config(settings)
+    profiles = site.profiles
 
     # --- where the hub listens and how it is reached --------------------------------------
     c.JupyterHub.bind_url = settings.public_url
@@ -130,7 +131,7 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
 
     # --- services and roles: the operator's token, the GPU monitor, the hub's allocator ------
     token = _operator_token(settings)
-    services, roles = _services_and_roles(settings, token)
+    services, roles = _services_and_roles(settings, site, token)
     c.JupyterHub.services = services
     c.JupyterHub.load_roles = roles
     c.JupyterHub.custom_scopes = {
@@ -165,19 +166,7 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.Spawner.http_timeout = 60
 
 
-def _idle_reclaim_enabled(settings: Settings) -> bool:
-    """Whether the GPU policy (validated by the monitor, which refuses to start on a bad file)
-    turns idle reclaim on: then the monitor's token may stop servers."""
-    try:
-        with open(settings.policy_file) as f:
-            data = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    reclaim = data.get("idle_reclaim") if isinstance(data, dict) else None
-    return isinstance(reclaim, dict) and reclaim.get("enabled") is True
-
-
-def _services_and_roles(settings: Settings, operator_token: str | None) -> tuple[list[dict], list[dict]]:
+def _services_and_roles(settings: Settings, site: SiteConfig, operator_token: str | None) -> tuple[list[dict], list[dict]]:
     """The hub's services and the roles that give each exactly what it needs.
 
     - gpu-monitor: an external service behind the proxy at /services/gpu-monitor/; people log
@@ -217,7 +206,7 @@ def _services_and_roles(settings: Settings, operator_token: str | None) -> tuple
         {"name": "user", "scopes": ["self", MONITOR_ACCESS]},
         {"name": "gpu-monitor-service", "description": "What the GPU monitor reads from the hub",
          # stopping servers only when the policy reclaims idle devices
-         "scopes": ["list:users", "read:servers"] + (["servers"] if _idle_reclaim_enabled(settings) else []),
+         "scopes": ["list:users", "read:servers"] + (["servers"] if site.policy.idle_reclaim.enabled else []),
          "services": [MONITOR_SERVICE]},
         {"name": "gpu-allocator", "description": "Allocate and release GPUs (the hub's spawner)",
          "scopes": [SCOPE_ALLOCATE, MONITOR_ACCESS], "services": [ALLOCATOR_SERVICE]},

@@ -12,11 +12,12 @@ import os
 import sys
 from pathlib import Path
 
-from .profiles import load_profiles
-from .secrets import ensure_secret
 from gpu_monitor.env import ConfigError, read_secret_file
 
+from .secrets import ensure_secret
+
 from .settings import load_settings
+from .siteconfig import load_site_config
 from .subdomains import certificate_names
 from .tls import needs_certificate, write_localhost_certificate
 
@@ -42,7 +43,7 @@ def write_pgpass(settings) -> None:
 def main(environ=os.environ) -> int:
     try:
         settings = load_settings(environ)
-        load_profiles(settings.profiles_file)
+        load_site_config(settings)
     except ConfigError as e:
         print(f"gpuhub: configuration error: {e}", file=sys.stderr)
         return 1
