@@ -8,17 +8,18 @@ What it adds to DockerSpawner:
   does not depend on the profile (no capabilities, no-new-privileges), an explicit
   `NVIDIA_VISIBLE_DEVICES` so no daemon or image default can hand out GPUs, and labels that
   record user, server and profile so the stack can rebuild its view from Docker;
-- devices from the GPU monitor: when the server's turn to start comes (so that seconds, not
-  minutes in a queue, pass between allocating and creating the container) the spawner asks the
-  monitor for the GPUs (or, on a host without GPUs, CPU slices) the person chose, gives the
-  container exactly those (Docker device requests by UUID, or a cpuset), records the
-  allocation in its state and in labels, and releases it after every stop, failed start or
-  cancelled start, but only once Docker confirms that the container is not running: a
-  container that will not stop keeps its devices, and its allocation stays in the state for
-  the monitor's reconciliation to settle;
+- devices from the GPU monitor (its API through gpuhub.monitor_client): when the server's turn
+  to start comes (so that seconds, not minutes in a queue, pass between allocating and creating
+  the container) the spawner asks the monitor for the GPUs (or, on a host without GPUs, CPU
+  slices) the person chose, gives the container exactly those (Docker device requests by UUID,
+  or a cpuset), records the allocation in its state and in labels, and releases it after every
+  stop, failed start or cancelled start, but only once Docker confirms that the container is
+  not running: a container that will not stop keeps its devices, and its allocation stays in
+  the state for the monitor's reconciliation to settle;
 - a read-only root filesystem, with size-limited tmpfs for /tmp and /var/tmp: what a person
   writes goes to their home volume or to memory, never to the host's disk;
-- a CUDA image newer than the host's driver is refused with both versions named;
+- a CUDA image newer than the host's driver (as the monitor's api/host reports it) is refused
+  with both versions named;
 - a start queue: at most `start_concurrency` servers start at once (container created until
   the server answers), the others wait their turn, so a burst of logins on a small host does
   not start every container at once and fail them all on the hub's http_timeout;
@@ -32,13 +33,12 @@ import concurrent.futures
 import contextlib
 import html
 import inspect
-import json
 from typing import Any
 
 import docker.errors
 from dockerspawner import DockerSpawner
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any as AnyTrait
 from traitlets import Float, Integer, Unicode, default
 
@@ -53,6 +53,7 @@ from gpu_monitor.contract import (
     LABEL_USER,
 )
 
+from .monitor_client import AllocationRequest, Host, MonitorClient, MonitorUnavailable, Refusal
 from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
 
 GPU_KINDS = ("gpu", "mig")
@@ -63,17 +64,13 @@ GPU_KINDS = ("gpu", "mig")
 TMPFS_PATHS = ("/tmp", "/var/tmp")
 
 
-class MonitorUnavailable(Exception):
-    """The GPU monitor did not answer (down, restarting, unreachable)."""
-
-
-def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: dict[str, Any]) -> str | None:
+def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: Host) -> str | None:
     """Why a profile's CUDA image cannot run on this host's driver, or None if it can.
 
     `host` is the monitor's host record: backend, driver_version, cuda_driver_version ("12.4").
     No NVIDIA driver (CPU slices) or an image without the label: nothing to refuse.
     """
-    host_cuda = host.get("cuda_driver_version")
+    host_cuda = host.cuda_driver_version
     if not image_cuda_major or not host_cuda:
         return None
     try:
@@ -85,7 +82,7 @@ def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: d
         return None
     return (
         f"Profile {profile!r} uses {image}, built for CUDA {needed}, but this host's NVIDIA driver "
-        f"{host.get('driver_version') or '(version unknown)'} supports CUDA up to {host_cuda}. "
+        f"{host.driver_version or '(version unknown)'} supports CUDA up to {host_cuda}. "
         f"Ask the operator to update the driver or to build the image with GPUHUB_CUDA_MAJOR={host_major}."
     )
 
@@ -232,31 +229,9 @@ class GPUDockerSpawner(DockerSpawner):
 
     # ---- the GPU monitor's API -----------------------------------------------------------------
 
-    async def _monitor(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict[str, Any]]:
-        request = HTTPRequest(
-            self.monitor_url + path,
-            method=method,
-            headers={"Authorization": f"token {self.monitor_token}", "Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body),
-            request_timeout=self.monitor_timeout,
-        )
-        try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except (OSError, HTTPClientError) as e:  # refused, unresolvable, timed out
-            raise MonitorUnavailable(f"the GPU monitor did not answer ({e})") from None
-        if response.code == 599 or response.code >= 502 and not response.body.startswith(b"{"):
-            raise MonitorUnavailable(f"the GPU monitor did not answer ({response.error or response.code})")
-        try:
-            data = json.loads(response.body or b"{}")
-        except ValueError:
-            data = {"message": response.body[:200].decode(errors="replace")}
-        return response.code, data
-
-    async def _monitor_devices(self) -> dict[str, Any]:
-        status, data = await self._monitor("GET", "api/devices")
-        if status != 200:
-            raise MonitorUnavailable(f"the GPU monitor answered {status}: {data.get('message')}")
-        return data
+    @property
+    def monitor(self) -> MonitorClient:
+        return MonitorClient(self.monitor_url, self.monitor_token, self.monitor_timeout)
 
     # ---- the spawn form -----------------------------------------------------------------------
 
@@ -271,15 +246,15 @@ class GPUDockerSpawner(DockerSpawner):
             notice = "This hub has no GPU monitor: servers start without GPUs."
         else:
             try:
-                devices = await self._monitor_devices()
+                devices = await self.monitor.devices()
             except MonitorUnavailable as e:
                 self.log.warning("spawn form for %s: %s", self.user.name, e)
                 notice = "The GPU monitor is not answering right now: only servers without GPUs can start."
             else:
-                total = devices["total"]
-                cpu = devices["host"]["backend"] == "cpu-slices"
+                total = devices.total
+                cpu = devices.host.backend == "cpu-slices"
                 what = "CPU slices (this host has no NVIDIA GPU; OpenCL runs on PoCL)" if cpu else "GPUs"
-                notice = f"{devices['free']} of {total} {what} free right now."
+                notice = f"{devices.free} of {total} {what} free right now."
         rows = [f'<p class="gpuhub-free alert alert-info">{html.escape(notice)}</p>']
         for p in profiles.profiles:
             checked = " checked" if p.name == profiles.default else ""
@@ -441,38 +416,37 @@ class GPUDockerSpawner(DockerSpawner):
             raise web.HTTPError(503, f"Cannot start a server with GPUs now: {e}. Try again in a minute.") from None
 
     async def _request_allocation(self, profile: str, gpus: int) -> None:
-        host = (await self._monitor_devices())["host"]
-        if host.get("cuda_driver_version"):
+        host = await self.monitor.host()
+        if host.cuda_driver_version:
             image = await self.docker("inspect_image", self.image)
             labels = (image.get("Config") or {}).get("Labels") or {}
             refusal = cuda_refusal(profile, self.image, labels.get(LABEL_CUDA_MAJOR), host)
             if refusal:
                 raise web.HTTPError(400, refusal)
         self._report(20, f"Allocating {gpus} device(s) from the GPU monitor")
-        groups = sorted(g.name for g in getattr(self.user, "groups", None) or [])
-        request = {"user": self.user.name, "server": self.name or "", "profile": profile, "count": gpus,
-                   "groups": groups}
-        status, data = await self._monitor("POST", "api/allocations", request)
-        if status == 409 and data.get("allocation_id"):
+        groups = tuple(sorted(g.name for g in getattr(self.user, "groups", None) or []))
+        request = AllocationRequest(user=self.user.name, server=self.name or "", profile=profile, count=gpus,
+                                    groups=groups)
+        answer = await self.monitor.allocate(request)
+        if isinstance(answer, Refusal) and answer.status == 409 and answer.allocation_id:
             # This very server still holds an allocation of another size (a crash lost it from
             # the state). Giving it back is safe only if no container of this server runs.
-            leftover = data["allocation_id"]
+            leftover = answer.allocation_id
             if not await self._container_gone():
                 raise web.HTTPError(503, self._still_running_message(leftover))
             self.log.warning("releasing %s's leftover allocation %s", self._log_name, leftover)
-            await self._monitor("DELETE", f"api/allocations/{leftover}")
-            status, data = await self._monitor("POST", "api/allocations", request)
-        if status not in (200, 201):
-            raise web.HTTPError(503 if status >= 500 else 400,
-                                f"No GPU for this server: {data.get('message', f'monitor answered {status}')}")
-        self.allocation_id = data["id"]
-        host_config, env = allocation_container_settings(data)
+            await self.monitor.release(leftover)
+            answer = await self.monitor.allocate(request)
+        if isinstance(answer, Refusal):
+            raise web.HTTPError(503 if answer.status >= 500 else 400, f"No GPU for this server: {answer.message}")
+        self.allocation_id = answer.id
+        host_config, env = allocation_container_settings(answer.allocation)
         self.extra_host_config = {**self.extra_host_config, **host_config}
         self.environment = {**self.environment, **env}
         labels = self.extra_create_kwargs.setdefault("labels", {})
-        labels[LABEL_ALLOCATION] = data["id"]
-        labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in data["devices"])
-        names = ", ".join(d.get("name") or d["uuid"] for d in data["devices"])
+        labels[LABEL_ALLOCATION] = answer.id
+        labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in answer.devices)
+        names = ", ".join(d.get("name") or d["uuid"] for d in answer.devices)
         self._report(25, f"Allocated: {names}")
 
     def _still_running_message(self, allocation_id: str) -> str:
@@ -497,16 +471,16 @@ class GPUDockerSpawner(DockerSpawner):
         self.allocation_id = ""
         self._allocation_outlives_server = False
         try:
-            status, data = await self._monitor("DELETE", f"api/allocations/{allocation_id}")
+            refusal = await self.monitor.release(allocation_id)
         except MonitorUnavailable as e:
             # the monitor's reconciliation frees it once no container holds it
             self.log.warning("could not release %s's allocation %s (%s): %s", self._log_name, allocation_id, why, e)
             return
-        if status in (200, 404):
+        if refusal is None:  # released, now or before (releasing twice is harmless)
             self.log.info("released %s's allocation %s (%s)", self._log_name, allocation_id, why)
         else:
             self.log.warning("releasing %s's allocation %s: monitor answered %s: %s", self._log_name,
-                             allocation_id, status, data.get("message"))
+                             allocation_id, refusal.status, refusal.message)
 
     async def _release_once_gone(self, why: str, allocation_id: str | None = None) -> bool:
         """Release the allocation if Docker confirms that this server's container is not

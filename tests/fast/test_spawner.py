@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from tornado import web
 
+from gpuhub.monitor_client import Host
 from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
 
@@ -70,13 +71,14 @@ def test_choice_configures_the_container(spawner):
     assert spawner._render_templates(labels)["org.gpuhub.user"] == "al{ice}"
 
 
-HOST_12 = {"backend": "nvml", "driver_version": "535.104.05", "cuda_driver_version": "12.2"}
+HOST_12 = Host(backend="nvml", driver_version="535.104.05", cuda_driver_version="12.2")
 CUDA_CASES = {
     "13 image on a 12.2 driver": ("13", HOST_12, "built for CUDA 13, but this host's NVIDIA driver 535.104.05 "
                                                  "supports CUDA up to 12.2"),
     "12 image on a 12.2 driver": ("12", HOST_12, None),
-    "13 image on a 13.0 driver": ("13", {**HOST_12, "cuda_driver_version": "13.0"}, None),
-    "no driver (CPU slices)": ("13", {"backend": "cpu-slices", "cuda_driver_version": None}, None),
+    "13 image on a 13.0 driver": ("13", Host(backend="nvml", driver_version="580.65.06", cuda_driver_version="13.0"),
+                                  None),
+    "no driver (CPU slices)": ("13", Host(backend="cpu-slices"), None),
     "image without the label": (None, HOST_12, None),
 }
 
