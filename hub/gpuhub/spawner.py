@@ -1,7 +1,8 @@
 """GPUDockerSpawner: DockerSpawner that starts a declared profile, and nothing else.
 
 What it adds to DockerSpawner:
-- a spawn form listing the profiles from `config/profiles.yaml` and a GPU-count choice;
+- a spawn form listing the profiles from `config/profiles.yaml` and a GPU-count choice, from a
+  Jinja2 template (templates/options_form.html) that a site may replace or extend;
 - validation of `user_options` (form or REST API) before any container exists: an unknown
   profile, a bad GPU count or an attempt to name an image is an HTTP 400 with a sentence;
 - per-container settings from the profile (image, CPU/memory/shm/pids limits), hardening that
@@ -31,16 +32,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import html
+import functools
 import inspect
+from pathlib import Path
 from typing import Any
 
 import docker.errors
+import jinja2
 from dockerspawner import DockerSpawner
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any as AnyTrait
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, List, Unicode, default
 
 from gpu_monitor.contract import (
     LABEL_ALLOCATION,
@@ -53,7 +56,7 @@ from gpu_monitor.contract import (
     LABEL_USER,
 )
 
-from .monitor_client import AllocationRequest, Host, MonitorClient, MonitorUnavailable, Refusal
+from .monitor_client import AllocationRequest, Devices, Host, MonitorClient, MonitorUnavailable, Refusal
 from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
 
 GPU_KINDS = ("gpu", "mig")
@@ -62,6 +65,10 @@ GPU_KINDS = ("gpu", "mig")
 # expect a writable /tmp (PoCL's kernel cache, Triton's and PyTorch's compile caches, pip) and
 # some /var/tmp. Not noexec: those caches hold compiled code that is loaded from there.
 TMPFS_PATHS = ("/tmp", "/var/tmp")
+
+# The spawn form's template, shipped in the package; a site's own directories are searched first.
+OPTIONS_FORM_TEMPLATE = "options_form.html"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 
 def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: Host) -> str | None:
@@ -141,6 +148,17 @@ def tmpfs_options(size: str) -> str:
     return f"rw,exec,nosuid,nodev,size={size_in_bytes(size)},mode=1777"
 
 
+@functools.lru_cache(maxsize=8)
+def form_templates(site_paths: tuple[str, ...]) -> jinja2.Environment:
+    """Templates from `site_paths` (in order), then the package's own; the package's also as
+    "gpuhub/<name>", so that a site's template can extend the one it replaces."""
+    loader = jinja2.ChoiceLoader([
+        jinja2.FileSystemLoader([*site_paths, str(TEMPLATES)]),
+        jinja2.PrefixLoader({"gpuhub": jinja2.FileSystemLoader(str(TEMPLATES))}),
+    ])
+    return jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
 def _label_value(text: str) -> str:
     # DockerSpawner renders extra_create_kwargs with str.format: keep braces literal.
     return text.replace("{", "{{").replace("}", "}}")
@@ -193,6 +211,16 @@ class GPUDockerSpawner(DockerSpawner):
 
     allocation_id = Unicode("", help="The GPU monitor's allocation this server holds ('' if none).")
 
+    additional_options_form_template_paths = List(
+        Unicode(),
+        config=True,
+        help="""Directories searched, in this order, for the spawn form's template
+        (options_form.html) before the one gpuhub ships in gpuhub/templates/. A site's own
+        options_form.html replaces gpuhub's; it may also extend it ({% extends
+        "gpuhub/options_form.html" %}) and replace a block. Either way the form must send a radio
+        `profile` and a select `gpus-<profile name>`; the shipped template lists the variables.""",
+    )
+
     start_concurrency = Integer(
         0,
         config=True,
@@ -242,6 +270,7 @@ class GPUDockerSpawner(DockerSpawner):
     async def _render_options_form(self, spawner: "GPUDockerSpawner") -> str:
         profiles: Profiles = self.profiles
         total = 0
+        devices: Devices | None = None
         if not self.monitor_url:
             notice = "This hub has no GPU monitor: servers start without GPUs."
         else:
@@ -255,24 +284,16 @@ class GPUDockerSpawner(DockerSpawner):
                 cpu = devices.host.backend == "cpu-slices"
                 what = "CPU slices (this host has no NVIDIA GPU; OpenCL runs on PoCL)" if cpu else "GPUs"
                 notice = f"{devices.free} of {total} {what} free right now."
-        rows = [f'<p class="gpuhub-free alert alert-info">{html.escape(notice)}</p>']
-        for p in profiles.profiles:
-            checked = " checked" if p.name == profiles.default else ""
-            gpu_choices = "".join(
-                f'<option value="{n}">{n}</option>' for n in p.gpus if n <= total or n == 0
-            )
-            rows.append(
-                f"""
-<div class="gpuhub-profile card mb-2"><div class="card-body">
-  <label class="form-check-label">
-    <input class="form-check-input" type="radio" name="profile" value="{html.escape(p.name)}"{checked}>
-    <strong>{html.escape(p.display_name)}</strong>
-  </label>
-  <p class="text-muted mb-1">{html.escape(p.description)}</p>
-  <label>GPUs <select class="form-select form-select-sm d-inline w-auto" name="gpus-{html.escape(p.name)}">{gpu_choices}</select></label>
-</div></div>"""
-            )
-        return "\n".join(rows)
+        template = form_templates(tuple(self.additional_options_form_template_paths)).get_template(
+            OPTIONS_FORM_TEMPLATE)
+        return template.render(
+            notice=notice,
+            devices=devices,
+            profiles=profiles.profiles,
+            default_profile=profiles.default,
+            # no more GPUs than the host has (0, no GPU, always)
+            gpu_choices={p.name: [n for n in p.gpus if n <= total or n == 0] for p in profiles.profiles},
+        )
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         profile = (formdata.get("profile") or [""])[0]

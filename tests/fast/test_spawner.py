@@ -32,7 +32,10 @@ def spawner():
 
 def test_form_lists_profiles_escaped_with_gpu_choices(spawner):
     form = run_async(spawner._render_options_form(spawner))
-    assert 'value="minimal" checked' in form
+    # what the browser tests (tests/browser) select
+    assert form.count('<p class="gpuhub-free ') == 1 and form.count('<div class="gpuhub-profile ') == 2
+    assert 'type="radio" name="profile" value="minimal" checked' in form
+    assert 'type="radio" name="profile" value="cuda">' in form
     assert "CPU &lt;only&gt;" in form and "<only>" not in form
     # no monitor, no GPU: only 0 is offered, even for a profile declaring more
     assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
@@ -46,6 +49,31 @@ def test_form_says_so_when_the_monitor_does_not_answer(spawner):
     spawner.monitor_url = f"http://127.0.0.1:{port}/services/gpu-monitor/"
     form = run_async(spawner._render_options_form(spawner))
     assert "not answering right now" in form
+    assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
+
+
+def test_a_sites_template_directory_is_searched_before_gpuhubs(spawner, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "options_form.html").write_text(
+        '<p class="site">{{ notice }}</p>\n'
+        '{% for p in profiles %}<input type="radio" name="profile" value="{{ p.name }}">{{ p.description }}\n'
+        '{% endfor %}')
+    spawner.additional_options_form_template_paths = [str(tmp_path / "not-there"), str(site)]
+    form = run_async(spawner._render_options_form(spawner))
+    assert form == ('<p class="site">This hub has no GPU monitor: servers start without GPUs.</p>\n'
+                    '<input type="radio" name="profile" value="minimal">CPU &lt;only&gt;\n'
+                    '<input type="radio" name="profile" value="cuda">\n')
+
+
+def test_a_sites_template_may_extend_gpuhubs_and_replace_a_block(spawner, tmp_path):
+    (tmp_path / "options_form.html").write_text(
+        '{% extends "gpuhub/options_form.html" %}'
+        '{% block notice %}<p class="site">{{ devices is none }}: {{ "<b>" }}</p>{% endblock %}')
+    spawner.additional_options_form_template_paths = [str(tmp_path)]
+    form = run_async(spawner._render_options_form(spawner))
+    assert '<p class="site">True: &lt;b&gt;</p>' in form and "gpuhub-free" not in form
+    assert 'value="minimal" checked' in form and "CPU &lt;only&gt;" in form
     assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
 
 
