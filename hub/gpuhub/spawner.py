@@ -21,9 +21,10 @@ What it adds to DockerSpawner:
   writes goes to their home volume or to memory, never to the host's disk;
 - a CUDA image newer than the host's driver (as the monitor's api/host reports it) is refused
   with both versions named;
-- a start queue: at most `start_concurrency` servers start at once (container created until
-  the server answers), the others wait their turn, so a burst of logins on a small host does
-  not start every container at once and fail them all on the hub's http_timeout;
+- a start queue (gpuhub.start_queue): at most `start_concurrency` servers start at once
+  (container created until the server answers), the others wait their turn, so a burst of
+  logins on a small host does not start every container at once and fail them all on the
+  hub's http_timeout;
 - progress messages for the spawn page, step by step.
 """
 
@@ -58,6 +59,7 @@ from gpu_monitor.contract import (
 
 from .monitor_client import AllocationRequest, Devices, Host, MonitorClient, MonitorUnavailable, Refusal
 from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
+from .start_queue import hub_start_queue
 
 GPU_KINDS = ("gpu", "mig")
 
@@ -235,10 +237,6 @@ class GPUDockerSpawner(DockerSpawner):
         against start_timeout: raise it with the expected queue.""",
     )
 
-    # One queue per hub process (and per event loop: the fast tests run several loops).
-    _start_queue: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
-    _start_waiting = 0
-
     # Per server (replaced, never mutated, so these class-level defaults are never shared):
     _docker_calls: frozenset[concurrent.futures.Future] = frozenset()  # see docker()
     _image_present = ""  # the image this start has pulled or found present
@@ -407,14 +405,14 @@ class GPUDockerSpawner(DockerSpawner):
         self._image_present = image
 
     def _start_turn(self):
-        """This server's turn in the start queue (a no-op without a limit)."""
+        """This server's turn in the hub's start queue (a no-op without a limit)."""
         if not self.start_concurrency:
             return contextlib.nullcontext()
-        loop = asyncio.get_running_loop()
-        cls = GPUDockerSpawner
-        if cls._start_queue is None or cls._start_queue[0] is not loop:
-            cls._start_queue = (loop, asyncio.Semaphore(self.start_concurrency))
-        return _Turn(self, cls._start_queue[1])
+        return hub_start_queue(self.start_concurrency).turn(self._report_waiting)
+
+    def _report_waiting(self, ahead: int) -> None:
+        self._report(15, f"Waiting for a turn to start: {self.start_concurrency} servers are starting, "
+                         f"{ahead} waiting before this one")
 
     async def _wait_for_server(self, address: tuple[str, int]) -> None:
         # The same URL the hub checks next (Server.wait_up: base URL + "api"). Not answering in
@@ -646,26 +644,3 @@ class GPUDockerSpawner(DockerSpawner):
             except asyncio.TimeoutError:
                 pass
 
-
-class _Turn:
-    """Waits for a slot of the start queue, telling the spawn page how many are ahead."""
-
-    def __init__(self, spawner: GPUDockerSpawner, slots: asyncio.Semaphore):
-        self.spawner, self.slots = spawner, slots
-
-    async def __aenter__(self):
-        cls = GPUDockerSpawner
-        if self.slots.locked():
-            self.spawner._report(
-                15, f"Waiting for a turn to start: {self.spawner.start_concurrency} servers are starting, "
-                    f"{cls._start_waiting} waiting before this one")
-        cls._start_waiting += 1
-        try:
-            await self.slots.acquire()
-        finally:
-            cls._start_waiting -= 1
-        return self
-
-    async def __aexit__(self, *exc):
-        self.slots.release()
-        return False

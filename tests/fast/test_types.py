@@ -9,7 +9,7 @@ import pytest
 from ..conftest import ROOT
 
 # the hub's modules that carry type hints throughout (the rest extend untyped JupyterHub classes)
-TYPED_HUB_MODULES = ["hub/gpuhub/monitor_client.py"]
+TYPED_HUB_MODULES = ["hub/gpuhub/monitor_client.py", "hub/gpuhub/start_queue.py"]
 
 
 def mypy(*targets: str) -> subprocess.CompletedProcess:
