@@ -253,10 +253,11 @@ class GPUDockerSpawner(DockerSpawner):
         succeeds. 0 turns this off (the hub's back-off alone).""",
     )
 
-    # ---- the GPU monitor's API -----------------------------------------------------------------
+    # ---- the GPU monitor ------------------------------------------------------------------------
 
     @property
     def monitor(self) -> MonitorClient:
+        """The monitor's API (made on each use: the traits may change, and it holds nothing)."""
         return MonitorClient(self.monitor_url, self.monitor_token, self.monitor_timeout)
 
     # ---- the spawn form -----------------------------------------------------------------------
@@ -643,4 +644,3 @@ class GPUDockerSpawner(DockerSpawner):
                 await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
             except asyncio.TimeoutError:
                 pass
-
