@@ -87,10 +87,6 @@ class Profiles:
     def get(self, name: str) -> Profile | None:
         return next((p for p in self.profiles if p.name == name), None)
 
-    @property
-    def images(self) -> frozenset[str]:
-        return frozenset(p.image for p in self.profiles)
-
 
 @dataclass(frozen=True)
 class Choice:

@@ -1,27 +1,30 @@
 """GPUDockerSpawner: DockerSpawner that starts a declared profile, and nothing else.
 
 What it adds to DockerSpawner:
-- a spawn form listing the profiles from `config/profiles.yaml` and a GPU-count choice;
+- a spawn form listing the profiles from `config/profiles.yaml` and a GPU-count choice, from a
+  Jinja2 template (templates/options_form.html) that a site may replace or extend;
 - validation of `user_options` (form or REST API) before any container exists: an unknown
   profile, a bad GPU count or an attempt to name an image is an HTTP 400 with a sentence;
 - per-container settings from the profile (image, CPU/memory/shm/pids limits), hardening that
   does not depend on the profile (no capabilities, no-new-privileges), an explicit
   `NVIDIA_VISIBLE_DEVICES` so no daemon or image default can hand out GPUs, and labels that
   record user, server and profile so the stack can rebuild its view from Docker;
-- devices from the GPU monitor: when the server's turn to start comes (so that seconds, not
-  minutes in a queue, pass between allocating and creating the container) the spawner asks the
-  monitor for the GPUs (or, on a host without GPUs, CPU slices) the person chose, gives the
-  container exactly those (Docker device requests by UUID, or a cpuset), records the
-  allocation in its state and in labels, and releases it after every stop, failed start or
-  cancelled start, but only once Docker confirms that the container is not running: a
-  container that will not stop keeps its devices, and its allocation stays in the state for
-  the monitor's reconciliation to settle;
+- devices from the GPU monitor (its API through gpuhub.monitor_client): when the server's turn
+  to start comes (so that seconds, not minutes in a queue, pass between allocating and creating
+  the container) the spawner asks the monitor for the GPUs (or, on a host without GPUs, CPU
+  slices) the person chose, gives the container exactly those (Docker device requests by UUID,
+  or a cpuset), records the allocation in its state and in labels, and releases it after every
+  stop, failed start or cancelled start, but only once Docker confirms that the container is
+  not running: a container that will not stop keeps its devices, and its allocation stays in
+  the state for the monitor's reconciliation to settle;
 - a read-only root filesystem, with size-limited tmpfs for /tmp and /var/tmp: what a person
   writes goes to their home volume or to memory, never to the host's disk;
-- a CUDA image newer than the host's driver is refused with both versions named;
-- a start queue: at most `start_concurrency` servers start at once (container created until
-  the server answers), the others wait their turn, so a burst of logins on a small host does
-  not start every container at once and fail them all on the hub's http_timeout;
+- a CUDA image newer than the host's driver (as the monitor's api/host reports it) is refused
+  with both versions named;
+- a start queue (gpuhub.start_queue): at most `start_concurrency` servers start at once
+  (container created until the server answers), the others wait their turn, so a burst of
+  logins on a small host does not start every container at once and fail them all on the
+  hub's http_timeout;
 - progress messages for the spawn page, step by step.
 """
 
@@ -30,17 +33,18 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import html
+import functools
 import inspect
-import json
+from pathlib import Path
 from typing import Any
 
 import docker.errors
+import jinja2
 from dockerspawner import DockerSpawner
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any as AnyTrait
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, List, Unicode, default
 
 from gpu_monitor.contract import (
     LABEL_ALLOCATION,
@@ -53,7 +57,9 @@ from gpu_monitor.contract import (
     LABEL_USER,
 )
 
+from .monitor_client import AllocationRequest, Devices, Host, MonitorClient, MonitorUnavailable, Refusal
 from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
+from .start_queue import hub_start_queue
 
 GPU_KINDS = ("gpu", "mig")
 
@@ -62,18 +68,18 @@ GPU_KINDS = ("gpu", "mig")
 # some /var/tmp. Not noexec: those caches hold compiled code that is loaded from there.
 TMPFS_PATHS = ("/tmp", "/var/tmp")
 
+# The spawn form's template, shipped in the package; a site's own directories are searched first.
+OPTIONS_FORM_TEMPLATE = "options_form.html"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 
-class MonitorUnavailable(Exception):
-    """The GPU monitor did not answer (down, restarting, unreachable)."""
 
-
-def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: dict[str, Any]) -> str | None:
+def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: Host) -> str | None:
     """Why a profile's CUDA image cannot run on this host's driver, or None if it can.
 
     `host` is the monitor's host record: backend, driver_version, cuda_driver_version ("12.4").
     No NVIDIA driver (CPU slices) or an image without the label: nothing to refuse.
     """
-    host_cuda = host.get("cuda_driver_version")
+    host_cuda = host.cuda_driver_version
     if not image_cuda_major or not host_cuda:
         return None
     try:
@@ -85,7 +91,7 @@ def cuda_refusal(profile: str, image: str, image_cuda_major: str | None, host: d
         return None
     return (
         f"Profile {profile!r} uses {image}, built for CUDA {needed}, but this host's NVIDIA driver "
-        f"{host.get('driver_version') or '(version unknown)'} supports CUDA up to {host_cuda}. "
+        f"{host.driver_version or '(version unknown)'} supports CUDA up to {host_cuda}. "
         f"Ask the operator to update the driver or to build the image with GPUHUB_CUDA_MAJOR={host_major}."
     )
 
@@ -144,6 +150,17 @@ def tmpfs_options(size: str) -> str:
     return f"rw,exec,nosuid,nodev,size={size_in_bytes(size)},mode=1777"
 
 
+@functools.lru_cache(maxsize=8)
+def form_templates(site_paths: tuple[str, ...]) -> jinja2.Environment:
+    """Templates from `site_paths` (in order), then the package's own; the package's also as
+    "gpuhub/<name>", so that a site's template can extend the one it replaces."""
+    loader = jinja2.ChoiceLoader([
+        jinja2.FileSystemLoader([*site_paths, str(TEMPLATES)]),
+        jinja2.PrefixLoader({"gpuhub": jinja2.FileSystemLoader(str(TEMPLATES))}),
+    ])
+    return jinja2.Environment(loader=loader, autoescape=True, trim_blocks=True, lstrip_blocks=True)
+
+
 def _label_value(text: str) -> str:
     # DockerSpawner renders extra_create_kwargs with str.format: keep braces literal.
     return text.replace("{", "{{").replace("}", "}}")
@@ -196,6 +213,16 @@ class GPUDockerSpawner(DockerSpawner):
 
     allocation_id = Unicode("", help="The GPU monitor's allocation this server holds ('' if none).")
 
+    additional_options_form_template_paths = List(
+        Unicode(),
+        config=True,
+        help="""Directories searched, in this order, for the spawn form's template
+        (options_form.html) before the one gpuhub ships in gpuhub/templates/. A site's own
+        options_form.html replaces gpuhub's; it may also extend it ({% extends
+        "gpuhub/options_form.html" %}) and replace a block. Either way the form must send a radio
+        `profile` and a select `gpus-<profile name>`; the shipped template lists the variables.""",
+    )
+
     start_concurrency = Integer(
         0,
         config=True,
@@ -209,10 +236,6 @@ class GPUDockerSpawner(DockerSpawner):
         each gets the CPUs nearly to itself and answers within seconds. The wait counts
         against start_timeout: raise it with the expected queue.""",
     )
-
-    # One queue per hub process (and per event loop: the fast tests run several loops).
-    _start_queue: tuple[asyncio.AbstractEventLoop, asyncio.Semaphore] | None = None
-    _start_waiting = 0
 
     # Per server (replaced, never mutated, so these class-level defaults are never shared):
     _docker_calls: frozenset[concurrent.futures.Future] = frozenset()  # see docker()
@@ -230,33 +253,12 @@ class GPUDockerSpawner(DockerSpawner):
         succeeds. 0 turns this off (the hub's back-off alone).""",
     )
 
-    # ---- the GPU monitor's API -----------------------------------------------------------------
+    # ---- the GPU monitor ------------------------------------------------------------------------
 
-    async def _monitor(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict[str, Any]]:
-        request = HTTPRequest(
-            self.monitor_url + path,
-            method=method,
-            headers={"Authorization": f"token {self.monitor_token}", "Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body),
-            request_timeout=self.monitor_timeout,
-        )
-        try:
-            response = await AsyncHTTPClient().fetch(request, raise_error=False)
-        except (OSError, HTTPClientError) as e:  # refused, unresolvable, timed out
-            raise MonitorUnavailable(f"the GPU monitor did not answer ({e})") from None
-        if response.code == 599 or response.code >= 502 and not response.body.startswith(b"{"):
-            raise MonitorUnavailable(f"the GPU monitor did not answer ({response.error or response.code})")
-        try:
-            data = json.loads(response.body or b"{}")
-        except ValueError:
-            data = {"message": response.body[:200].decode(errors="replace")}
-        return response.code, data
-
-    async def _monitor_devices(self) -> dict[str, Any]:
-        status, data = await self._monitor("GET", "api/devices")
-        if status != 200:
-            raise MonitorUnavailable(f"the GPU monitor answered {status}: {data.get('message')}")
-        return data
+    @property
+    def monitor(self) -> MonitorClient:
+        """The monitor's API (made on each use: the traits may change, and it holds nothing)."""
+        return MonitorClient(self.monitor_url, self.monitor_token, self.monitor_timeout)
 
     # ---- the spawn form -----------------------------------------------------------------------
 
@@ -267,37 +269,30 @@ class GPUDockerSpawner(DockerSpawner):
     async def _render_options_form(self, spawner: "GPUDockerSpawner") -> str:
         profiles: Profiles = self.profiles
         total = 0
+        devices: Devices | None = None
         if not self.monitor_url:
             notice = "This hub has no GPU monitor: servers start without GPUs."
         else:
             try:
-                devices = await self._monitor_devices()
+                devices = await self.monitor.devices()
             except MonitorUnavailable as e:
                 self.log.warning("spawn form for %s: %s", self.user.name, e)
                 notice = "The GPU monitor is not answering right now: only servers without GPUs can start."
             else:
-                total = devices["total"]
-                cpu = devices["host"]["backend"] == "cpu-slices"
+                total = devices.total
+                cpu = devices.host.backend == "cpu-slices"
                 what = "CPU slices (this host has no NVIDIA GPU; OpenCL runs on PoCL)" if cpu else "GPUs"
-                notice = f"{devices['free']} of {total} {what} free right now."
-        rows = [f'<p class="gpuhub-free alert alert-info">{html.escape(notice)}</p>']
-        for p in profiles.profiles:
-            checked = " checked" if p.name == profiles.default else ""
-            gpu_choices = "".join(
-                f'<option value="{n}">{n}</option>' for n in p.gpus if n <= total or n == 0
-            )
-            rows.append(
-                f"""
-<div class="gpuhub-profile card mb-2"><div class="card-body">
-  <label class="form-check-label">
-    <input class="form-check-input" type="radio" name="profile" value="{html.escape(p.name)}"{checked}>
-    <strong>{html.escape(p.display_name)}</strong>
-  </label>
-  <p class="text-muted mb-1">{html.escape(p.description)}</p>
-  <label>GPUs <select class="form-select form-select-sm d-inline w-auto" name="gpus-{html.escape(p.name)}">{gpu_choices}</select></label>
-</div></div>"""
-            )
-        return "\n".join(rows)
+                notice = f"{devices.free} of {total} {what} free right now."
+        template = form_templates(tuple(self.additional_options_form_template_paths)).get_template(
+            OPTIONS_FORM_TEMPLATE)
+        return template.render(
+            notice=notice,
+            devices=devices,
+            profiles=profiles.profiles,
+            default_profile=profiles.default,
+            # no more GPUs than the host has (0, no GPU, always)
+            gpu_choices={p.name: [n for n in p.gpus if n <= total or n == 0] for p in profiles.profiles},
+        )
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         profile = (formdata.get("profile") or [""])[0]
@@ -411,14 +406,14 @@ class GPUDockerSpawner(DockerSpawner):
         self._image_present = image
 
     def _start_turn(self):
-        """This server's turn in the start queue (a no-op without a limit)."""
+        """This server's turn in the hub's start queue (a no-op without a limit)."""
         if not self.start_concurrency:
             return contextlib.nullcontext()
-        loop = asyncio.get_running_loop()
-        cls = GPUDockerSpawner
-        if cls._start_queue is None or cls._start_queue[0] is not loop:
-            cls._start_queue = (loop, asyncio.Semaphore(self.start_concurrency))
-        return _Turn(self, cls._start_queue[1])
+        return hub_start_queue(self.start_concurrency).turn(self._report_waiting)
+
+    def _report_waiting(self, ahead: int) -> None:
+        self._report(15, f"Waiting for a turn to start: {self.start_concurrency} servers are starting, "
+                         f"{ahead} waiting before this one")
 
     async def _wait_for_server(self, address: tuple[str, int]) -> None:
         # The same URL the hub checks next (Server.wait_up: base URL + "api"). Not answering in
@@ -441,38 +436,37 @@ class GPUDockerSpawner(DockerSpawner):
             raise web.HTTPError(503, f"Cannot start a server with GPUs now: {e}. Try again in a minute.") from None
 
     async def _request_allocation(self, profile: str, gpus: int) -> None:
-        host = (await self._monitor_devices())["host"]
-        if host.get("cuda_driver_version"):
+        host = await self.monitor.host()
+        if host.cuda_driver_version:
             image = await self.docker("inspect_image", self.image)
             labels = (image.get("Config") or {}).get("Labels") or {}
             refusal = cuda_refusal(profile, self.image, labels.get(LABEL_CUDA_MAJOR), host)
             if refusal:
                 raise web.HTTPError(400, refusal)
         self._report(20, f"Allocating {gpus} device(s) from the GPU monitor")
-        groups = sorted(g.name for g in getattr(self.user, "groups", None) or [])
-        request = {"user": self.user.name, "server": self.name or "", "profile": profile, "count": gpus,
-                   "groups": groups}
-        status, data = await self._monitor("POST", "api/allocations", request)
-        if status == 409 and data.get("allocation_id"):
+        groups = tuple(sorted(g.name for g in getattr(self.user, "groups", None) or []))
+        request = AllocationRequest(user=self.user.name, server=self.name or "", profile=profile, count=gpus,
+                                    groups=groups)
+        answer = await self.monitor.allocate(request)
+        if isinstance(answer, Refusal) and answer.status == 409 and answer.allocation_id:
             # This very server still holds an allocation of another size (a crash lost it from
             # the state). Giving it back is safe only if no container of this server runs.
-            leftover = data["allocation_id"]
+            leftover = answer.allocation_id
             if not await self._container_gone():
                 raise web.HTTPError(503, self._still_running_message(leftover))
             self.log.warning("releasing %s's leftover allocation %s", self._log_name, leftover)
-            await self._monitor("DELETE", f"api/allocations/{leftover}")
-            status, data = await self._monitor("POST", "api/allocations", request)
-        if status not in (200, 201):
-            raise web.HTTPError(503 if status >= 500 else 400,
-                                f"No GPU for this server: {data.get('message', f'monitor answered {status}')}")
-        self.allocation_id = data["id"]
-        host_config, env = allocation_container_settings(data)
+            await self.monitor.release(leftover)
+            answer = await self.monitor.allocate(request)
+        if isinstance(answer, Refusal):
+            raise web.HTTPError(503 if answer.status >= 500 else 400, f"No GPU for this server: {answer.message}")
+        self.allocation_id = answer.id
+        host_config, env = allocation_container_settings(answer.allocation)
         self.extra_host_config = {**self.extra_host_config, **host_config}
         self.environment = {**self.environment, **env}
         labels = self.extra_create_kwargs.setdefault("labels", {})
-        labels[LABEL_ALLOCATION] = data["id"]
-        labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in data["devices"])
-        names = ", ".join(d.get("name") or d["uuid"] for d in data["devices"])
+        labels[LABEL_ALLOCATION] = answer.id
+        labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in answer.devices)
+        names = ", ".join(d.get("name") or d["uuid"] for d in answer.devices)
         self._report(25, f"Allocated: {names}")
 
     def _still_running_message(self, allocation_id: str) -> str:
@@ -497,16 +491,16 @@ class GPUDockerSpawner(DockerSpawner):
         self.allocation_id = ""
         self._allocation_outlives_server = False
         try:
-            status, data = await self._monitor("DELETE", f"api/allocations/{allocation_id}")
+            refusal = await self.monitor.release(allocation_id)
         except MonitorUnavailable as e:
             # the monitor's reconciliation frees it once no container holds it
             self.log.warning("could not release %s's allocation %s (%s): %s", self._log_name, allocation_id, why, e)
             return
-        if status in (200, 404):
+        if refusal is None:  # released, now or before (releasing twice is harmless)
             self.log.info("released %s's allocation %s (%s)", self._log_name, allocation_id, why)
         else:
             self.log.warning("releasing %s's allocation %s: monitor answered %s: %s", self._log_name,
-                             allocation_id, status, data.get("message"))
+                             allocation_id, refusal.status, refusal.message)
 
     async def _release_once_gone(self, why: str, allocation_id: str | None = None) -> bool:
         """Release the allocation if Docker confirms that this server's container is not
@@ -650,27 +644,3 @@ class GPUDockerSpawner(DockerSpawner):
                 await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
             except asyncio.TimeoutError:
                 pass
-
-
-class _Turn:
-    """Waits for a slot of the start queue, telling the spawn page how many are ahead."""
-
-    def __init__(self, spawner: GPUDockerSpawner, slots: asyncio.Semaphore):
-        self.spawner, self.slots = spawner, slots
-
-    async def __aenter__(self):
-        cls = GPUDockerSpawner
-        if self.slots.locked():
-            self.spawner._report(
-                15, f"Waiting for a turn to start: {self.spawner.start_concurrency} servers are starting, "
-                    f"{cls._start_waiting} waiting before this one")
-        cls._start_waiting += 1
-        try:
-            await self.slots.acquire()
-        finally:
-            cls._start_waiting -= 1
-        return self
-
-    async def __aexit__(self, *exc):
-        self.slots.release()
-        return False

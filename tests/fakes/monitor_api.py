@@ -1,5 +1,5 @@
 """Fakes of the GPU monitor's HTTP API as the hub's spawner uses it (gpu_monitor/openapi.yaml:
-GET api/devices, POST api/allocations, DELETE api/allocations/{id}), served over real HTTP on
+GET api/host, GET api/devices, POST api/allocations, DELETE api/allocations/{id}), served over real HTTP on
 127.0.0.1 by tornado, so the spawner's own client code runs unchanged.
 
 - `FakeMonitor`: allocates like the real allocator for one host: the same request from the
@@ -86,6 +86,10 @@ class FakeMonitor:
                 self.set_header("Content-Type", "application/json")
                 self.finish(json.dumps(body))
 
+        class Host(Handler):
+            def get(self) -> None:
+                self.answer(200, monitor.host)
+
         class Devices(Handler):
             def get(self) -> None:
                 self.answer(*monitor.devices())
@@ -99,7 +103,7 @@ class FakeMonitor:
                 self.answer(*monitor.release(allocation_id))
 
         prefix = "/services/gpu-monitor/api"
-        app = web.Application([(f"{prefix}/devices", Devices), (f"{prefix}/allocations", Allocations),
+        app = web.Application([(f"{prefix}/host", Host), (f"{prefix}/devices", Devices), (f"{prefix}/allocations", Allocations),
                                (f"{prefix}/allocations/([^/]+)", Allocation)])
         sock, port = bind_unused_port()
         self._server = HTTPServer(app)

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 from tornado import web
 
+from gpuhub.monitor_client import Host
 from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
 
@@ -31,7 +32,10 @@ def spawner():
 
 def test_form_lists_profiles_escaped_with_gpu_choices(spawner):
     form = run_async(spawner._render_options_form(spawner))
-    assert 'value="minimal" checked' in form
+    # what the browser tests (tests/browser) select
+    assert form.count('<p class="gpuhub-free ') == 1 and form.count('<div class="gpuhub-profile ') == 2
+    assert 'type="radio" name="profile" value="minimal" checked' in form
+    assert 'type="radio" name="profile" value="cuda">' in form
     assert "CPU &lt;only&gt;" in form and "<only>" not in form
     # no monitor, no GPU: only 0 is offered, even for a profile declaring more
     assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
@@ -45,6 +49,31 @@ def test_form_says_so_when_the_monitor_does_not_answer(spawner):
     spawner.monitor_url = f"http://127.0.0.1:{port}/services/gpu-monitor/"
     form = run_async(spawner._render_options_form(spawner))
     assert "not answering right now" in form
+    assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
+
+
+def test_a_sites_template_directory_is_searched_before_gpuhubs(spawner, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "options_form.html").write_text(
+        '<p class="site">{{ notice }}</p>\n'
+        '{% for p in profiles %}<input type="radio" name="profile" value="{{ p.name }}">{{ p.description }}\n'
+        '{% endfor %}')
+    spawner.additional_options_form_template_paths = [str(tmp_path / "not-there"), str(site)]
+    form = run_async(spawner._render_options_form(spawner))
+    assert form == ('<p class="site">This hub has no GPU monitor: servers start without GPUs.</p>\n'
+                    '<input type="radio" name="profile" value="minimal">CPU &lt;only&gt;\n'
+                    '<input type="radio" name="profile" value="cuda">\n')
+
+
+def test_a_sites_template_may_extend_gpuhubs_and_replace_a_block(spawner, tmp_path):
+    (tmp_path / "options_form.html").write_text(
+        '{% extends "gpuhub/options_form.html" %}'
+        '{% block notice %}<p class="site">{{ devices is none }}: {{ "<b>" }}</p>{% endblock %}')
+    spawner.additional_options_form_template_paths = [str(tmp_path)]
+    form = run_async(spawner._render_options_form(spawner))
+    assert '<p class="site">True: &lt;b&gt;</p>' in form and "gpuhub-free" not in form
+    assert 'value="minimal" checked' in form and "CPU &lt;only&gt;" in form
     assert 'name="gpus-cuda"><option value="0">0</option></select>' in form
 
 
@@ -70,13 +99,14 @@ def test_choice_configures_the_container(spawner):
     assert spawner._render_templates(labels)["org.gpuhub.user"] == "al{ice}"
 
 
-HOST_12 = {"backend": "nvml", "driver_version": "535.104.05", "cuda_driver_version": "12.2"}
+HOST_12 = Host(backend="nvml", driver_version="535.104.05", cuda_driver_version="12.2")
 CUDA_CASES = {
     "13 image on a 12.2 driver": ("13", HOST_12, "built for CUDA 13, but this host's NVIDIA driver 535.104.05 "
                                                  "supports CUDA up to 12.2"),
     "12 image on a 12.2 driver": ("12", HOST_12, None),
-    "13 image on a 13.0 driver": ("13", {**HOST_12, "cuda_driver_version": "13.0"}, None),
-    "no driver (CPU slices)": ("13", {"backend": "cpu-slices", "cuda_driver_version": None}, None),
+    "13 image on a 13.0 driver": ("13", Host(backend="nvml", driver_version="580.65.06", cuda_driver_version="13.0"),
+                                  None),
+    "no driver (CPU slices)": ("13", Host(backend="cpu-slices"), None),
     "image without the label": (None, HOST_12, None),
 }
 

@@ -188,7 +188,7 @@ def test_a_leftover_allocation_of_another_size_is_released_only_if_no_container_
                 assert list(monitor.allocations) == [spawner.allocation_id] != [leftover["id"]]
 
     run_async(scenario())
-    asked = [e for e in events if e.startswith("monitor") and "devices" not in e]
+    asked = [e for e in events if e.startswith("monitor") and "allocations" in e]
     if old_container_running:
         assert asked == ["monitor POST api/allocations"]
     else:
@@ -237,6 +237,38 @@ def test_an_image_not_yet_present_is_pulled_before_its_labels_are_read():
     assert events.index("docker pull gpuhub/cuda:latest") < events.index("monitor POST api/allocations")
     assert "docker start gpuhub-alice" in events
     assert sum(e.startswith("docker pull") for e in events) == 1
+
+
+CUDA_CHECKS = {
+    "image newer than the driver": ("14", 400),
+    "image the driver supports": ("13", None),
+}
+
+
+@pytest.mark.parametrize("image_major, refused", CUDA_CHECKS.values(), ids=CUDA_CHECKS.keys())
+def test_the_cuda_check_reads_the_monitors_host_facts_not_its_device_list(image_major, refused):
+    """api/host answers the driver's CUDA version without the monitor reading every allocation,
+    as api/devices would; an image too new for it is a 400 before any device is allocated."""
+    events: list[str] = []
+    docker_api = ObedientDocker(images={"gpuhub/cuda": {"org.gpuhub.cuda-major": image_major}}, events=events)
+
+    async def scenario():
+        async with FakeMonitor(host=NVML_HOST, events=events) as monitor:  # CUDA 13.0
+            spawner = spawner_on(docker_api, monitor.url)
+            if refused:
+                with pytest.raises(web.HTTPError) as info:
+                    await spawn(spawner, {"profile": "cuda", "gpus": 1})
+                assert info.value.status_code == refused
+                assert "built for CUDA 14, but this host's NVIDIA driver 580.65.06 supports CUDA up to 13.0" \
+                    in info.value.log_message
+                assert monitor.allocations == {} and docker_api.created == []
+            else:
+                await spawn(spawner, {"profile": "cuda", "gpus": 1})
+                assert list(monitor.allocations) == [spawner.allocation_id]
+
+    run_async(scenario())
+    asked = [e for e in events if e.startswith("monitor")]
+    assert asked == ["monitor GET api/host"] + ([] if refused else ["monitor POST api/allocations"])
 
 
 def test_the_container_is_labelled_with_the_deployment_and_its_devices_in_order():
