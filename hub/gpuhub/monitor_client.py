@@ -99,9 +99,6 @@ class MonitorClient:
 
     async def host(self) -> Host:
         status, data = await self._request("GET", "api/host")
-        if status == 404:
-            # a monitor older than api/host: the same facts come with the device list
-            return (await self.devices()).host
         if status != 200:
             raise MonitorUnavailable(f"the GPU monitor answered {status}: {data.get('message')}")
         return Host.from_json(data)

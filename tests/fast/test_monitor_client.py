@@ -81,19 +81,6 @@ def test_host_facts_come_from_api_host_alone():
     assert events == ["monitor GET api/host"]
 
 
-def test_a_monitor_without_api_host_gives_its_host_facts_with_the_device_list():
-    devices = {"host": CPU_HOST, "total": 2, "free": 2, "devices": []}
-
-    async def scenario():
-        async with CannedMonitor({"api/devices": json_answer(200, devices)}) as monitor:
-            host = await client(monitor.url).host()
-            return host, [path for _, path, _, _ in monitor.requests]
-
-    host, asked = run_async(scenario())
-    assert host == Host(backend="cpu-slices")
-    assert asked == ["api/host", "api/devices"]
-
-
 def test_devices_count_what_is_free():
     async def scenario():
         async with FakeMonitor(devices=3) as monitor:
