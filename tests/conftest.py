@@ -5,7 +5,7 @@
 - browser (`-m browser`): Playwright driving Debian's Chromium through the real stack.
 - gpu (`tests/gpu/`, `-m gpu`): needs an NVIDIA GPU; skipped, and said so, elsewhere.
 
-`pytest` alone runs the fast tier (see pytest.ini). `bin/test` runs every tier.
+`pytest` alone runs the fast tier (see pyproject.toml, [tool.pytest.ini_options]). `bin/test` runs every tier.
 
 Fixture catalogue (shared ones; each tier's conftest lists its own):
 - `environ`: a minimal valid hub environment (dict) for settings tests, with secret files
@@ -15,13 +15,11 @@ Fixture catalogue (shared ones; each tier's conftest lists its own):
   container's, are saved under test-artifacts/<test name>/ when a test using it fails.
 """
 
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "hub"))
 
 
 @pytest.fixture
