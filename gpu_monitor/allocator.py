@@ -1,9 +1,9 @@
 """Who gets which device: a pure decision from the state it is given, with no I/O.
 
 `decide()` takes a request, the devices, the allocations that exist, the policy and the time,
-and answers `Granted` or `Refused`; `release()` removes an allocation. Nothing here reads a
-clock, a database, Docker or NVML, so every rule is tested as a table of cases, and restarting
-the monitor is simply calling `decide()` again with the allocations read back from storage.
+and answers `Granted` or `Refused`. Nothing here reads a clock, a database, Docker or NVML, so
+every rule is tested as a table of cases, and restarting the monitor is simply calling
+`decide()` again with the allocations read back from storage.
 
 How the store must call it (this is what makes "a hundred simultaneous requests for two free
 devices grant exactly two" hold): decisions are serialised. In one PostgreSQL transaction,
@@ -227,24 +227,6 @@ def decide(
         created_at=now,
     )
     return Granted(allocation, existing=False)
-
-
-def release(
-    allocations: Iterable[Allocation], allocation_id: str
-) -> tuple[tuple[Allocation, ...], Allocation | None]:
-    """The allocations without `allocation_id`, and the one removed (None if it was not there).
-
-    Releasing an unknown or already released id is not an error: stopping a server releases
-    in a hook that may run more than once.
-    """
-    remaining: list[Allocation] = []
-    released: Allocation | None = None
-    for allocation in allocations:
-        if allocation.id == allocation_id and released is None:
-            released = allocation
-        else:
-            remaining.append(allocation)
-    return tuple(remaining), released
 
 
 def _repeat(request: AllocationRequest, held: Allocation) -> Decision:

@@ -15,7 +15,6 @@ from gpu_monitor.allocator import (
     Policy,
     Refused,
     decide,
-    release,
 )
 from gpu_monitor.devices import Device
 
@@ -235,7 +234,9 @@ class Run:
         return decision
 
     def release(self, allocation_id: str) -> Allocation | None:
-        self.allocations, released = release(self.allocations, allocation_id)
+        """As the store's DELETE: the allocation removed, or None if it was not held."""
+        released = next((a for a in self.allocations if a.id == allocation_id), None)
+        self.allocations = tuple(a for a in self.allocations if a.id != allocation_id)
         return released
 
 
