@@ -66,7 +66,6 @@ class Reconciler:
         self._token = api_token
         self.interval = interval
         self.grace_seconds = grace_seconds
-        self.last_plan: Plan | None = None
 
     def _list(self, **filters: Any) -> list[ContainerView]:
         """This deployment's containers that carry an allocation, from the list endpoint only
@@ -161,7 +160,6 @@ class Reconciler:
                 log.warning("reconcile: removed container %s: %s", step.target, step.reason)
         for step in result.warnings:
             log.error("reconcile: %s: %s", step.target, step.reason)
-        self.last_plan = result
         return result
 
     async def run_forever(self) -> None:
