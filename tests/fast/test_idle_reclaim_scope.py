@@ -16,7 +16,7 @@ from tornado import web
 from gpu_monitor.__main__ import check_reclaim_scope
 from gpu_monitor.allocator import Allocation
 from gpu_monitor.devices import Sample
-from gpu_monitor.idle import IdleReclaimer
+from gpu_monitor.jobs.idle_reclaimer import IdleReclaimer
 from gpu_monitor.policy import IdleReclaim
 from gpu_monitor.sampler import DeviceState
 from gpu_monitor.settings import SettingError

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from gpu_monitor.allocator import AllocationRequest
-from gpu_monitor.app import MAX_BODY_BYTES, BadRequest, parse_allocation_request
-from gpu_monitor.reconciler import container_view
+from gpu_monitor.jobs.reconciler import container_view
+from gpu_monitor.requests import MAX_BODY_BYTES, BadRequest, parse_allocation_request
 from gpu_monitor.settings import SettingError, load_settings
 from ..aio import run_async
 
@@ -138,7 +138,7 @@ class ListOnlyDocker:
 
 
 def _reconciler(docker, deployment="gpuhub"):
-    from gpu_monitor.reconciler import Reconciler
+    from gpu_monitor.jobs.reconciler import Reconciler
 
     return Reconciler(monitor=None, docker=docker, hub_api_url="http://hub.invalid", api_token="x",  # type: ignore[arg-type]
                       interval=60, grace_seconds=120, deployment=deployment)
@@ -218,8 +218,8 @@ def test_token_file_problems_name_the_variable(tmp_path):
 
 def test_usage_goes_to_the_holders_of_each_device_per_hour_and_minute():
     from gpu_monitor.allocator import Allocation
-    from gpu_monitor.app import UsageRecorder
     from gpu_monitor.devices import Sample
+    from gpu_monitor.jobs.usage_recorder import UsageRecorder
     from gpu_monitor.sampler import DeviceState
 
     recorder = UsageRecorder(monitor=None, interval=60)  # type: ignore[arg-type]
@@ -270,7 +270,7 @@ class StoreThatIsDown:
 def _batcher(store):
     import types
 
-    from gpu_monitor.app import AllocationBatcher
+    from gpu_monitor.batcher import AllocationBatcher
 
     async def run(fn, *args):
         return fn(*args)

@@ -29,12 +29,13 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from .app import Monitor
-from .contract import LABEL_ALLOCATION, LABEL_DEPLOYMENT, LABEL_DEVICES, LABEL_PROFILE, LABEL_SERVER, LABEL_USER
+from ..contract import LABEL_ALLOCATION, LABEL_DEPLOYMENT, LABEL_DEVICES, LABEL_PROFILE, LABEL_SERVER, LABEL_USER
+from ..monitor import Monitor
+from ..reconcile import ContainerView, Plan, plan
 from .loops import every
-from .reconcile import ContainerView, Plan, plan
 
-log = logging.getLogger(__name__)
+# the name of the module this came from (reconciler.py): the service's log lines stay as they were
+log = logging.getLogger("gpu_monitor.reconciler")
 
 PAGINATION = "application/jupyterhub-pagination+json"
 
