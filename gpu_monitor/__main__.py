@@ -122,10 +122,10 @@ async def serve(settings: Settings) -> None:
     log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
                             token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)
-    monitor.idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
-                                 interval=min(30.0, settings.reconcile_seconds))
+    idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
+                         interval=min(30.0, settings.reconcile_seconds))
     tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(usage.run_forever()),
-             asyncio.create_task(monitor.idle.run_forever())]
+             asyncio.create_task(idle.run_forever())]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,7 +8,9 @@ granted, or since the monitor started, whichever is later: a restarted monitor d
 what happened while it was down). From `notice_after_minutes` of idleness on, it carries a
 notice with the time it will be stopped (`reclaim_at`); at `stop_after_minutes` it is stopped
 through the hub's API, which stops the container and, through the spawner, releases the
-devices. The shell that samples, asks and stops is jobs/idle_reclaimer.py.
+devices. `Notices` holds the notices of the last check: the idle reclaimer
+(jobs/idle_reclaimer.py, the shell that samples, asks and stops) writes it, the API and the
+allocation batcher read it through the `Monitor` that owns it.
 
 Stopping needs the hub to have given the monitor's token the `servers` scope;
 `reclaim_scope_problem()` says, from the scopes the hub reports, whether it has and what the
@@ -17,7 +19,7 @@ operator must do if not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from .allocator import Allocation
@@ -41,6 +43,30 @@ def reclaim_scope_problem(scopes: set[str]) -> str | None:
 class Notice:
     idle_since: float
     reclaim_at: float
+
+
+class Notices(Mapping[str, Notice]):
+    """The notices of the last idle check, by allocation id; empty while idle reclaim is off
+    or has not run yet. Replaced as a whole after each check, so readers never see half of one."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Notice] = {}
+
+    def replace(self, notices: Mapping[str, Notice]) -> None:
+        self._by_id = dict(notices)
+
+    def soonest_reclaim(self) -> float | None:
+        """When the first idle server is due to be stopped (None: none is)."""
+        return min((n.reclaim_at for n in self._by_id.values()), default=None)
+
+    def __getitem__(self, allocation_id: str) -> Notice:
+        return self._by_id[allocation_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 def idle_step(

@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar
 from .allocator import Allocation, Policy
 from .batcher import AllocationBatcher
 from .devices import Device
+from .idle import Notices
 from .sampler import DeviceState, Sampler
 from .store import HEALTH_TIMEOUT_SECONDS, AllocationStore
 
@@ -41,7 +42,8 @@ class HostInfo:
 
 
 class Monitor:
-    """What the handlers share: devices, sampler, store, policy and the thread pool."""
+    """What the handlers and the jobs share: devices, sampler, store, policy, the thread pool,
+    the allocation batcher and the idle notices."""
 
     def __init__(self, devices: list[Device], host: HostInfo, sampler: Sampler,
                  store: AllocationStore, policy: Policy, workers: int = 8) -> None:
@@ -53,7 +55,8 @@ class Monitor:
         self.policy = policy
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="gpu-monitor")
         self.allocations = AllocationBatcher(self)
-        self.idle: Any = None  # an idle.IdleReclaimer once the service runs; None in tests
+        # written by the idle reclaimer (jobs/idle_reclaimer.py) after each check
+        self.notices = Notices()
         # devices running containers use without an allocation (set by each reconcile round):
         # never granted while they are
         self.unavailable: frozenset[str] = frozenset()
@@ -87,13 +90,11 @@ class Monitor:
         return {d.uuid: self.policy.seats(d.kind) for d in self.devices if d.uuid not in parents}
 
     def notice(self, allocation_id: str) -> dict[str, float] | None:
-        n = self.idle.notices.get(allocation_id) if self.idle is not None else None
+        n = self.notices.get(allocation_id)
         return None if n is None else {"idle_since": n.idle_since, "reclaim_at": n.reclaim_at}
 
     def soonest_reclaim(self) -> float | None:
-        if self.idle is None or not self.idle.notices:
-            return None
-        return min(n.reclaim_at for n in self.idle.notices.values())
+        return self.notices.soonest_reclaim()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, partial(fn, *args))

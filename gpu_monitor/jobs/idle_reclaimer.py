@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
 from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from ..allocator import Allocation
-from ..idle import Notice, idle_step, reclaim_scope_problem
+from ..idle import idle_step, reclaim_scope_problem
+from ..monitor import Monitor
 from ..policy import IdleReclaim
 from ..sampler import CounterDeltas
 from .loops import every
@@ -45,7 +45,11 @@ async def token_scopes(hub_api_url: str, token: str, timeout: float = 10) -> set
 
 
 class IdleReclaimer:
-    def __init__(self, monitor: Any, policy: IdleReclaim, hub_api_url: str, api_token: str,
+    """Every `interval` seconds: each device's mean utilisation since the last check, the
+    decision (`idle_step`), the notices published in `monitor.notices` (only while the hub
+    confirms that it would stop the servers), and the servers due stopped through the hub."""
+
+    def __init__(self, monitor: Monitor, policy: IdleReclaim, hub_api_url: str, api_token: str,
                  interval: float) -> None:
         self.monitor = monitor
         self.policy = policy
@@ -54,7 +58,7 @@ class IdleReclaimer:
         self.interval = interval
         self.started = time.time()
         self.last_active: dict[str, float] = {}
-        self.notices: dict[str, Notice] = {}
+        self.notices = monitor.notices  # what the API shows; this reclaimer writes it
         self._grown = CounterDeltas()
         self._asked_to_stop: dict[str, float] = {}
         # the hub confirmed (True) or denied (False) that this token may stop servers; None: not
@@ -104,11 +108,12 @@ class IdleReclaimer:
         m = self.monitor
         allocations = await m.run(m.store.list)
         now = time.time()
-        self.last_active, self.notices, stop = idle_step(
+        self.last_active, notices, stop = idle_step(
             allocations, self.activity(), self.last_active, now, self.started, self.policy)
-        if self.policy.enabled and (self.notices or stop) and not await self.check_scope():
+        if self.policy.enabled and (notices or stop) and not await self.check_scope():
             # a notice promises a stop the hub would refuse: show none (idleness keeps counting)
-            self.notices, stop = {}, []
+            notices, stop = {}, []
+        self.notices.replace(notices)
         for a in stop:
             if now - self._asked_to_stop.get(a.id, 0.0) < 60:
                 continue  # asked recently; the hub is stopping it
