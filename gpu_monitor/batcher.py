@@ -1,6 +1,8 @@
 """Group commit for allocations (`AllocationBatcher`): the I/O between the handlers, which
 submit one request each, and the store, which decides a batch of them in one transaction
-(`AllocationStore.allocate_many`, which calls the allocator's pure `decide()`)."""
+(`AllocationStore.allocate_many`, which calls the allocator's pure `decide()`). A "none free"
+refusal leaves here saying when an idle server's device is due back (`Refused.free_at`), if
+the idle notices know one."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import OperationalError
 
-from .allocator import AllocationRequest, Decision
+from .allocator import AllocationRequest, Decision, Refused, with_free_at
 from .store import is_busy
 
 if TYPE_CHECKING:
@@ -69,7 +71,7 @@ class AllocationBatcher:
                 m.busy_since = None
                 for (_, future), decision in zip(batch, decisions):
                     if not future.done():
-                        future.set_result(decision)
+                        future.set_result(self._with_free_at(decision))
         finally:
             self._draining = False
 
@@ -83,7 +85,15 @@ class AllocationBatcher:
                 future.set_exception(e)
         else:
             if not future.done():
-                future.set_result(decision)
+                future.set_result(self._with_free_at(decision))
+
+    def _with_free_at(self, decision: Decision) -> Decision:
+        """A "none free" refusal, saying when the soonest idle server is due to be stopped."""
+        if isinstance(decision, Refused) and decision.code == "none_free":
+            free_at = self.monitor.soonest_reclaim()
+            if free_at is not None:
+                return with_free_at(decision, free_at)
+        return decision
 
 
 def _may_be_one_requests_fault(error: Exception) -> bool:

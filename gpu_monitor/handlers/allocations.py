@@ -71,15 +71,10 @@ class AllocationsHandler(MonitorHandler):
                      request.count, decision.code, elapsed_ms)
             body: dict[str, Any] = {"status": decision.http_status, "code": decision.code,
                                     "message": decision.reason}
-            if decision.code == "none_free" and (free_at := m.soonest_reclaim()) is not None:
-                # an idle server is due to be stopped: say when its device is likely to be free
-                body["free_at"] = free_at
-                body["message"] += (f"; the soonest device is likely to be free at "
-                                    f"{time.strftime('%H:%M UTC', time.gmtime(free_at))} (an idle server is due to stop)")
-            if decision.code == "conflict":
-                held = [a for a in await m.run(m.store.list, request.user) if a.server == request.server]
-                if held:
-                    body["allocation_id"] = held[0].id
+            if decision.free_at is not None:  # an idle server is due to be stopped
+                body["free_at"] = decision.free_at
+            if decision.allocation_id is not None:  # a conflict: what the server holds
+                body["allocation_id"] = decision.allocation_id
             self.write_json(body, decision.http_status)
             return
         assert isinstance(decision, Granted)
