@@ -9,6 +9,7 @@ Routes (relative to the service prefix):
     GET    api/health               no authentication; {"status": "ok"}, or 503 with what is wrong
                                     with the database (for the healthcheck)
     GET    api/devices              any hub user or service allowed to use the service
+    GET    api/host                 the same; {"backend", "driver_version", "cuda_driver_version"}
     GET    api/allocations          one's own; everyone's with scope custom:gpu-monitor:read-all
     GET    api/allocations/{id}     one's own, or any with read-all; 404 otherwise
     POST   api/allocations          scope custom:gpu-monitor:allocate (the hub; admins)
@@ -35,7 +36,7 @@ from .handlers.accounting import AccountingHandler
 from .handlers.allocations import AllocationHandler, AllocationsHandler
 from .handlers.base import NotFoundHandler, OAuthCallbackHandler, StaticHandler
 from .handlers.dashboard import DashboardHandler
-from .handlers.devices import DevicesHandler, HistoryHandler
+from .handlers.devices import DevicesHandler, HistoryHandler, HostHandler
 from .handlers.health import HealthHandler
 from .handlers.metrics import MetricsHandler
 from .monitor import Monitor
@@ -58,6 +59,7 @@ def make_app(monitor: Monitor, hub_auth: HubOAuth, prefix: str, cookie_secret: b
         [
             (rf"{p}/api/health", HealthHandler),
             (rf"{p}/api/devices", DevicesHandler),
+            (rf"{p}/api/host", HostHandler),
             (rf"{p}/api/allocations", AllocationsHandler),
             (rf"{p}/api/allocations/({ALLOCATION_ID})", AllocationHandler),
             (rf"{p}/api/history", HistoryHandler),

@@ -1,5 +1,6 @@
-"""`GET api/devices` (every device, its state and last sample) and `GET api/history`
-(per-device points for the last hour or day): every hub user may read them."""
+"""`GET api/devices` (every device, its state and last sample), `GET api/host` (the backend
+and the driver's versions) and `GET api/history` (per-device points for the last hour or day):
+every hub user and service allowed to use the monitor may read them."""
 
 from __future__ import annotations
 
@@ -15,6 +16,16 @@ class DevicesHandler(MonitorHandler):
         self.require_user()
         allocations = await self.monitor.run(self.monitor.store.list)
         self.write_json(self.monitor.devices_json(allocations, self.viewer()))
+
+
+class HostHandler(MonitorHandler):
+    """What the host runs: the backend, the driver's version and the CUDA version the driver
+    supports, which the spawner checks an image's CUDA against before it allocates. Known from
+    start-up: no allocation is read, no database asked."""
+
+    async def get(self) -> None:
+        self.require_user()
+        self.write_json(self.monitor.host.to_json())
 
 
 WINDOWS = {"hour": 3600, "day": 86400}
