@@ -1,6 +1,7 @@
 """The monitor service's own logic without a hub, Docker or PostgreSQL: request parsing, its
-settings, and how a container's `docker inspect` becomes what the reconciler plans with.
-The HTTP service itself runs in the docker tier (tests/docker/test_monitor.py)."""
+settings, how an entry of Docker's container list becomes what the reconciler plans with, the
+usage recorder and the allocation batcher. The application itself runs behind a fake hub in
+test_monitor_api.py, and in the docker tier (tests/docker/test_monitor.py)."""
 
 from __future__ import annotations
 
