@@ -1,6 +1,6 @@
 """Fakes of the GPU monitor's HTTP API as the hub's spawner uses it (gpu_monitor/openapi.yaml:
-GET api/devices, GET api/host, POST api/allocations, DELETE api/allocations/{id}), served over
-real HTTP on 127.0.0.1 by tornado, so the spawner's own client code runs unchanged.
+GET api/host, GET api/devices, POST api/allocations, DELETE api/allocations/{id}), served over real HTTP on
+127.0.0.1 by tornado, so the spawner's own client code runs unchanged.
 
 - `FakeMonitor`: allocates like the real allocator for one host: the same request from the
   same (user, server) gets its allocation back (200), another count is a 409 naming the
@@ -42,9 +42,6 @@ class FakeMonitor:
         held = {u for a in self.allocations.values() for u in a["device_uuids"]}
         total = len(self.device_uuids)
         return 200, {"total": total, "free": total - len(held), "host": self.host}
-
-    def host_info(self) -> tuple[int, dict[str, Any]]:
-        return 200, dict(self.host)
 
     async def allocate(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         for a in self.allocations.values():
@@ -89,13 +86,13 @@ class FakeMonitor:
                 self.set_header("Content-Type", "application/json")
                 self.finish(json.dumps(body))
 
+        class Host(Handler):
+            def get(self) -> None:
+                self.answer(200, monitor.host)
+
         class Devices(Handler):
             def get(self) -> None:
                 self.answer(*monitor.devices())
-
-        class Host(Handler):
-            def get(self) -> None:
-                self.answer(*monitor.host_info())
 
         class Allocations(Handler):
             async def post(self) -> None:
@@ -106,8 +103,7 @@ class FakeMonitor:
                 self.answer(*monitor.release(allocation_id))
 
         prefix = "/services/gpu-monitor/api"
-        app = web.Application([(f"{prefix}/devices", Devices), (f"{prefix}/host", Host),
-                               (f"{prefix}/allocations", Allocations),
+        app = web.Application([(f"{prefix}/host", Host), (f"{prefix}/devices", Devices), (f"{prefix}/allocations", Allocations),
                                (f"{prefix}/allocations/([^/]+)", Allocation)])
         sock, port = bind_unused_port()
         self._server = HTTPServer(app)
