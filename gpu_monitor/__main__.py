@@ -17,12 +17,16 @@ import time
 
 import sqlalchemy as sa
 
-from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, HostInfo, Monitor, MonitorHubOAuth, make_app
+from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .devices import Backend, BackendUnavailable, Device
+from .hubauth import MonitorHubOAuth
+from .idle import reclaim_scope_problem
+from .jobs.idle_reclaimer import HubUnreachable, IdleReclaimer, token_scopes
+from .jobs.usage_recorder import UsageRecorder
+from .monitor import HostInfo, Monitor
 from .sampler import Sampler
-from .idle import HubUnreachable, IdleReclaimer, reclaim_scope_problem, token_scopes
 from .policy import load_policy
 from .contract import ACCESS_SCOPE, SERVICE_NAME
 from .env import ConfigError
@@ -72,7 +76,7 @@ def open_store(settings: Settings) -> AllocationStore:
 async def check_reclaim_scope(hub_api_url: str, token: str) -> None:
     """With idle reclaim on, refuse to start beside a hub that has not given this token the
     scope to stop servers (it read an older policy). A hub that does not answer yet (the first
-    `up` starts the monitor before the hub) is asked again before any notice (idle.py)."""
+    `up` starts the monitor before the hub) is asked again before any notice (jobs/idle_reclaimer.py)."""
     try:
         scopes = await token_scopes(hub_api_url, token, timeout=5)
     except HubUnreachable as e:
@@ -85,7 +89,7 @@ async def check_reclaim_scope(hub_api_url: str, token: str) -> None:
 
 async def serve(settings: Settings) -> None:
     import docker
-    from .reconciler import Reconciler
+    from .jobs.reconciler import Reconciler
 
     policy = load_policy(settings.policy_file)
     token = settings.read_api_token()
@@ -97,7 +101,8 @@ async def serve(settings: Settings) -> None:
     store = open_store(settings)
     sampler = Sampler(backend, settings.sample_seconds)
     sampler.start()
-    monitor = Monitor(devices, host, sampler, store, policy.allocation, flush_seconds=settings.flush_seconds)
+    monitor = Monitor(devices, host, sampler, store, policy.allocation)
+    usage = UsageRecorder(monitor, settings.flush_seconds)
     log.info("policy from %s: %s; idle reclaim %s", settings.policy_file, policy.allocation,
              "on" if policy.idle_reclaim.enabled else "off")
     prefix = settings.service_prefix
@@ -118,10 +123,10 @@ async def serve(settings: Settings) -> None:
     log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
                             token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)
-    monitor.idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
-                                 interval=min(30.0, settings.reconcile_seconds))
-    tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(monitor.usage.run_forever()),
-             asyncio.create_task(monitor.idle.run_forever())]
+    idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
+                         interval=min(30.0, settings.reconcile_seconds))
+    tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(usage.run_forever()),
+             asyncio.create_task(idle.run_forever())]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -131,7 +136,7 @@ async def serve(settings: Settings) -> None:
     for task in tasks:
         task.cancel()
     try:
-        await monitor.usage.flush()  # what was measured since the last write
+        await usage.flush()  # what was measured since the last write
     except Exception:  # noqa: BLE001 - stopping anyway
         log.exception("could not write the last usage")
     server.stop()

@@ -1,9 +1,9 @@
 """Who gets which device: a pure decision from the state it is given, with no I/O.
 
 `decide()` takes a request, the devices, the allocations that exist, the policy and the time,
-and answers `Granted` or `Refused`; `release()` removes an allocation. Nothing here reads a
-clock, a database, Docker or NVML, so every rule is tested as a table of cases, and restarting
-the monitor is simply calling `decide()` again with the allocations read back from storage.
+and answers `Granted` or `Refused`. Nothing here reads a clock, a database, Docker or NVML, so
+every rule is tested as a table of cases, and restarting the monitor is simply calling
+`decide()` again with the allocations read back from storage.
 
 How the store must call it (this is what makes "a hundred simultaneous requests for two free
 devices grant exactly two" hold): decisions are serialised. In one PostgreSQL transaction,
@@ -24,7 +24,8 @@ Rules, in the order they are checked:
 2. Idempotency: if (user, server) already holds an allocation, the same request (same count
    and profile) gets it back unchanged (`existing=True`); a different one is refused with
    code "conflict" (HTTP 409): silently returning a set that differs from what was asked
-   would give a container the wrong number of GPUs. Release first, then ask again.
+   would give a container the wrong number of GPUs. Release first, then ask again: the
+   refusal names the allocation held (`Refused.allocation_id`).
 3. A count larger than the devices this host could ever give one server is a bad request
    (HTTP 400), not "none free" (HTTP 503): waiting would not help.
 4. Limits, per user across all their servers: `Policy.max_gpus_per_profile` (devices held
@@ -41,16 +42,17 @@ Device choice is deterministic: least-shared devices first (an idle device befor
 shared one), then by index, then by UUID. No attempt is made to keep a multi-device grant on
 one MIG parent; MIG instances of one GPU have neighbouring indexes, so they mostly are.
 
-Room left for later: a refusal saying when a device is likely to free up would be a
-`free_at: float | None` on `Refused`, computed from the allocations' `created_at` and a
-per-profile time limit.
+When a device is likely to free up (`Refused.free_at`) is not decided here: `decide()` knows
+no idle notices. The allocation batcher (batcher.py), which does, adds it to a "none free"
+refusal with `with_free_at()`. A per-profile time limit would be another source of it.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
 from .devices import Device
@@ -133,6 +135,8 @@ class Granted:
 class Refused:
     reason: str  # a sentence for the person; never names other users or their servers
     code: RefusalCode
+    allocation_id: str | None = None  # "conflict": what (user, server) holds now
+    free_at: float | None = None  # "none free": when a device is likely to be free (epoch s)
 
     @property
     def http_status(self) -> int:
@@ -229,22 +233,12 @@ def decide(
     return Granted(allocation, existing=False)
 
 
-def release(
-    allocations: Iterable[Allocation], allocation_id: str
-) -> tuple[tuple[Allocation, ...], Allocation | None]:
-    """The allocations without `allocation_id`, and the one removed (None if it was not there).
-
-    Releasing an unknown or already released id is not an error: stopping a server releases
-    in a hook that may run more than once.
-    """
-    remaining: list[Allocation] = []
-    released: Allocation | None = None
-    for allocation in allocations:
-        if allocation.id == allocation_id and released is None:
-            released = allocation
-        else:
-            remaining.append(allocation)
-    return tuple(remaining), released
+def with_free_at(refused: Refused, free_at: float) -> Refused:
+    """`refused` also saying when a device is likely to be free: an idle server is due to be
+    stopped at `free_at`. Formats the given time; reads no clock."""
+    when = time.strftime("%H:%M UTC", time.gmtime(free_at))
+    return replace(refused, free_at=free_at, reason=f"{refused.reason}; the soonest device is likely to be "
+                                                    f"free at {when} (an idle server is due to stop)")
 
 
 def _repeat(request: AllocationRequest, held: Allocation) -> Decision:
@@ -256,6 +250,7 @@ def _repeat(request: AllocationRequest, held: Allocation) -> Decision:
         f"{held.profile!r}; release them before asking for {request.count} for profile "
         f"{request.profile!r}",
         "conflict",
+        allocation_id=held.id,
     )
 
 

@@ -13,12 +13,6 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
-class GPUProcess:
-    pid: int  # host PID (NVML reports host PIDs)
-    used_memory_bytes: int | None
-
-
-@dataclass(frozen=True)
 class Device:
     uuid: str
     index: int
@@ -41,7 +35,6 @@ class Sample:
     memory_used_bytes: int | None = None
     temperature_celsius: float | None = None
     power_watts: float | None = None
-    processes: tuple[GPUProcess, ...] | None = None
     errors: tuple[str, ...] = ()  # names of the fields that could not be read, with why
 
 

@@ -1,4 +1,4 @@
-"""Idle reclaim: a server whose devices do nothing gets a notice, then is stopped.
+"""Idle reclaim, the decision: a server whose devices do nothing gets a notice, then is stopped.
 
 `idle_step()` is the pure decision, called every check with each device's mean utilisation
 since the previous check (None when it was not measured: no evidence is never idleness). An
@@ -8,53 +8,26 @@ granted, or since the monitor started, whichever is later: a restarted monitor d
 what happened while it was down). From `notice_after_minutes` of idleness on, it carries a
 notice with the time it will be stopped (`reclaim_at`); at `stop_after_minutes` it is stopped
 through the hub's API, which stops the container and, through the spawner, releases the
-devices. `IdleReclaimer` is the shell: sampler deltas in, notices out, stops through the hub.
+devices. `Notices` holds the notices of the last check: the idle reclaimer
+(jobs/idle_reclaimer.py, the shell that samples, asks and stops) writes it, the API and the
+allocation batcher read it through the `Monitor` that owns it.
 
-The hub reads the policy too, once, when it starts: only then does it give the monitor's token
-the `servers` scope that stopping needs. A policy that turns idle reclaim on, read by a
-restarted monitor beside a hub that was not restarted, would show people notices the hub then
-refuses (403). So the monitor asks the hub what its token may do (`GET user`): at start, it
-refuses to start when the hub answers without that scope (`reclaim_scope_problem`); and every
-check publishes notices only while the hub has confirmed the scope (a hub restarted later with
-reclaim off is noticed too).
+Stopping needs the hub to have given the monitor's token the `servers` scope;
+`reclaim_scope_problem()` says, from the scopes the hub reports, whether it has and what the
+operator must do if not.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote
-
-from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from .allocator import Allocation
-from .loops import every
 from .policy import IdleReclaim
-from .sampler import CounterDeltas
-
-log = logging.getLogger(__name__)
 
 # Any of these lets a token stop every user's servers (JupyterHub expands `servers`).
 STOP_SCOPES = frozenset({"servers", "delete:servers", "admin:servers"})
 RESTART_BOTH = "docker compose restart hub gpu-monitor"
-
-
-class HubUnreachable(Exception):
-    pass
-
-
-async def token_scopes(hub_api_url: str, token: str, timeout: float = 10) -> set[str]:
-    """The scopes the hub grants `token` (GET user); HubUnreachable if it does not answer."""
-    try:
-        response = await AsyncHTTPClient().fetch(HTTPRequest(
-            f"{hub_api_url}/user", headers={"Authorization": f"token {token}"}, request_timeout=timeout))
-        return set(json.loads(response.body).get("scopes") or ())
-    except Exception as e:  # noqa: BLE001 - connection refused, timeout, 5xx, not JSON
-        raise HubUnreachable(str(e)) from None
 
 
 def reclaim_scope_problem(scopes: set[str]) -> str | None:
@@ -70,6 +43,30 @@ def reclaim_scope_problem(scopes: set[str]) -> str | None:
 class Notice:
     idle_since: float
     reclaim_at: float
+
+
+class Notices(Mapping[str, Notice]):
+    """The notices of the last idle check, by allocation id; empty while idle reclaim is off
+    or has not run yet. Replaced as a whole after each check, so readers never see half of one."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, Notice] = {}
+
+    def replace(self, notices: Mapping[str, Notice]) -> None:
+        self._by_id = dict(notices)
+
+    def soonest_reclaim(self) -> float | None:
+        """When the first idle server is due to be stopped (None: none is)."""
+        return min((n.reclaim_at for n in self._by_id.values()), default=None)
+
+    def __getitem__(self, allocation_id: str) -> Notice:
+        return self._by_id[allocation_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
 
 
 def idle_step(
@@ -96,80 +93,3 @@ def idle_step(
         if idle >= policy.stop_after_minutes * 60:
             stop.append(a)
     return active_at, notices, stop
-
-
-class IdleReclaimer:
-    def __init__(self, monitor: Any, policy: IdleReclaim, hub_api_url: str, api_token: str,
-                 interval: float) -> None:
-        self.monitor = monitor
-        self.policy = policy
-        self.hub_api_url = hub_api_url
-        self._token = api_token
-        self.interval = interval
-        self.started = time.time()
-        self.last_active: dict[str, float] = {}
-        self.notices: dict[str, Notice] = {}
-        self._grown = CounterDeltas()
-        self._asked_to_stop: dict[str, float] = {}
-        # the hub confirmed (True) or denied (False) that this token may stop servers; None: not
-        # known yet. Notices are published only while True.
-        self.may_stop: bool | None = None
-        self._warned_at = 0.0
-
-    async def check_scope(self) -> bool:
-        """Ask the hub whether this token may stop servers (when it answers) and say so."""
-        try:
-            problem = reclaim_scope_problem(await token_scopes(self.hub_api_url, self._token))
-        except HubUnreachable as e:
-            if self.may_stop is None and time.monotonic() - self._warned_at > 600:
-                self._warned_at = time.monotonic()
-                log.warning("idle reclaim: cannot ask the hub what the monitor's token may do (%s); "
-                            "no notices until it answers", e)
-            return bool(self.may_stop)
-        self.may_stop = problem is None
-        if problem and time.monotonic() - self._warned_at > 600:
-            self._warned_at = time.monotonic()
-            log.error("idle reclaim: %s; no notices are shown and no server is stopped meanwhile", problem)
-        return self.may_stop
-
-    def activity(self) -> dict[str, float | None]:
-        """Each device's mean utilisation since the previous call (None: not measured)."""
-        states = self.monitor.sampler.states()
-        result: dict[str, float | None] = {}
-        for uuid, (busy, sampled) in self._grown.take(states).items():
-            measured = sampled > 0 and states[uuid].last.utilization_ratio is not None
-            result[uuid] = busy / sampled if measured else None
-        return result
-
-    async def stop_server(self, a: Allocation) -> None:
-        user = quote(a.user, safe="")
-        path = f"users/{user}/servers/{quote(a.server, safe='')}" if a.server else f"users/{user}/server"
-        response = await AsyncHTTPClient().fetch(HTTPRequest(
-            f"{self.hub_api_url}/{path}", method="DELETE",
-            headers={"Authorization": f"token {self._token}"}, request_timeout=30), raise_error=False)
-        if response.code in (202, 204):
-            log.warning("idle reclaim: stopped %s/%s (devices %s idle since %s)", a.user, a.server,
-                        ",".join(a.device_uuids), time.ctime(self.notices[a.id].idle_since))
-        else:
-            log.error("idle reclaim: the hub refused to stop %s/%s: %s %s", a.user, a.server, response.code,
-                      response.body[:200] if response.body else response.error)
-
-    async def once(self) -> None:
-        m = self.monitor
-        allocations = await m.run(m.store.list)
-        now = time.time()
-        self.last_active, self.notices, stop = idle_step(
-            allocations, self.activity(), self.last_active, now, self.started, self.policy)
-        if self.policy.enabled and (self.notices or stop) and not await self.check_scope():
-            # a notice promises a stop the hub would refuse: show none (idleness keeps counting)
-            self.notices, stop = {}, []
-        for a in stop:
-            if now - self._asked_to_stop.get(a.id, 0.0) < 60:
-                continue  # asked recently; the hub is stopping it
-            self._asked_to_stop[a.id] = now
-            await self.stop_server(a)
-        held = {a.id for a in allocations}
-        self._asked_to_stop = {k: v for k, v in self._asked_to_stop.items() if k in held}
-
-    async def run_forever(self) -> None:
-        await every(self.interval, self.once, "idle check")

@@ -3,11 +3,11 @@
 `MonitorCollector` owns no metric objects: on every scrape it calls the three callables it was
 given (devices, sampler states, allocations) and turns what they return into metric families.
 So a released allocation, or a device that went away, simply has no series at the next scrape;
-nothing has to remember to remove a label set (STYLE.md, habit 8, and prometheus/client_python's
-custom-collector model). Values are in base units (ratio, bytes, seconds, watts, degrees
-Celsius); per-device series carry only `uuid` and `index`, and `gpuhub_gpu_info` carries the
-rest once, to be joined on `uuid`. A field the last sample could not read has no series for that
-device rather than a fake zero.
+nothing has to remember to remove a label set (prometheus/client_python's custom-collector
+model). Values are in base units (ratio, bytes, seconds, watts, degrees Celsius); per-device
+series carry only `uuid` and `index`, and `gpuhub_gpu_info` carries the rest once, to be joined
+on `uuid`. A field the last sample could not read has no series for that device rather than a
+fake zero.
 
 The callables run on the scraping thread: they must be quick, in-memory reads (the sampler's
 `states()` is; allocations should come from a cached copy, not a database round trip), and the

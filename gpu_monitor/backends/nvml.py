@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..devices import BackendUnavailable, Device, GPUProcess, Sample
+from ..devices import BackendUnavailable, Device, Sample
 
 log = logging.getLogger(__name__)
 
@@ -233,18 +233,6 @@ class NVMLBackend:
                 errors.append(f"{name}: {why}")
                 return None
 
-        not_available = nvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
-
-        def processes() -> tuple[GPUProcess, ...]:
-            found = []
-            for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                # nvidia-ml-py 13 turns "not available" (e.g. no permission) into None; older
-                # bindings passed the raw value on.
-                used = p.usedGpuMemory
-                used = None if used is None or used == not_available else int(used)
-                found.append(GPUProcess(pid=int(p.pid), used_memory_bytes=used))
-            return tuple(found)
-
         memory = field("memory", lambda: nvml.nvmlDeviceGetMemoryInfo(handle))
         return Sample(
             uuid=uuid,
@@ -260,7 +248,6 @@ class NVMLBackend:
                 lambda: float(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU)),
             ),
             power_watts=field("power", lambda: int(nvml.nvmlDeviceGetPowerUsage(handle)) / 1000),
-            processes=field("processes", processes),
             errors=tuple(errors),
         )
 

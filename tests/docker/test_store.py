@@ -381,13 +381,13 @@ def test_a_batch_with_one_value_postgresql_refuses_still_answers_the_others(stor
     import asyncio
     import types
 
-    from gpu_monitor.app import AllocationBatcher
+    from gpu_monitor.batcher import AllocationBatcher
 
     async def run(fn, *args):
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     monitor = types.SimpleNamespace(store=store, devices=DEVICES, policy=POLICY, run=run,
-                                    unavailable=frozenset(), busy_since=None)
+                                    unavailable=frozenset(), busy_since=None, soonest_reclaim=lambda: None)
     batcher = AllocationBatcher(monitor)  # type: ignore[arg-type]
 
     async def burst():

@@ -12,14 +12,14 @@ How it fails, by construction or later on:
   stays lost, so only code that looks the UUID up again reads it.
 - `unsupported={(uuid, field)}`: that field raises NOT_SUPPORTED on that device;
   `field_errors={(uuid, field): code}` raises any other code. Fields: name, memory,
-  utilization, temperature, power, processes.
+  utilization, temperature, power.
 - MIG instances never report utilisation (NOT_SUPPORTED), as on real MIG slices.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
@@ -39,9 +39,6 @@ class FakeGPU:
     utilization_percent: int = 0
     temperature_celsius: int = 40
     power_milliwatts: int = 50_000
-    # (pid, used bytes); used may be None (what nvidia-ml-py 13 gives when NVML has no
-    # figure) or the raw NVML_VALUE_NOT_AVAILABLE value (what older bindings passed on).
-    processes: list[tuple[int, int | None]] = field(default_factory=list)
     # MIG mode is on when this is not None; None entries are empty slots (NOT_FOUND).
     mig_slots: list[FakeGPU | None] | None = None
 
@@ -183,14 +180,6 @@ class FakeNVML:
 
     def nvmlDeviceGetPowerUsage(self, handle: FakeHandle) -> int:
         return self._device(handle, "nvmlDeviceGetPowerUsage", "power").power_milliwatts
-
-    def nvmlDeviceGetComputeRunningProcesses(self, handle: FakeHandle) -> list[SimpleNamespace]:
-        gpu = self._device(handle, "nvmlDeviceGetComputeRunningProcesses", "processes")
-        return [
-            SimpleNamespace(pid=pid, usedGpuMemory=used, gpuInstanceId=0xFFFFFFFF,
-                            computeInstanceId=0xFFFFFFFF)
-            for pid, used in gpu.processes
-        ]
 
     # -- plumbing -------------------------------------------------------------------------
 

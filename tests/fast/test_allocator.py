@@ -15,7 +15,7 @@ from gpu_monitor.allocator import (
     Policy,
     Refused,
     decide,
-    release,
+    with_free_at,
 )
 from gpu_monitor.devices import Device
 
@@ -58,6 +58,7 @@ class Grant:
 class Refusal:
     code: str
     says: str  # a fragment the reason must contain
+    allocation_id: str | None = None  # a conflict names what the server holds
 
 
 CASES: dict[str, tuple[list[Device], Policy, list[Allocation], AllocationRequest, Grant | Refusal]] = {
@@ -81,11 +82,11 @@ CASES: dict[str, tuple[list[Device], Policy, list[Allocation], AllocationRequest
     ),
     "same (user, server) with another count: conflict": (
         FOUR, EXCLUSIVE, [held("a1", "alice", "", "GPU-2")], ask("alice", 2),
-        Refusal("conflict", "your default server already holds 1 GPU(s)"),
+        Refusal("conflict", "your default server already holds 1 GPU(s)", allocation_id="a1"),
     ),
     "same (user, server) with another profile: conflict": (
         FOUR, EXCLUSIVE, [held("a1", "alice", "big", "GPU-2")], ask("alice", 1, "big", "opencl"),
-        Refusal("conflict", "server 'big' already holds 1 GPU(s) for profile 'cuda'"),
+        Refusal("conflict", "server 'big' already holds 1 GPU(s) for profile 'cuda'", allocation_id="a1"),
     ),
     "same user, other server: other devices": (
         FOUR, EXCLUSIVE, [held("a1", "alice", "", "GPU-0")], ask("alice", 1, server="second"),
@@ -201,6 +202,7 @@ def test_decide(devices, policy, allocations, request_, expected):
         assert isinstance(decision, Refused), decision
         assert decision.code == expected.code
         assert expected.says in decision.reason
+        assert (decision.allocation_id, decision.free_at) == (expected.allocation_id, None)
         for other in allocations:
             if other.user != request_.user:
                 assert other.user not in decision.reason
@@ -235,7 +237,9 @@ class Run:
         return decision
 
     def release(self, allocation_id: str) -> Allocation | None:
-        self.allocations, released = release(self.allocations, allocation_id)
+        """As the store's DELETE: the allocation removed, or None if it was not held."""
+        released = next((a for a in self.allocations if a.id == allocation_id), None)
+        self.allocations = tuple(a for a in self.allocations if a.id != allocation_id)
         return released
 
 
@@ -359,3 +363,12 @@ def test_a_device_a_running_container_uses_without_an_allocation_is_never_grante
     assert uuids(second) == (gpu(1).uuid,)  # a shared seat on the other device, never GPU 0
     none = decide(ask("bob", 1), TWO, [first.allocation], EXCLUSIVE, now=NOW, new_id="n2", unavailable=taken)
     assert isinstance(none, Refused) and none.code == "none_free" and "0 free (2 of 2 in use)" in none.reason
+
+
+def test_a_refusal_with_free_at_says_when_in_utc():
+    none = Refused("1 GPU(s) requested, 0 free (2 of 2 in use); try again when one is released", "none_free")
+    at = 1_700_003_640.0  # 23:14 UTC
+    later = with_free_at(none, at)
+    assert (later.code, later.free_at, later.allocation_id) == ("none_free", at, None)
+    assert later.reason == (none.reason + "; the soonest device is likely to be free at 23:14 UTC "
+                            "(an idle server is due to stop)")

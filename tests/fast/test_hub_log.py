@@ -13,7 +13,8 @@ from jupyterhub.app import JupyterHub
 from tornado import httpclient, httpserver, netutil, web
 from traitlets.config import Config
 
-from gpu_monitor.app import MonitorHubOAuth, make_app
+from gpu_monitor.app import make_app
+from gpu_monitor.hubauth import MonitorHubOAuth
 from gpuhub.configure import configure
 from gpuhub.logs import without_query_strings
 from gpuhub.settings import load_settings

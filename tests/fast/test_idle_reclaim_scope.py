@@ -16,7 +16,8 @@ from tornado import web
 from gpu_monitor.__main__ import check_reclaim_scope
 from gpu_monitor.allocator import Allocation
 from gpu_monitor.devices import Sample
-from gpu_monitor.idle import IdleReclaimer
+from gpu_monitor.idle import Notices
+from gpu_monitor.jobs.idle_reclaimer import IdleReclaimer
 from gpu_monitor.policy import IdleReclaim
 from gpu_monitor.sampler import DeviceState
 from gpu_monitor.env import ConfigError
@@ -71,15 +72,18 @@ def _idle_monitor():
         return fn(*args)
 
     return types.SimpleNamespace(run=run, store=types.SimpleNamespace(list=lambda: held),
-                                 sampler=types.SimpleNamespace(states=lambda: {"CPU-0": state}))
+                                 sampler=types.SimpleNamespace(states=lambda: {"CPU-0": state}),
+                                 notices=Notices())
 
 
 @pytest.mark.parametrize("scopes, noticed", [(WITHOUT, False), (WITH, True)], ids=["hub refuses", "hub allows"])
 def test_notices_only_while_the_hub_confirms_the_scope(scopes, noticed):
     policy = IdleReclaim(enabled=True, notice_after_minutes=1, stop_after_minutes=600)
 
+    monitor = _idle_monitor()
+
     async def check(url):
-        reclaimer = IdleReclaimer(_idle_monitor(), policy, url, "t" * 40, interval=30)
+        reclaimer = IdleReclaimer(monitor, policy, url, "t" * 40, interval=30)
         reclaimer.started -= 7200  # the monitor has watched for two hours
         reclaimer.activity = lambda: {"CPU-0": 0.0}
         await reclaimer.once()
@@ -88,3 +92,23 @@ def test_notices_only_while_the_hub_confirms_the_scope(scopes, noticed):
     reclaimer, _ = run_async(_with_hub(scopes, check))
     assert bool(reclaimer.notices) is noticed
     assert reclaimer.may_stop is noticed
+    assert bool(monitor.notices) is noticed  # where the API reads them
+
+
+def test_the_api_reads_the_notices_the_reclaimer_wrote():
+    from gpu_monitor.allocator import Policy
+    from gpu_monitor.idle import Notice
+    from gpu_monitor.monitor import HostInfo, Monitor
+
+    monitor = Monitor([], HostInfo("cpu-slices"), sampler=None, store=None, policy=Policy())  # type: ignore[arg-type]
+    try:
+        assert monitor.notice("a1") is None and monitor.soonest_reclaim() is None
+        monitor.notices.replace({"a1": Notice(idle_since=100.0, reclaim_at=700.0),
+                                 "a2": Notice(idle_since=50.0, reclaim_at=650.0)})
+        assert monitor.notice("a1") == {"idle_since": 100.0, "reclaim_at": 700.0}
+        assert monitor.notice("a3") is None
+        assert monitor.soonest_reclaim() == 650.0
+        monitor.notices.replace({})
+        assert monitor.soonest_reclaim() is None
+    finally:
+        monitor.close()

@@ -12,7 +12,8 @@ import time
 import pytest
 from tornado import web
 
-from gpu_monitor.app import MAX_BUFFER_BYTES, MAX_READ_BYTES, AllocationsHandler
+from gpu_monitor.app import MAX_BUFFER_BYTES, MAX_READ_BYTES
+from gpu_monitor.handlers.allocations import AllocationsHandler
 from ..aio import run_async
 
 

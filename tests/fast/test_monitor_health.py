@@ -14,7 +14,8 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient
 
 from gpu_monitor.allocator import Policy
-from gpu_monitor.app import HealthHandler, HostInfo, Monitor
+from gpu_monitor.handlers.health import HealthHandler
+from gpu_monitor.monitor import HostInfo, Monitor
 from gpu_monitor.store import DatabaseHealth
 from ..aio import run_async
 
@@ -77,7 +78,7 @@ def test_503_while_allocations_time_out_on_the_lock():
 def test_a_lock_timeout_is_a_503_database_busy(sqlstate, words):
     from sqlalchemy.exc import OperationalError
 
-    from gpu_monitor.app import JSONErrorHandler
+    from gpu_monitor.handlers.base import JSONErrorHandler
 
     class Orig(Exception):
         pgcode = sqlstate

@@ -1,6 +1,7 @@
 """The monitor service's own logic without a hub, Docker or PostgreSQL: request parsing, its
-settings, and how a container's `docker inspect` becomes what the reconciler plans with.
-The HTTP service itself runs in the docker tier (tests/docker/test_monitor.py)."""
+settings, how an entry of Docker's container list becomes what the reconciler plans with, the
+usage recorder and the allocation batcher. The application itself runs behind a fake hub in
+test_monitor_api.py, and in the docker tier (tests/docker/test_monitor.py)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import json
 import pytest
 
 from gpu_monitor.allocator import AllocationRequest
-from gpu_monitor.app import MAX_BODY_BYTES, BadRequest, parse_allocation_request
-from gpu_monitor.reconciler import container_view
+from gpu_monitor.jobs.reconciler import container_view
+from gpu_monitor.requests import MAX_BODY_BYTES, BadRequest, parse_allocation_request
 from gpu_monitor.settings import ConfigError, load_settings
 from ..aio import run_async
 
@@ -138,7 +139,7 @@ class ListOnlyDocker:
 
 
 def _reconciler(docker, deployment="gpuhub"):
-    from gpu_monitor.reconciler import Reconciler
+    from gpu_monitor.jobs.reconciler import Reconciler
 
     return Reconciler(monitor=None, docker=docker, hub_api_url="http://hub.invalid", api_token="x",  # type: ignore[arg-type]
                       interval=60, grace_seconds=120, deployment=deployment)
@@ -220,8 +221,8 @@ def test_token_file_problems_name_the_variable(tmp_path):
 
 def test_usage_goes_to_the_holders_of_each_device_per_hour_and_minute():
     from gpu_monitor.allocator import Allocation
-    from gpu_monitor.app import UsageRecorder
     from gpu_monitor.devices import Sample
+    from gpu_monitor.jobs.usage_recorder import UsageRecorder
     from gpu_monitor.sampler import DeviceState
 
     recorder = UsageRecorder(monitor=None, interval=60)  # type: ignore[arg-type]
@@ -269,15 +270,16 @@ class StoreThatIsDown:
         raise OperationalError("SELECT", {}, Exception("could not connect"))
 
 
-def _batcher(store):
+def _batcher(store, soonest_reclaim=None):
     import types
 
-    from gpu_monitor.app import AllocationBatcher
+    from gpu_monitor.batcher import AllocationBatcher
 
     async def run(fn, *args):
         return fn(*args)
 
-    return AllocationBatcher(types.SimpleNamespace(store=store, devices=[], policy=None, run=run, unavailable=frozenset()))
+    return AllocationBatcher(types.SimpleNamespace(store=store, devices=[], policy=None, run=run, unavailable=frozenset(),
+                                                   soonest_reclaim=lambda: soonest_reclaim))
 
 
 def test_one_failing_request_does_not_fail_the_others_of_its_batch():
@@ -312,3 +314,43 @@ def test_a_database_outage_fails_the_batch_at_once_without_retrying_each():
 
     assert all(isinstance(r, OperationalError) for r in run_async(burst()))
     assert store.calls == 1
+
+
+class StoreThatDecides:
+    """The store's decisions without PostgreSQL: `decide()` over the allocations it holds."""
+
+    def __init__(self, devices, held=()):
+        self.devices, self.held = devices, list(held)
+
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+        from gpu_monitor.allocator import Granted, Policy, decide
+
+        decisions = []
+        for i, r in enumerate(requests):
+            d = decide(r, self.devices, self.held, Policy(), now=0.0, new_id=f"new-{i}")
+            if isinstance(d, Granted) and not d.existing:
+                self.held.append(d.allocation)
+            decisions.append(d)
+        return decisions
+
+
+def test_a_none_free_refusal_says_when_an_idle_servers_device_is_due_back():
+    from gpu_monitor.allocator import Allocation, Refused
+    from gpu_monitor.devices import Device
+
+    gpu = Device("GPU-0", 0, "gpu", "Test GPU")
+    held = Allocation("a1", "ada", "", "cuda", ("GPU-0",), 0.0)
+    at = 1_700_003_640.0
+    refused = run_async(_batcher(StoreThatDecides([gpu], [held]), soonest_reclaim=at).submit(
+        AllocationRequest("bob", "", "cuda", 1)))
+    assert isinstance(refused, Refused) and refused.code == "none_free"
+    assert refused.free_at == at and refused.reason.endswith(
+        "; the soonest device is likely to be free at 23:14 UTC (an idle server is due to stop)")
+    # no idle server due: the allocator's sentence alone
+    plain = run_async(_batcher(StoreThatDecides([gpu], [held])).submit(AllocationRequest("bob", "", "cuda", 1)))
+    assert isinstance(plain, Refused) and plain.free_at is None and plain.reason.endswith("when one is released")
+    # a conflict is not "none free": it names the allocation held, never a time
+    conflict = run_async(_batcher(StoreThatDecides([gpu], [held]), soonest_reclaim=at).submit(
+        AllocationRequest("ada", "", "cuda", 2)))
+    assert isinstance(conflict, Refused) and (conflict.code, conflict.allocation_id, conflict.free_at) == (
+        "conflict", "a1", None)

@@ -9,11 +9,9 @@ import pynvml
 import pytest
 
 from gpu_monitor.backends.nvml import NVMLBackend, parse_cuda_version
-from gpu_monitor.devices import Backend, BackendUnavailable, GPUProcess
+from gpu_monitor.devices import Backend, BackendUnavailable
 
 from ..fakes.nvml import GiB, FakeGPU, FakeNVML
-
-NOT_AVAILABLE = pynvml.NVML_VALUE_NOT_AVAILABLE_ulonglong.value
 
 
 def gpu(uuid: str, **fields) -> FakeGPU:
@@ -151,7 +149,7 @@ def test_missing_python_binding_names_the_package(monkeypatch):
 # -- sampling -------------------------------------------------------------------------------
 
 FULL = dict(memory_used=3 * GiB, utilization_percent=42, temperature_celsius=61,
-            power_milliwatts=123_456, processes=[(4242, 2 * GiB)])
+            power_milliwatts=123_456)
 
 
 def test_sample_reads_every_field():
@@ -161,7 +159,6 @@ def test_sample_reads_every_field():
     assert sample.memory_used_bytes == 3 * GiB
     assert sample.temperature_celsius == 61.0
     assert sample.power_watts == pytest.approx(123.456)
-    assert sample.processes == (GPUProcess(pid=4242, used_memory_bytes=2 * GiB),)
     assert sample.errors == ()
 
 
@@ -172,7 +169,6 @@ def test_sample_reads_every_field():
         pytest.param("utilization", "utilization_ratio", id="utilization not supported"),
         pytest.param("temperature", "temperature_celsius", id="temperature not supported"),
         pytest.param("memory", "memory_used_bytes", id="memory not supported"),
-        pytest.param("processes", "processes", id="processes not supported"),
     ],
 )
 def test_an_unsupported_field_is_none_and_named_while_the_others_are_read(field, attribute):
@@ -180,17 +176,16 @@ def test_an_unsupported_field_is_none_and_named_while_the_others_are_read(field,
     (sample,) = backend_for(nvml).sample()
     assert getattr(sample, attribute) is None
     assert sample.errors == (f"{field}: not supported",)
-    others = {"power_watts", "utilization_ratio", "temperature_celsius", "memory_used_bytes",
-              "processes"} - {attribute}
+    others = {"power_watts", "utilization_ratio", "temperature_celsius", "memory_used_bytes"} - {attribute}
     assert all(getattr(sample, name) is not None for name in others)
 
 
-def test_processes_without_permission_are_named_with_nvmls_reason():
+def test_a_field_without_permission_is_named_with_nvmls_reason():
     nvml = FakeNVML([gpu("GPU-aaa", **FULL)],
-                    field_errors={("GPU-aaa", "processes"): pynvml.NVML_ERROR_NO_PERMISSION})
+                    field_errors={("GPU-aaa", "power"): pynvml.NVML_ERROR_NO_PERMISSION})
     (sample,) = backend_for(nvml).sample()
-    assert sample.processes is None and sample.power_watts is not None
-    assert sample.errors == ("processes: Insufficient Permissions",)
+    assert sample.power_watts is None and sample.temperature_celsius is not None
+    assert sample.errors == ("power: Insufficient Permissions",)
 
 
 def test_a_mig_instance_has_no_utilization_but_its_other_fields():
@@ -200,23 +195,6 @@ def test_a_mig_instance_has_no_utilization_but_its_other_fields():
     assert sample.utilization_ratio is None
     assert sample.errors == ("utilization: not supported",)
     assert sample.memory_used_bytes == 3 * GiB
-    assert sample.processes == (GPUProcess(4242, 2 * GiB),)
-
-
-@pytest.mark.parametrize(
-    "used, expected",
-    [
-        pytest.param(None, None, id="None from nvidia-ml-py 13"),
-        pytest.param(NOT_AVAILABLE, None, id="raw NVML_VALUE_NOT_AVAILABLE"),
-        pytest.param(0, 0, id="zero bytes is a value"),
-        pytest.param(512 * 1024**2, 512 * 1024**2, id="bytes"),
-    ],
-)
-def test_process_memory_may_be_unavailable(used, expected):
-    nvml = FakeNVML([gpu("GPU-aaa", processes=[(7, used), (8, GiB)])])
-    (sample,) = backend_for(nvml).sample()
-    assert sample.processes == (GPUProcess(7, expected), GPUProcess(8, GiB))
-    assert sample.errors == ()
 
 
 def test_a_lost_gpu_spoils_only_its_own_sample_and_is_read_again_once_back():
@@ -229,7 +207,7 @@ def test_a_lost_gpu_spoils_only_its_own_sample_and_is_read_again_once_back():
         lost, ok = backend.sample()
         assert (lost.uuid, lost.errors) == ("GPU-lost", ("device: GPU is lost",))
         assert (lost.utilization_ratio, lost.memory_used_bytes, lost.temperature_celsius,
-                lost.power_watts, lost.processes) == (None,) * 5
+                lost.power_watts) == (None,) * 4
         assert ok.errors == () and ok.utilization_ratio == pytest.approx(0.42)
 
     nvml.recover_gpu("GPU-lost")  # back under a new handle: the old one stays lost

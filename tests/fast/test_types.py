@@ -1,5 +1,5 @@
 """The monitor's own code, and the hub's modules written with full hints, carry type hints; mypy
-checks them (STYLE.md, habit 11)."""
+checks them in the fast tier."""
 
 import subprocess
 import sys

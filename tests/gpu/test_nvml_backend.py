@@ -6,7 +6,6 @@ and the cost of one sample per device, the figure docs/ quotes.
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -72,7 +71,7 @@ def _cuda_uuid(cupy) -> str | None:
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
-def test_a_cupy_load_shows_in_utilization_and_processes(backend):
+def test_a_cupy_load_shows_in_utilization(backend):
     cupy = pytest.importorskip("cupy")
     devices = backend.discover()
     if any(d.kind == "mig" for d in devices):
@@ -102,7 +101,6 @@ def test_a_cupy_load_shows_in_utilization_and_processes(backend):
         assert not failure, failure
         uuid = _cuda_uuid(cupy)
         target = uuid if uuid in {d.uuid for d in devices} else devices[0].uuid
-        pid = os.getpid()
         samples = []
         deadline = time.monotonic() + LOAD_SECONDS
         while time.monotonic() < deadline and thread.is_alive():
@@ -113,15 +111,12 @@ def test_a_cupy_load_shows_in_utilization_and_processes(backend):
         thread.join()
     assert not failure, failure
 
-    print(f"\nload on {target} (CuPy says {uuid}), this PID {pid}")
+    print(f"\nload on {target} (CuPy says {uuid})")
     for s in samples:
         print(f"  util={s.utilization_ratio} mem={s.memory_used_bytes} temp={s.temperature_celsius} "
-              f"power={s.power_watts} procs={s.processes} errors={s.errors}")
+              f"power={s.power_watts} errors={s.errors}")
     assert samples and all(s.errors == () for s in samples)
     assert max(s.utilization_ratio for s in samples) > 0
-    ours = [p for s in samples for p in s.processes if p.pid == pid]
-    assert ours, f"PID {pid} not among the processes NVML reported"
-    assert any(p.used_memory_bytes and p.used_memory_bytes > 0 for p in ours)
 
 
 def test_the_cost_of_one_sample_per_device(backend):

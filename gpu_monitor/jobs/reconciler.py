@@ -29,12 +29,13 @@ from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
-from .app import Monitor
-from .contract import LABEL_ALLOCATION, LABEL_DEPLOYMENT, LABEL_DEVICES, LABEL_PROFILE, LABEL_SERVER, LABEL_USER
+from ..contract import LABEL_ALLOCATION, LABEL_DEPLOYMENT, LABEL_DEVICES, LABEL_PROFILE, LABEL_SERVER, LABEL_USER
+from ..monitor import Monitor
+from ..reconcile import ContainerView, Plan, plan
 from .loops import every
-from .reconcile import ContainerView, Plan, plan
 
-log = logging.getLogger(__name__)
+# the name of the module this came from (reconciler.py): the service's log lines stay as they were
+log = logging.getLogger("gpu_monitor.reconciler")
 
 PAGINATION = "application/jupyterhub-pagination+json"
 
@@ -66,7 +67,6 @@ class Reconciler:
         self._token = api_token
         self.interval = interval
         self.grace_seconds = grace_seconds
-        self.last_plan: Plan | None = None
 
     def _list(self, **filters: Any) -> list[ContainerView]:
         """This deployment's containers that carry an allocation, from the list endpoint only
@@ -161,7 +161,6 @@ class Reconciler:
                 log.warning("reconcile: removed container %s: %s", step.target, step.reason)
         for step in result.warnings:
             log.error("reconcile: %s: %s", step.target, step.reason)
-        self.last_plan = result
         return result
 
     async def run_forever(self) -> None:

@@ -6,7 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-log = logging.getLogger(__name__)
+# the name of the module this came from (loops.py): the service's log lines stay as they were
+log = logging.getLogger("gpu_monitor.loops")
 
 
 async def every(interval: float, step: Callable[[], Awaitable[object]], what: str, *, now: bool = False) -> None:
