@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.docs_section import record, write_section  # noqa: E402
-
 from tests.stack import start_stack  # noqa: E402
 
 SERVICES = ("proxy", "hub", "db", "gpu-monitor")
@@ -106,7 +105,7 @@ def main() -> int:
         f"Cold start, `docker compose up -d --wait` to every service healthy: median {statistics.median(starts):.1f} s "
         f"(min {min(starts):.1f}, max {max(starts):.1f}, {len(starts)} runs); goal ≤ 30 s.",
         "",
-        f"| service | memory, 0 servers (MiB) | CPU, 0 servers (%) | memory, {args.servers} idle servers (MiB) | CPU, {args.servers} idle servers (%) |",
+        f"| service | memory, 0 servers (MiB) | CPU, 0 servers (%) | memory, {args.servers} idle servers (MiB) | CPU, {args.servers} idle servers (%) |",  # noqa: E501
         "| --- | --- | --- | --- | --- |",
     ]
     for service in SERVICES:

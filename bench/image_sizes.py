@@ -185,10 +185,11 @@ def main() -> int:
         layers, config = save_layers(image, compress) if (compress or args.layers) else ([], {})
         for layer in layers:
             layer["base"] = layer["diff_id"] in shared and repo != BASE
-        gz = sum(l["gz"] for l in layers)
-        gz_new = sum(l["gz"] for l in layers if not l["base"])
+        gz = sum(layer["gz"] for layer in layers)
+        gz_new = sum(layer["gz"] for layer in layers if not layer["base"])
         target = TARGETS_GB.get(repo)
-        verdict = "—" if target is None else ("pass" if size <= target * GB else f"**miss** (+{(size - target * GB) / GB:.2f} GB)")
+        verdict = ("—" if target is None
+                   else "pass" if size <= target * GB else f"**miss** (+{(size - target * GB) / GB:.2f} GB)")
         label = (config.get("config") or {}).get("Labels") or {}
         record("6. Images", f"`{image}` uncompressed"
                + (f"; `docker compose build {SERVICES.get(repo)}`, warm cache" if repo in build_seconds else ""),
@@ -222,13 +223,13 @@ def main() -> int:
         print("| ---: | ---: | ---: | --- | --- |")
         biggest = sorted(range(len(layers)), key=lambda i: layers[i]["tar"], reverse=True)[: args.layers]
         for i in sorted(biggest):
-            l = layers[i]
-            print(f"| {i + 1} | {l['tar'] / MB:,.0f} | {l['gz'] / MB:,.0f} | {'yes' if l['base'] else ''} | "
-                  f"`{md_cell(l['command'], args.width)}` |")
-        rest = [l for j, l in enumerate(layers) if j not in biggest]
+            layer = layers[i]
+            print(f"| {i + 1} | {layer['tar'] / MB:,.0f} | {layer['gz'] / MB:,.0f} | {'yes' if layer['base'] else ''} | "
+                  f"`{md_cell(layer['command'], args.width)}` |")
+        rest = [layer for j, layer in enumerate(layers) if j not in biggest]
         if rest:
-            print(f"| others ({len(rest)}) | {sum(l['tar'] for l in rest) / MB:,.0f} | "
-                  f"{sum(l['gz'] for l in rest) / MB:,.0f} | | |")
+            print(f"| others ({len(rest)}) | {sum(layer['tar'] for layer in rest) / MB:,.0f} | "
+                  f"{sum(layer['gz'] for layer in rest) / MB:,.0f} | | |")
     return 0
 
 

@@ -54,8 +54,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -306,7 +306,8 @@ class Sampler(threading.Thread):
             if os.path.exists(f"{base}/cpuacct/docker/{self.cid}"):  # cgroup v1, cgroupfs driver
                 cpu_ns = int(Path(f"{base}/cpuacct/docker/{self.cid}/cpuacct.usage").read_text())
                 mem = int(Path(f"{base}/memory/docker/{self.cid}/memory.usage_in_bytes").read_text())
-                stat = dict(line.split() for line in Path(f"{base}/memory/docker/{self.cid}/memory.stat").read_text().splitlines())
+                stat_file = Path(f"{base}/memory/docker/{self.cid}/memory.stat")
+                stat = dict(line.split() for line in stat_file.read_text().splitlines())
                 mem -= int(stat.get("total_inactive_file", 0))
                 return cpu_ns / 1e9, mem / 2**20
             for d in (f"{base}/system.slice/docker-{self.cid}.scope", f"{base}/docker/{self.cid}"):  # v2
@@ -507,7 +508,7 @@ def report(bursts: list[Burst], command: str, commit: str, started: str, load: f
         "default profile `minimal`; the reference has no form), all at the same moment; spawn is the first "
         "request after login until JupyterLab answers through the proxy. Times in seconds, p50 / p95 / max.",
         "",
-        "| system | users | round | succeeded | login | spawn | total | wall | HTTP statuses | “not running” pages | hub CPU mean / max (% of a core) | hub memory max (MiB) | machine CPU mean |",
+        "| system | users | round | succeeded | login | spawn | total | wall | HTTP statuses | “not running” pages | hub CPU mean / max (% of a core) | hub memory max (MiB) | machine CPU mean |",  # noqa: E501
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for b in bursts:
@@ -647,7 +648,7 @@ def record_figures(bursts: list[Burst]) -> None:
 
     def cell(runs: list[Burst]) -> tuple[str, float, bool]:
         ok = [[r.total_s for r in b.results if not r.error] for b in runs]
-        fine = all(len(o) == b.users for o, b in zip(ok, runs))
+        fine = all(len(o) == b.users for o, b in zip(ok, runs, strict=True))
         fives = sum(v for b in runs for k, v in b.statuses.items() if str(k).startswith("5"))
         p95 = statistics.median(pct(o, 0.95) for o in ok if o) if any(ok) else float("inf")
         text = (f"{sum(map(len, ok))}/{sum(b.users for b in runs)} served, p95 {p95:.1f} s, "

@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.monitor_api import CALL, LAUNCHER, pct, server_times  # noqa: E402
-
 from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
 CLIENT = CALL + r'''

@@ -40,7 +40,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.docs_section import record, write_section  # noqa: E402
-
 from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
 DOCS = REPO / "docs" / "monitor.md"
@@ -124,7 +123,7 @@ def server_times(logs: str, method: str, path_re: str, after: float = 0.0) -> li
                          rf"/services/gpu-monitor/{path_re} \(.*?\) ([\d.]+)ms")
     times = []
     for m in pattern.finditer(logs):
-        stamp = datetime.datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=datetime.timezone.utc)
+        stamp = datetime.datetime.fromisoformat(m.group(1)[:26]).replace(tzinfo=datetime.UTC)
         if stamp.timestamp() >= after:
             times.append(float(m.group(2)) / 1000)
     return times

@@ -691,7 +691,7 @@ def tool_versions(traefik: Path, chp: Path) -> dict:
     def first_line(argv: list[str], match: str = "") -> str:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         lines = (out.stdout + out.stderr).splitlines()
-        return next((l.strip() for l in lines if match in l), lines[0] if lines else "?")
+        return next((line.strip() for line in lines if match in line), lines[0] if lines else "?")
 
     return {
         "Traefik": first_line([str(traefik), "version"], "Version").split()[-1],

@@ -117,7 +117,7 @@ def main() -> int:
     if not chosen:
         ap.error(f"--only: none of {args.only!r} is a step")
 
-    started, t0 = datetime.datetime.now(datetime.timezone.utc), time.monotonic()
+    started, t0 = datetime.datetime.now(datetime.UTC), time.monotonic()
     commit = sh("git", "rev-parse", "--short", "HEAD")
     if sh("git", "status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"

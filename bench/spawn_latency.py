@@ -82,7 +82,7 @@ def log(msg: str) -> None:
 def docker_ts(stamp: str) -> float:
     """Epoch seconds of Docker's RFC 3339 nano timestamp (2026-01-02T03:04:05.123456789Z)."""
     whole, _, frac = stamp.rstrip("Z").partition(".")
-    t = datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.timezone.utc)
+    t = datetime.datetime.strptime(whole, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=datetime.UTC)
     return t.timestamp() + float("0." + (frac or "0"))
 
 

@@ -20,16 +20,16 @@ import sqlalchemy as sa
 from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
+from .contract import ACCESS_SCOPE, SERVICE_NAME
 from .devices import Backend, BackendUnavailable, Device
+from .env import ConfigError
 from .hubauth import MonitorHubOAuth
 from .idle import reclaim_scope_problem
 from .jobs.idle_reclaimer import HubUnreachable, IdleReclaimer, token_scopes
 from .jobs.usage_recorder import UsageRecorder
 from .monitor import HostInfo, Monitor
-from .sampler import Sampler
 from .policy import load_policy
-from .contract import ACCESS_SCOPE, SERVICE_NAME
-from .env import ConfigError
+from .sampler import Sampler
 from .settings import Settings, load_settings
 from .store import AllocationStore
 
@@ -89,6 +89,7 @@ async def check_reclaim_scope(hub_api_url: str, token: str) -> None:
 
 async def serve(settings: Settings) -> None:
     import docker
+
     from .jobs.reconciler import Reconciler
 
     policy = load_policy(settings.policy_file)

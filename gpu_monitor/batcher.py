@@ -69,7 +69,7 @@ class AllocationBatcher:
                         await self._decide_alone(request, future)
                     continue
                 m.busy_since = None
-                for (_, future), decision in zip(batch, decisions):
+                for (_, future), decision in zip(batch, decisions, strict=True):
                     if not future.done():
                         future.set_result(self._with_free_at(decision))
         finally:

@@ -39,7 +39,8 @@ def render_dashboard(data: dict[str, Any], allocations: list[Allocation], admin:
     if admin:
         admin_sections = """
 <section id="allocations"><h2>Allocations</h2>
-<table><thead><tr><th>Server</th><th>Profile</th><th>Devices</th><th>Since</th><th>Held for</th><th>Busy while held</th></tr></thead>
+<table><thead><tr>
+<th>Server</th><th>Profile</th><th>Devices</th><th>Since</th><th>Held for</th><th>Busy while held</th></tr></thead>
 <tbody id="allocations-body"></tbody></table><p id="allocations-empty" class="muted" hidden>No device is allocated.</p></section>
 <section id="accounting"><h2>Accounting</h2>
 <form id="accounting-form"><label>From <input type="date" name="start"></label><label>To <input type="date" name="end"></label>
@@ -47,7 +48,8 @@ def render_dashboard(data: dict[str, Any], allocations: list[Allocation], admin:
 <button type="submit">Show</button> <a id="accounting-csv" href="#">CSV</a></form>
 <p class="muted">Period: <span id="accounting-period">the last 7 days</span>. GPU-hours are device-hours held;
 idle = measured while held at no utilisation; unmeasured = held while the monitor was not sampling.</p>
-<table><thead><tr><th>Name</th><th>Allocations</th><th>GPU-hours</th><th>Busy hours</th><th>Idle hours</th><th>Unmeasured hours</th></tr></thead>
+<table><thead><tr>
+<th>Name</th><th>Allocations</th><th>GPU-hours</th><th>Busy hours</th><th>Idle hours</th><th>Unmeasured hours</th></tr></thead>
 <tbody id="accounting-body"></tbody></table></section>"""
     host = data["host"]
     return f"""<!doctype html>
@@ -60,7 +62,8 @@ idle = measured while held at no utilisation; unmeasured = held while the monito
 <p><span id="summary">{data['free']} of {data['total']} device(s) free · backend {_e(host['backend'])}</span>
 · signed in as {_e(viewer)}{' (admin)' if admin else ''} · <a href="/hub/home">back to the hub</a>
 · <span id="status" class="muted"></span></p>
-<table id="devices"><thead><tr><th>#</th><th>Device</th><th>State</th><th>Utilisation</th><th>Memory</th><th>Temperature</th><th>Power</th>{held_by}</tr></thead>
+<table id="devices"><thead><tr>
+<th>#</th><th>Device</th><th>State</th><th>Utilisation</th><th>Memory</th><th>Temperature</th><th>Power</th>{held_by}</tr></thead>
 <tbody id="devices-body">{''.join(rows)}</tbody></table>
 <section><h2>History</h2>
 <p><button type="button" data-window="hour" aria-pressed="true">Last hour</button>

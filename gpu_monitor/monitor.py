@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from .allocator import Allocation, Policy
 from .batcher import AllocationBatcher
@@ -74,7 +75,7 @@ class Monitor:
             self._health = loop.run_in_executor(self._health_executor, self.store.health)
         try:
             health = await asyncio.wait_for(asyncio.shield(self._health), HEALTH_TIMEOUT_SECONDS + 1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False, f"the database does not answer within {HEALTH_TIMEOUT_SECONDS + 1:g} s"
         if not health.ok:
             return False, health.message

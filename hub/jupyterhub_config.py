@@ -2,8 +2,8 @@
 # gpuhub.settings (documented in config/gpuhub.env.example) and applied by gpuhub.configure.
 import sys
 
-from gpuhub.configure import configure
 from gpu_monitor.env import ConfigError
+from gpuhub.configure import configure
 from gpuhub.settings import load_settings
 
 c = get_config()  # noqa: F821 (provided by JupyterHub when it loads this file)

@@ -29,7 +29,7 @@ def _instant(text: str, name: str) -> float:
     except ValueError:
         raise web.HTTPError(400, reason=f"{name} must be an ISO 8601 date/time or epoch seconds, not {text[:40]!r}") from None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
+        value = value.replace(tzinfo=datetime.UTC)
     return value.timestamp()
 
 

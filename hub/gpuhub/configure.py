@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import bcrypt
-import yaml
-from typing import Any
 
 from gpu_monitor.contract import ACCESS_SCOPE as MONITOR_ACCESS
-from gpu_monitor.env import ConfigError, read_secret_file
 from gpu_monitor.contract import SCOPE_ALLOCATE, SCOPE_READ_ALL
 from gpu_monitor.contract import SERVICE_NAME as MONITOR_SERVICE
+from gpu_monitor.env import ConfigError, read_secret_file
 
 from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable

@@ -15,7 +15,6 @@ from pathlib import Path
 from gpu_monitor.env import ConfigError, read_secret_file
 
 from .secrets import ensure_secret
-
 from .settings import load_settings
 from .siteconfig import load_site_config
 from .subdomains import certificate_names

@@ -10,8 +10,9 @@ as tables of cases without Docker.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import jsonschema
 import yaml

@@ -266,7 +266,7 @@ class GPUDockerSpawner(DockerSpawner):
     def _default_options_form(self):
         return self._render_options_form
 
-    async def _render_options_form(self, spawner: "GPUDockerSpawner") -> str:
+    async def _render_options_form(self, spawner: GPUDockerSpawner) -> str:
         profiles: Profiles = self.profiles
         total = 0
         devices: Devices | None = None
@@ -642,5 +642,5 @@ class GPUDockerSpawner(DockerSpawner):
             self._progress_changed.clear()
             try:
                 await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

@@ -25,7 +25,7 @@ CA_VALIDITY = dt.timedelta(days=3650)
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def needs_certificate(cert_path: Path, now: dt.datetime | None = None, names: tuple[str, ...] = ()) -> bool:

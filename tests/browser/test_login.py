@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
 from playwright.sync_api import Page, Request, expect  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
+
 from ..stack import PROJECT  # noqa: E402
 
 pytestmark = pytest.mark.browser

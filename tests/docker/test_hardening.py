@@ -22,11 +22,11 @@ schemathesis = pytest.importorskip("schemathesis", reason="tests/requirements.tx
 pytest.importorskip("hypothesis", reason="tests/requirements.txt is not installed")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from gpuhub.tls import write_localhost_certificate
+from gpuhub.tls import write_localhost_certificate  # noqa: E402
 
-from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, remove_home, wait_for
-from .test_monitor import allocations, monitor, user_token
-from .test_policy import recreated
+from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, remove_home, wait_for  # noqa: E402
+from .test_monitor import allocations, monitor, user_token  # noqa: E402
+from .test_policy import recreated  # noqa: E402
 
 pytestmark = pytest.mark.docker
 
@@ -530,7 +530,7 @@ def test_odd_usernames_get_safe_distinct_names_and_working_routes(stack):
             assert stack.api("POST", f"users/{user}").status_code in (201, 409)
             r = stack.api("POST", f"users/{user}/server", json={"profile": "minimal", "gpus": 0})
             assert r.status_code in (201, 202), (user, r.text)
-            wait_for(lambda: stack.api("GET", f"users/{user}").json()["servers"].get("", {}).get("ready"), 120,
+            wait_for(lambda user=user: stack.api("GET", f"users/{user}").json()["servers"].get("", {}).get("ready"), 120,
                      what=f"{user}'s server")
             out = subprocess.run(["docker", "ps", "--filter", f"label=org.gpuhub.user={user}",
                                   "--format", "{{.Names}} {{.Mounts}}"], capture_output=True, text=True,
@@ -671,8 +671,8 @@ def test_restarting_the_monitor_during_a_burst_of_spawns_gives_no_device_twice_a
         for t in threads:
             t.join(240)
         for user in users:
-            wait_for(lambda: stack.api("GET", f"users/{user}").json()["servers"].get("", {}).get("pending") is None,
-                     180, what=f"{user}'s spawn to settle")
+            wait_for(lambda user=user: stack.api("GET", f"users/{user}").json()["servers"].get("", {}).get("pending")
+                     is None, 180, what=f"{user}'s spawn to settle")
         wait_for(lambda: monitor(stack, "GET", "api/devices").status_code == 200, 60, what="the monitor")
         running = [u for u in users if stack.api("GET", f"users/{u}").json()["servers"].get("", {}).get("ready")]
         for status, message in results.values():

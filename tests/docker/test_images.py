@@ -97,7 +97,7 @@ def test_opencl_discovery_lists_pocl_devices_with_stable_ids(stack):
     assert len(first) == 2
     assert [d[0] for d in first] == [d[0] for d in again]  # same host, same ids
     assert len({d[0] for d in first}) == 2 and all(d[0].startswith("OCL-") for d in first)
-    for uuid, kind, name, attributes, errors in first:
+    for _uuid, kind, name, attributes, errors in first:
         assert kind == "opencl" and name.startswith("pthread")
         assert attributes["platform"] == "Portable Computing Language" and attributes["type"] == "cpu"
         assert int(attributes["compute_units"]) >= 1

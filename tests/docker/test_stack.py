@@ -3,8 +3,8 @@ restart, and configuration that is refused with its message. Needs Docker (marke
 
 import ipaddress
 import json
-import ssl
 import socket
+import ssl
 import subprocess
 import threading
 
@@ -106,7 +106,7 @@ def test_spawn_run_code_survive_hub_restart_stop(stack):
 
     # the container: labelled, hardened, on the users' network only
     inspect = subprocess.run(["docker", "inspect", f"{PROJECT}-alice", "--format",
-                              "{{json .Config.Labels}}|{{.HostConfig.CapDrop}}|{{.HostConfig.Privileged}}|{{json .NetworkSettings.Networks}}"],
+                              "{{json .Config.Labels}}|{{.HostConfig.CapDrop}}|{{.HostConfig.Privileged}}|{{json .NetworkSettings.Networks}}"],  # noqa: E501
                              capture_output=True, text=True, check=True).stdout
     labels, capdrop, privileged, networks = inspect.split("|")
     assert '"org.gpuhub.user":"alice"' in labels and '"org.gpuhub.profile":"minimal"' in labels

@@ -21,8 +21,8 @@ from gpu_monitor.allocator import AllocationRequest, Granted, Policy, Refused, d
 from gpu_monitor.devices import Device
 from gpu_monitor.store import MIGRATIONS, SCHEMA, AllocationStore
 
-from ..stack import wait_for
 from ..aio import run_async
+from ..stack import wait_for
 
 pytestmark = pytest.mark.docker
 

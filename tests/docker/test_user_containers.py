@@ -37,8 +37,8 @@ PROFILE_CODE = {
     "opencl": (
         "import numpy as np, pyopencl as cl\n"
         "ctx = cl.create_some_context(interactive=False); q = cl.CommandQueue(ctx)\n"
-        "a = np.arange(16, dtype=np.float32); buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)\n"
-        "cl.Program(ctx, '__kernel void twice(__global float *x) { int i = get_global_id(0); x[i] *= 2; }').build().twice(q, a.shape, None, buf)\n"
+        "a = np.arange(16, dtype=np.float32); buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)\n"  # noqa: E501
+        "cl.Program(ctx, '__kernel void twice(__global float *x) { int i = get_global_id(0); x[i] *= 2; }').build().twice(q, a.shape, None, buf)\n"  # noqa: E501
         "out = np.empty_like(a); cl.enqueue_copy(q, out, buf)\n"
         "print('ok' if np.allclose(out, 2 * a) else 'wrong')"
     ),

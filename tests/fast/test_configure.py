@@ -5,9 +5,9 @@ import os
 import pytest
 from traitlets.config import Config
 
-from gpuhub.auth import authenticator_config, mutable_username_warning
 from gpu_monitor.contract import SCOPE_ALLOCATE, SCOPE_READ_ALL
 from gpu_monitor.contract import SERVICE_NAME as MONITOR_SERVICE
+from gpuhub.auth import authenticator_config, mutable_username_warning
 from gpuhub.configure import ALLOCATOR_SERVICE, DEMO_NOTICE, OPERATOR_SERVICE, configure
 from gpuhub.settings import ConfigError, load_settings
 

@@ -4,7 +4,6 @@ port answers `GET user` with the scopes of each case."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -16,11 +15,12 @@ from tornado import web
 from gpu_monitor.__main__ import check_reclaim_scope
 from gpu_monitor.allocator import Allocation
 from gpu_monitor.devices import Sample
+from gpu_monitor.env import ConfigError
 from gpu_monitor.idle import Notices
 from gpu_monitor.jobs.idle_reclaimer import IdleReclaimer
 from gpu_monitor.policy import IdleReclaim
 from gpu_monitor.sampler import DeviceState
-from gpu_monitor.env import ConfigError
+
 from ..aio import run_async
 
 WITHOUT = ["list:users", "read:servers", "access:services!service=gpu-monitor"]

@@ -18,6 +18,7 @@ from gpu_monitor.devices import Device
 from gpu_monitor.hubauth import MonitorHubOAuth
 from gpu_monitor.idle import Notice
 from gpu_monitor.monitor import HostInfo, Monitor
+
 from ..aio import run_async
 
 # token -> what the hub says its owner is (a token it does not know: 403, as the hub answers)

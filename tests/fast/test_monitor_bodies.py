@@ -14,6 +14,7 @@ from tornado import web
 
 from gpu_monitor.app import MAX_BUFFER_BYTES, MAX_READ_BYTES
 from gpu_monitor.handlers.allocations import AllocationsHandler
+
 from ..aio import run_async
 
 

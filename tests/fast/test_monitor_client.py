@@ -12,11 +12,10 @@ import pytest
 from tornado import netutil, web
 from tornado.httpserver import HTTPServer
 
-from gpuhub.monitor_client import (AllocationRequest, Devices, Grant, Host, MonitorClient, MonitorUnavailable,
-                                   Refusal)
+from gpuhub.monitor_client import AllocationRequest, Devices, Grant, Host, MonitorClient, MonitorUnavailable, Refusal
 
 from ..aio import run_async
-from ..fakes.monitor_api import CPU_HOST, NVML_HOST, AllocationTimeoutMonitor, FakeMonitor
+from ..fakes.monitor_api import NVML_HOST, AllocationTimeoutMonitor, FakeMonitor
 
 TOKEN = "t" * 32
 

@@ -4,7 +4,6 @@ store is faked (the real check runs against PostgreSQL in tests/docker/test_stor
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -17,6 +16,7 @@ from gpu_monitor.allocator import Policy
 from gpu_monitor.handlers.health import HealthHandler
 from gpu_monitor.monitor import HostInfo, Monitor
 from gpu_monitor.store import DatabaseHealth
+
 from ..aio import run_async
 
 

@@ -13,6 +13,7 @@ from gpu_monitor.allocator import AllocationRequest
 from gpu_monitor.jobs.reconciler import container_view
 from gpu_monitor.requests import MAX_BODY_BYTES, BadRequest, parse_allocation_request
 from gpu_monitor.settings import ConfigError, load_settings
+
 from ..aio import run_async
 
 GOOD = {
@@ -193,7 +194,7 @@ def test_settings_defaults_and_values():
 
 
 BAD_SETTINGS = {
-    "backend": ({"GPUHUB_MONITOR_BACKEND": "rocm"}, "GPUHUB_MONITOR_BACKEND: unknown value 'rocm'; choose one of auto, nvml, cpu-slices"),
+    "backend": ({"GPUHUB_MONITOR_BACKEND": "rocm"}, "GPUHUB_MONITOR_BACKEND: unknown value 'rocm'; choose one of auto, nvml, cpu-slices"),  # noqa: E501
     "slices": ({"GPUHUB_CPU_SLICES": "0"}, "GPUHUB_CPU_SLICES: must be at least 1"),
     "slices text": ({"GPUHUB_CPU_SLICES": "two"}, "GPUHUB_CPU_SLICES: expected a whole number"),
     "interval": ({"GPUHUB_MONITOR_RECONCILE_SECONDS": "0"}, "GPUHUB_MONITOR_RECONCILE_SECONDS: must be at least 1"),

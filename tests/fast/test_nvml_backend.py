@@ -11,7 +11,7 @@ import pytest
 from gpu_monitor.backends.nvml import NVMLBackend, parse_cuda_version
 from gpu_monitor.devices import Backend, BackendUnavailable
 
-from ..fakes.nvml import GiB, FakeGPU, FakeNVML
+from ..fakes.nvml import FakeGPU, FakeNVML, GiB
 
 
 def gpu(uuid: str, **fields) -> FakeGPU:

@@ -7,8 +7,8 @@ import yaml
 
 from gpu_monitor.accounting import account, to_csv
 from gpu_monitor.allocator import Policy
-from gpu_monitor.policy import IdleReclaim, load_policy, parse_policy
 from gpu_monitor.env import ConfigError
+from gpu_monitor.policy import IdleReclaim, load_policy, parse_policy
 
 from ..conftest import ROOT
 
@@ -37,7 +37,7 @@ def test_policy_files(text, policy, idle):
 
 
 BAD_POLICIES = {
-    "a typo is a stop, not a silent default": ("max_gpu_per_user: 2", "Additional properties are not allowed ('max_gpu_per_user'"),
+    "a typo is a stop, not a silent default": ("max_gpu_per_user: 2", "Additional properties are not allowed ('max_gpu_per_user'"),  # noqa: E501
     "negative limit": ("groups: {students: {max_gpus_per_user: -1}}", "at groups/students/max_gpus_per_user"),
     "unknown device kind": ("sharing: {tpu: exclusive}", "at sharing"),
     "sharing as a number": ("sharing: {gpu: 2}", "at sharing/gpu"),

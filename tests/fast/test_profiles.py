@@ -77,7 +77,7 @@ SCHEMA_ERRORS = {
     "bad name": ({"profiles": [{"name": "A B", "display_name": "A", "image": "i"}]}, "profiles/0/name"),
     "unknown top-level key": ({"profile": []}, "(top level)"),
     "duplicate names": ({"profiles": [{"name": "a", "display_name": "A", "image": "i"}] * 2}, "must be unique: a"),
-    "default not declared": ({"default_profile": "b", "profiles": [{"name": "a", "display_name": "A", "image": "i"}]}, "default_profile 'b'"),
+    "default not declared": ({"default_profile": "b", "profiles": [{"name": "a", "display_name": "A", "image": "i"}]}, "default_profile 'b'"),  # noqa: E501
     "negative gpu count": ({"profiles": [{"name": "a", "display_name": "A", "image": "i", "gpus": [-1]}]}, "profiles/0/gpus/0"),
 }
 

@@ -5,8 +5,8 @@ import stat
 
 from cryptography import x509
 
-from gpuhub.init import main as init_main
 from gpu_monitor.env import read_secret_file
+from gpuhub.init import main as init_main
 from gpuhub.secrets import ensure_secret
 from gpuhub.tls import needs_certificate, write_localhost_certificate
 
@@ -46,7 +46,7 @@ def test_certificate_signed_by_the_local_ca_and_renewal(tmp_path):
     server.verify_directly_issued_by(ca)
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is True
     assert not needs_certificate(cert)
-    in_340_days = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=340)
+    in_340_days = dt.datetime.now(dt.UTC) + dt.timedelta(days=340)
     assert needs_certificate(cert, now=in_340_days)
     # renewal keeps the CA, so a browser that trusts it keeps trusting the new certificate
     ca_before = (tmp_path / "local-ca.crt").read_bytes()
@@ -62,7 +62,7 @@ def test_init_creates_everything_and_refuses_bad_config(environ, tmp_path, capsy
     env = {**environ, "GPUHUB_SECRETS_DIR": str(secrets), "GPUHUB_DB_PASSWORD_FILE": str(tmp_path / "db" / "pw"),
            "GPUHUB_CERTS_DIR": str(tmp_path / "certs")}
     assert init_main(env) == 0
-    assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "gpu_allocator_token", "local-ca.key", "pgpass",
+    assert sorted(p.name for p in secrets.iterdir()) == ["cookie_secret", "crypt_key", "gpu_allocator_token", "local-ca.key", "pgpass",  # noqa: E501
                                                          "proxy_api_password"]
     assert mode(tmp_path / "db" / "pw") == 0o600
     password = read_secret_file("TEST", tmp_path / "db" / "pw")

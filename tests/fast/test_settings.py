@@ -45,7 +45,7 @@ REFUSALS = {
     "bad bool": ({"GPUHUB_ALLOW_ALL": "maybe"}, "GPUHUB_ALLOW_ALL", "expected true or false"),
     "bad port": ({"GPUHUB_HTTPS_PORT": "70000"}, "GPUHUB_HTTPS_PORT", "TCP port"),
     "azuread without tenant": ({"GPUHUB_AUTHENTICATOR": "azuread"}, "AZUREAD_TENANT_ID", "tenant"),
-    "groups on google": ({"GPUHUB_AUTHENTICATOR": "google", "GPUHUB_ALLOWED_GROUPS": "x"}, "GPUHUB_ALLOWED_GROUPS", "not supported"),
+    "groups on google": ({"GPUHUB_AUTHENTICATOR": "google", "GPUHUB_ALLOWED_GROUPS": "x"}, "GPUHUB_ALLOWED_GROUPS", "not supported"),  # noqa: E501
     "demo on all interfaces": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_LISTEN": "0.0.0.0"}, "GPUHUB_LISTEN", "demo login"),
     "demo with allow all": ({"GPUHUB_AUTHENTICATOR": "demo", "GPUHUB_ALLOW_ALL": "true"}, "GPUHUB_ALLOW_ALL", "demo"),
     # the users' network (docker-compose.yml, images/netpolicy)
@@ -56,7 +56,7 @@ REFUSALS = {
     "hub outside the subnet": ({"GPUHUB_USERS_HUB_IP": "10.0.0.2"}, "GPUHUB_USERS_HUB_IP", "not a host address"),
     "hub on the gateway": ({"GPUHUB_USERS_HUB_IP": "10.213.240.1"}, "GPUHUB_USERS_HUB_IP", "gateway"),
     "proxy among servers": ({"GPUHUB_USERS_PROXY_IP": "10.213.248.9"}, "GPUHUB_USERS_PROXY_IP", "inside GPUHUB_USERS_IP_RANGE"),
-    "proxy on the hub's address": ({"GPUHUB_USERS_PROXY_IP": "10.213.240.2"}, "GPUHUB_USERS_PROXY_IP", "also GPUHUB_USERS_HUB_IP"),
+    "proxy on the hub's address": ({"GPUHUB_USERS_PROXY_IP": "10.213.240.2"}, "GPUHUB_USERS_PROXY_IP", "also GPUHUB_USERS_HUB_IP"),  # noqa: E501
     "proxy not an address": ({"GPUHUB_USERS_PROXY_IP": "proxy"}, "GPUHUB_USERS_PROXY_IP", "IPv4 address"),
 }
 

@@ -12,8 +12,8 @@ from gpuhub.monitor_client import Host
 from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
 
-from ..fakes.docker_api import ObedientDocker
 from ..aio import run_async
+from ..fakes.docker_api import ObedientDocker
 
 PROFILES = parse_profiles({
     "profiles": [
@@ -155,8 +155,9 @@ def test_allocation_id_survives_a_hub_restart_in_the_state(spawner):
 def test_start_waits_for_the_server_with_a_short_fixed_poll():
     """wait_until_answering: False while nothing listens, True as soon as the server answers
     (any status below 500), well before JupyterHub's back-off would have looked again."""
-    from gpuhub.spawner import wait_until_answering
     from tornado.httpserver import HTTPServer
+
+    from gpuhub.spawner import wait_until_answering
 
     async def scenario():
         sock = socket.socket()

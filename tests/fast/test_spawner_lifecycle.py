@@ -13,6 +13,7 @@ import socket
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+import docker.errors
 import pytest
 from jupyterhub.objects import Hub
 from tornado import web
@@ -20,10 +21,9 @@ from tornado import web
 from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner
 
-from ..fakes.docker_api import (ImageNotPulledDocker, ObedientDocker, SlowStartDocker,
-                                StuckContainerDocker)
-from ..fakes.monitor_api import NVML_HOST, AllocationTimeoutMonitor, FakeMonitor
 from ..aio import run_async
+from ..fakes.docker_api import ImageNotPulledDocker, ObedientDocker, SlowStartDocker, StuckContainerDocker
+from ..fakes.monitor_api import NVML_HOST, AllocationTimeoutMonitor, FakeMonitor
 
 PROFILES = parse_profiles({
     "profiles": [
@@ -108,7 +108,7 @@ def test_starting_again_while_the_old_container_still_runs_is_a_503_and_keeps_th
             spawner = spawner_on(docker_api, monitor.url)
             await spawn(spawner, {"profile": "cuda", "gpus": 1})
             held = spawner.allocation_id
-            with pytest.raises(Exception):
+            with pytest.raises(docker.errors.APIError, match="cannot stop container"):
                 await spawner.stop()
             with pytest.raises(web.HTTPError) as info:
                 await spawn(spawner, {"profile": "cuda", "gpus": 1})
@@ -192,7 +192,7 @@ def test_a_leftover_allocation_of_another_size_is_released_only_if_no_container_
     if old_container_running:
         assert asked == ["monitor POST api/allocations"]
     else:
-        assert asked == ["monitor POST api/allocations", f"monitor DELETE api/allocations/alloc-1",
+        assert asked == ["monitor POST api/allocations", "monitor DELETE api/allocations/alloc-1",
                          "monitor POST api/allocations"]
 
 

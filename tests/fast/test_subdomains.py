@@ -154,7 +154,7 @@ def test_a_certificate_missing_a_wanted_name_is_rewritten(tmp_path):
     assert needs_certificate(cert, names=("localhost", "*.user.localhost"))
     write_localhost_certificate(tmp_path, tmp_path / "ca.key", ("localhost", "*.user.localhost"))
     assert not needs_certificate(cert, names=("localhost",))  # a name more does no harm
-    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=340)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=340)
     assert needs_certificate(cert, now=later, names=("localhost",))  # renewal still applies
     san = x509.load_pem_x509_certificate(cert.read_bytes()).extensions.get_extension_for_class(
         x509.SubjectAlternativeName).value
@@ -165,8 +165,9 @@ def test_a_service_route_whose_spec_changed_is_replaced_not_lost():
     """JupyterHub's route check finds a service's route by name only (gpuhub.proxy)."""
     from types import SimpleNamespace
 
-    from gpuhub.proxy import TraefikFileProxy, moved_service_routes
     from jupyterhub_traefik_proxy.fileprovider import TraefikFileProviderProxy
+
+    from gpuhub.proxy import TraefikFileProxy, moved_service_routes
 
     monitor = SimpleNamespace(server=object(), proxy_spec="localhost/services/gpu-monitor/")
     stopped = SimpleNamespace(server=None, proxy_spec="localhost/services/other/")

@@ -9,7 +9,8 @@ import pytest
 from ..conftest import ROOT
 
 # the hub's modules that carry type hints throughout (the rest extend untyped JupyterHub classes)
-TYPED_HUB_MODULES = ["hub/gpuhub/monitor_client.py", "hub/gpuhub/start_queue.py"]
+TYPED_HUB_MODULES = ["hub/gpuhub/monitor_client.py", "hub/gpuhub/start_queue.py", "hub/gpuhub/settings.py",
+                     "hub/gpuhub/catalogue.py", "hub/gpuhub/siteconfig.py"]
 
 
 def mypy(*targets: str) -> subprocess.CompletedProcess:

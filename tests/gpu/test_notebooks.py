@@ -7,8 +7,6 @@ which must have the same libraries (torch, cupy, pyopencl). No Docker on the GPU
 import os
 from pathlib import Path
 
-import pytest
-
 from ..smoke import run_notebook_in_process
 
 IMAGES = Path(__file__).resolve().parents[2] / "images"
