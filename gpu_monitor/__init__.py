@@ -12,6 +12,7 @@ Shared types and state:
 
 - `devices.py`: `Device`, `Sample`, the `Backend` protocol
 - `contract.py`: what the hub and the monitor agree on (service name, scopes, labels)
+- `env.py`: how a setting is declared and read (`Setting`, parsers, `ConfigError`), for both services
 - `settings.py`: every setting from the environment, read once
 - `monitor.py`: `Monitor`, what the handlers and the jobs share; `HostInfo`
 
