@@ -3,7 +3,7 @@ README's configuration table are generated from it, and a fast test (tests/fast/
 checks that they, the compose file and the settings modules agree with it.
 
 What a variable means to the services that parse it (name, parser, default) is declared once in
-gpuhub/settings.py or gpu_monitor/settings.py; what it means to the operator (why set it, who
+gpuhub/settings.py or gpu_monitor/gpu_monitor/settings.py; what it means to the operator (why set it, who
 reads it, its default in words) is written here, once. Variables that docker-compose.yml fixes
 are listed with the default of their declaration, so the example file cannot drift from it.
 

@@ -1,4 +1,4 @@
-"""The GPU monitor's HTTP API as the hub uses it (gpu_monitor/openapi.yaml), with typed answers.
+"""The GPU monitor's HTTP API as the hub uses it (gpu_monitor/gpu_monitor/openapi.yaml), with typed answers.
 
 `MonitorClient(url, token, timeout)` reads the host's facts and the device counts, asks for an
 allocation (a `Grant`, or a `Refusal` carrying the monitor's status, code and sentence) and

@@ -4,8 +4,8 @@
 frozen `Settings` or raises `ConfigError` naming the variable and what to set, so that a
 misconfigured hub stops with one readable line instead of starting in a surprising state
 (above all: never open to everyone because a variable is missing). Each variable is a
-`Setting` (gpu_monitor/env.py: name, parser, default) declared below; those the GPU monitor
-reads too are declared in gpu_monitor/settings.py and imported. The operator's documentation
+`Setting` (gpu_monitor/gpu_monitor/env.py: name, parser, default) declared below; those the GPU monitor
+reads too are declared in gpu_monitor/gpu_monitor/settings.py and imported. The operator's documentation
 (config/gpuhub.env.example, the README's table) is generated from gpuhub/catalogue.py.
 """
 

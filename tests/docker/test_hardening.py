@@ -558,7 +558,7 @@ def test_odd_usernames_get_safe_distinct_names_and_working_routes(stack):
 
 # ---- the monitor's API fuzzed from its OpenAPI description (schemathesis) -------------------
 
-SCHEMA = schemathesis.openapi.from_path(str(ROOT / "gpu_monitor" / "openapi.yaml"))
+SCHEMA = schemathesis.openapi.from_path(str(ROOT / "gpu_monitor" / "gpu_monitor" / "openapi.yaml"))
 
 
 @pytest.mark.security

@@ -86,7 +86,7 @@ def discover_in_opencl_image(*env: str) -> subprocess.CompletedProcess:
             "    print('unavailable:', e)\n")
     env_args = [arg for item in env for arg in ("-e", item)]
     return subprocess.run(["docker", "run", "--rm", "--network", "none", *env_args,
-                           "-v", f"{ROOT / 'gpu_monitor'}:/opt/monitor-src/gpu_monitor:ro",
+                           "-v", f"{ROOT / 'gpu_monitor' / 'gpu_monitor'}:/opt/monitor-src/gpu_monitor:ro",
                            "-e", "PYTHONPATH=/opt/monitor-src", OPENCL, "python", "-c", code],
                           capture_output=True, text=True, check=True)
 

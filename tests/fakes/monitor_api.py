@@ -1,4 +1,4 @@
-"""Fakes of the GPU monitor's HTTP API as the hub's spawner uses it (gpu_monitor/openapi.yaml:
+"""Fakes of the GPU monitor's HTTP API as the hub's spawner uses it (gpu_monitor/gpu_monitor/openapi.yaml:
 GET api/host, GET api/devices, POST api/allocations, DELETE api/allocations/{id}), served over real HTTP on
 127.0.0.1 by tornado, so the spawner's own client code runs unchanged.
 

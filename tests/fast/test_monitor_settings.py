@@ -1,4 +1,4 @@
-"""The monitor's settings (gpu_monitor/settings.py) beyond those in test_monitor_service.py:
+"""The monitor's settings (gpu_monitor/gpu_monitor/settings.py) beyond those in test_monitor_service.py:
 non-finite numbers and the deployment name."""
 
 from __future__ import annotations

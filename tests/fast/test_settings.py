@@ -70,7 +70,7 @@ def test_bad_settings_are_refused_naming_the_variable(environ, change, variable,
     assert str(info.value).startswith(f"{variable}: ")
 
 
-# Every numeric setting the hub reads, with a valid value (the monitor's are gpu_monitor/settings.py's).
+# Every numeric setting the hub reads, with a valid value (the monitor's are gpu_monitor/gpu_monitor/settings.py's).
 NUMERIC = {"GPUHUB_HTTPS_PORT": "8443", "GPUHUB_CULL_IDLE_SECONDS": "600", "GPUHUB_START_CONCURRENCY": "4"}
 NOT_A_NUMBER = ("nan", "NaN", "inf", "-inf", "+inf", "Infinity", "1e309", "1e3", "1.5", "-1", "0x10", "²", "١٢", "8443 s")
 

@@ -20,7 +20,7 @@ def mypy(*targets: str) -> subprocess.CompletedProcess:
 
 
 def test_gpu_monitor_type_checks():
-    r = mypy("gpu_monitor")
+    r = mypy("gpu_monitor/gpu_monitor")
     assert r.returncode == 0, r.stdout + r.stderr
 
 

@@ -1,7 +1,7 @@
 """Every setting the monitor service reads from its environment, declared once, read once.
 
 `load_settings(environ)` is the only place that reads environment variables; a wrong value stops
-the monitor with one line naming the variable (`ConfigError`, gpu_monitor/env.py). Settings the
+the monitor with one line naming the variable (`ConfigError`, gpu_monitor/gpu_monitor/env.py). Settings the
 hub reads too (GPUHUB_DEPLOYMENT, GPUHUB_USER_SUBDOMAINS, DOMAIN, GPUHUB_POLICY_FILE,
 GPUHUB_DB_PASSWORD_FILE) are declared here and imported by `gpuhub.settings`, so both services
 parse them the same way. The operator's documentation comes from `gpuhub.catalogue`.
