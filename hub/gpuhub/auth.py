@@ -6,7 +6,7 @@ GPUHUB_ALLOWED_GROUPS (in that provider's sense of a group), and the GPUHUB_ADMI
 `allow_all` only when the operator set GPUHUB_ALLOW_ALL deliberately (settings refuse to start
 with no rule at all). The demo login is the generic OIDC authenticator pointed at the bundled
 provider, so demo and production share one code path. The username comes from the claim
-gpuhub.settings.USERNAME_CLAIMS names for each provider (stable and unique where the provider has
+its provider record names (gpuhub/providers.py) (stable and unique where the provider has
 such a claim); `warn_if_usernames_are_mutable` says so in the hub's log when lists name people
 by a claim that can change hands.
 """
@@ -16,24 +16,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from oauthenticator.azuread import AzureAdOAuthenticator
-from oauthenticator.generic import GenericOAuthenticator
-from oauthenticator.github import GitHubOAuthenticator
-from oauthenticator.gitlab import GitLabOAuthenticator
-from oauthenticator.google import GoogleOAuthenticator
-
-from .settings import STABLE_CLAIMS, Settings
+from .providers import PROVIDERS, STABLE_CLAIMS
+from .settings import Settings
 
 log = logging.getLogger("JupyterHub")  # the hub's own logger: the warning lands in its log
-
-CLASSES = {
-    "demo": GenericOAuthenticator,
-    "generic": GenericOAuthenticator,
-    "github": GitHubOAuthenticator,
-    "gitlab": GitLabOAuthenticator,
-    "google": GoogleOAuthenticator,
-    "azuread": AzureAdOAuthenticator,
-}
 
 
 def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
@@ -43,7 +29,7 @@ def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
         "client_secret": o.client_secret,
         "oauth_callback_url": settings.oauth_callback_url,
         # the claim that becomes the username: stable and unique where the provider has one
-        # (gpuhub.settings.USERNAME_CLAIMS), set for every provider
+        # (gpuhub/providers.py), set for every provider
         "username_claim": o.username_claim,
         "allowed_users": set(settings.allowed_users),
         "admin_users": set(settings.admin_users),
@@ -57,32 +43,11 @@ def authenticator_config(settings: Settings) -> tuple[type, dict[str, Any]]:
         # still refreshed at login and on requests older than auth_refresh_age (5 min).
         "refresh_pre_spawn": False,
     }
-    kind = settings.authenticator
-    if kind in ("demo", "generic"):
-        traits.update(
-            authorize_url=o.authorize_url,
-            token_url=o.token_url,
-            userdata_url=o.userdata_url,
-            scope=list(o.scopes),
-            login_service="the gpuhub demo provider" if kind == "demo" else "OpenID Connect",
-        )
-        if settings.allowed_groups:
-            traits.update(allowed_groups=set(settings.allowed_groups), manage_groups=True,
-                          auth_state_groups_key=f"oauth_user.{o.groups_claim}")
-    elif kind == "github":
-        if settings.allowed_groups:
-            traits["allowed_organizations"] = set(settings.allowed_groups)
-            traits["scope"] = ["read:org"]
-    elif kind == "gitlab":
-        traits["gitlab_url"] = o.gitlab_url
-        if settings.allowed_groups:
-            traits["allowed_gitlab_groups"] = set(settings.allowed_groups)
-    elif kind == "azuread":
-        traits["tenant_id"] = o.azuread_tenant_id
-        if settings.allowed_groups:
-            traits.update(allowed_groups=set(settings.allowed_groups), manage_groups=True,
-                          auth_state_groups_key="user.groups")
-    return CLASSES[kind], traits
+    provider = PROVIDERS[settings.authenticator]
+    traits.update(provider.traits(o))
+    if settings.allowed_groups and provider.groups is not None:
+        traits.update(provider.groups(settings.allowed_groups, o))
+    return provider.authenticator_class(), traits
 
 
 def mutable_username_warning(settings: Settings) -> str | None:

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import re
 import sys
+import textwrap
 from dataclasses import dataclass
 
 from gpu_monitor import settings as monitor_settings
 from gpu_monitor.env import Setting
 
+from . import providers as P
 from . import settings as hub_settings
 
 RULE = "# " + "-" * 93
@@ -65,6 +67,13 @@ class Row:
     @property
     def variables(self) -> list[str]:
         return re.findall(r"`([A-Z][A-Z0-9_]+)`", self.what)
+
+
+def group_meanings() -> list[str]:
+    """What GPUHUB_ALLOWED_GROUPS means for each provider, from the provider records."""
+    meanings = [f"{name}: {p.group_meaning}" if p.groups else f"{name}: not supported (list users instead)"
+                for name, p in P.PROVIDERS.items()]
+    return textwrap.wrap("GPUHUB_ALLOWED_GROUPS means: " + "; ".join(meanings) + ".", 95)
 
 
 PREAMBLE = '# gpuhub configuration. Copy this file to `.env` next to docker-compose.yml and edit it;\n# Docker Compose reads `.env` and passes each value to the services named below.\n# An empty value means "not set". With no `.env` at all the stack starts in a local demo\n# mode (bundled test login, https://localhost only), which is safe but not for real use.\n#\n# Format of each entry:  who reads it · default · required?\n# Secrets are never put here: they live in files under ./secrets/ (mode 600), see below.\n'
@@ -173,9 +182,7 @@ SECTIONS = [
         Entry(['GPUHUB_ALLOWED_USERS', 'GPUHUB_ALLOWED_GROUPS'],
               ('Who may log in, comma-separated. At least one of these must be set for a real provider,',
                'otherwise the hub refuses to start (it never opens to everyone by omission).',
-               'GPUHUB_ALLOWED_GROUPS means: generic/demo: values of the groups claim; github: organisations',
-               '(org) or teams (org:team); gitlab: group paths; azuread: group object ids; google: not',
-               'supported (list users instead).',
+               *group_meanings(),
                'hub · default: none (demo: "demo") · one of them required unless demo'),
               gap=True),
         Entry(['GPUHUB_ALLOW_ALL'],
@@ -431,8 +438,8 @@ FIXED = [
     Fixed(M.DB_PASSWORD_FILE, "hub, init, gpu-monitor, db", "generated (volume db-password)"),
     Fixed(H.PROXY_API_URL, "hub", "Traefik's API entrypoint (bound to the edge network only)"),
     Fixed(H.TRAEFIK_RULES_FILE, "hub", "routes file Traefik watches"),
-    Fixed(H.DEMO_OIDC_URL, "hub", "the demo provider, as the hub reaches it"),
-    Fixed(H.DEMO_OIDC_PUBLIC_URL, "hub", "the demo provider, as a browser reaches it",
+    Fixed(P.DEMO_OIDC_URL, "hub", "the demo provider, as the hub reaches it"),
+    Fixed(P.DEMO_OIDC_PUBLIC_URL, "hub", "the demo provider, as a browser reaches it",
           "http://localhost:${GPUHUB_DEMO_PORT:-9400}"),
     Fixed(H.MONITOR_URL, "hub", "the monitor's API"),
     Fixed(H.MONITOR_SECRETS_DIR, "hub, init", "the monitor's token (volume monitor-secrets)"),

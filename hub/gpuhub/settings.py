@@ -14,37 +14,19 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from gpu_monitor.env import ConfigError, Invalid, Setting, names, one_of, port, read_secret_file, switch, text, url, whole_number
 from gpu_monitor.settings import DB_HOST, DB_PASSWORD_FILE, DEPLOYMENT, DOMAIN, POLICY_FILE, USER_SUBDOMAINS
 
-AUTHENTICATORS = ("demo", "generic", "github", "gitlab", "google", "azuread")
+from .providers import PROVIDER_SETTINGS, PROVIDERS, OAuthSettings
 
-# Providers whose group/organisation membership can be checked (what a "group" means for each
-# is documented in config/gpuhub.env.example).
-GROUP_SUPPORT = frozenset({"demo", "generic", "github", "gitlab", "azuread"})
+# The login providers (one record each: gpuhub/providers.py).
+AUTHENTICATORS = tuple(PROVIDERS)
+GROUP_SUPPORT = frozenset(name for name, p in PROVIDERS.items() if p.groups is not None)
 
 DEMO_USER = "demo"
-
-# The claim that becomes the hub's username, per provider. Two people must never get the same
-# username (they would share one account, admin rights included), and a username should not
-# change under a person. So where the provider has a stable, unique identifier, it is the
-# default: OpenID Connect's `sub` (the only claim the specification makes stable and unique per
-# provider) and Azure AD's `oid` (the object id, unique in the tenant). OIDC_USERNAME_CLAIM
-# changes them (generic and azuread). GitHub, GitLab and Google: their unique login names
-# (login, username, e-mail), which their owners can change; see README, "Usernames".
-USERNAME_CLAIMS = {
-    "demo": "sub",
-    "generic": "sub",
-    "azuread": "oid",
-    "github": "login",
-    "gitlab": "username",
-    "google": "email",
-}
-# Claims that identify a person for good; the others can change hands (gpuhub.auth warns).
-STABLE_CLAIMS = frozenset({"sub", "oid"})
 
 H = ("hub", "init")
 
@@ -60,14 +42,6 @@ def _true_or_false(value: str) -> str:
 AUTHENTICATOR = Setting("GPUHUB_AUTHENTICATOR", one_of(*AUTHENTICATORS), "demo", ("hub", "init", "demo-oidc"))
 OAUTH_CLIENT_ID = Setting("OAUTH_CLIENT_ID", text, "", H)
 OAUTH_CLIENT_SECRET_FILE = Setting("OAUTH_CLIENT_SECRET_FILE", text, "/run/gpuhub/secrets/oauth_client_secret", H)
-OIDC_AUTHORIZE_URL = Setting("OIDC_AUTHORIZE_URL", url, "", H)
-OIDC_TOKEN_URL = Setting("OIDC_TOKEN_URL", url, "", H)
-OIDC_USERINFO_URL = Setting("OIDC_USERINFO_URL", url, "", H)
-OIDC_USERNAME_CLAIM = Setting("OIDC_USERNAME_CLAIM", text, "", H)  # empty: the provider's (USERNAME_CLAIMS)
-OIDC_GROUPS_CLAIM = Setting("OIDC_GROUPS_CLAIM", text, "groups", H)
-OIDC_SCOPES = Setting("OIDC_SCOPES", lambda v: tuple(v.split()), ("openid", "profile", "email"), H)
-GITLAB_URL = Setting("GITLAB_URL", url, "https://gitlab.com", H)
-AZUREAD_TENANT_ID = Setting("AZUREAD_TENANT_ID", text, "", H)
 ALLOWED_USERS = Setting("GPUHUB_ALLOWED_USERS", names, frozenset(), H)
 ALLOWED_GROUPS = Setting("GPUHUB_ALLOWED_GROUPS", names, frozenset(), H)
 ALLOW_ALL = Setting("GPUHUB_ALLOW_ALL", switch, False, H)
@@ -96,17 +70,14 @@ PROXY_API_URL = Setting("GPUHUB_PROXY_API_URL", url, "http://proxy-api:8099", H)
 TRAEFIK_RULES_FILE = Setting("GPUHUB_TRAEFIK_RULES_FILE", text, "/srv/gpuhub/traefik/rules.yaml", H)
 MONITOR_URL = Setting("GPUHUB_MONITOR_URL", url, "http://gpu-monitor:8000/services/gpu-monitor", H)
 MONITOR_SECRETS_DIR = Setting("GPUHUB_MONITOR_SECRETS_DIR", text, "/srv/gpuhub/monitor-secrets", H)
-DEMO_OIDC_PUBLIC_URL = Setting("GPUHUB_DEMO_OIDC_PUBLIC_URL", url, "http://localhost:9400", H)
-DEMO_OIDC_URL = Setting("GPUHUB_DEMO_OIDC_URL", url, "http://demo-oidc:9400", H)
 
 SETTINGS = (
-    AUTHENTICATOR, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET_FILE, OIDC_AUTHORIZE_URL, OIDC_TOKEN_URL,
-    OIDC_USERINFO_URL, OIDC_USERNAME_CLAIM, OIDC_GROUPS_CLAIM, OIDC_SCOPES, GITLAB_URL, AZUREAD_TENANT_ID,
+    AUTHENTICATOR, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET_FILE, *PROVIDER_SETTINGS,
     ALLOWED_USERS, ALLOWED_GROUPS, ALLOW_ALL, ADMIN_USERS, DOMAIN, LISTEN, HTTPS_PORT, ACME_DNS_PROVIDER,
     USER_SUBDOMAINS, API_TOKEN_FILE, PROFILES_FILE, USER_NETWORK, USERS_SUBNET, USERS_IP_RANGE, USERS_HUB_IP,
     USERS_PROXY_IP, SERVER_TO_SERVER, DEPLOYMENT, POLICY_FILE, CULL_IDLE_SECONDS, START_CONCURRENCY,
     SECRETS_DIR, CERTS_DIR, DB_HOST, DB_NAME, DB_USER, DB_PASSWORD_FILE, PROXY_API_URL, TRAEFIK_RULES_FILE,
-    MONITOR_URL, MONITOR_SECRETS_DIR, DEMO_OIDC_PUBLIC_URL, DEMO_OIDC_URL,
+    MONITOR_URL, MONITOR_SECRETS_DIR,
 )
 
 
@@ -145,29 +116,6 @@ def _check_users_network(environ: Mapping[str, str]) -> None:
         if address in seen:
             raise ConfigError(name, f"{address} is also {seen[address]}")
         seen[address] = name
-
-
-def _required_url(environ: Mapping[str, str], setting: Setting[str], required_for: str) -> str:
-    value = setting.read(environ)
-    if not value:
-        raise ConfigError(setting.name, f"is required for {required_for}; set it to the provider's URL")
-    return value
-
-
-@dataclass(frozen=True)
-class OAuthSettings:
-    client_id: str = ""
-    client_secret: str = field(default="", repr=False)
-    # generic OIDC (and the demo provider, which is driven through the same code path)
-    authorize_url: str = ""
-    token_url: str = ""
-    userdata_url: str = ""
-    username_claim: str = "sub"
-    groups_claim: str = "groups"
-    scopes: tuple[str, ...] = ("openid", "profile", "email")
-    # provider specifics
-    gitlab_url: str = ""
-    azuread_tenant_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -233,20 +181,9 @@ def _is_loopback(address: str) -> bool:
 
 
 def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSettings:
+    provider = PROVIDERS[authenticator]
     if authenticator == "demo":
-        # The bundled provider: the browser reaches it on the host's loopback, the hub on the
-        # compose network. Client id and secret are accepted as given by the demo provider.
-        public = DEMO_OIDC_PUBLIC_URL.read(environ)
-        internal = DEMO_OIDC_URL.read(environ)
-        return OAuthSettings(
-            client_id="gpuhub-demo",
-            client_secret="gpuhub-demo-not-a-secret",
-            authorize_url=f"{public}/oauth2/authorize",
-            token_url=f"{internal}/oauth2/token",
-            userdata_url=f"{internal}/userinfo",
-            username_claim="sub",
-        )
-
+        return OAuthSettings(username_claim=provider.username_claim, **provider.read(environ))
     client_id = OAUTH_CLIENT_ID.read(environ)
     if not client_id:
         raise ConfigError(
@@ -262,32 +199,8 @@ def _oauth_settings(environ: Mapping[str, str], authenticator: str) -> OAuthSett
             "OAuth client secret: put it in secrets/oauth_client_secret (chmod 600)",
         )
     client_secret = read_secret_file("OAUTH_CLIENT_SECRET_FILE", secret_file)
-
-    extra: dict[str, object] = {}
-    if authenticator == "generic":
-        extra = dict(
-            authorize_url=_required_url(environ, OIDC_AUTHORIZE_URL, "GPUHUB_AUTHENTICATOR=generic"),
-            token_url=_required_url(environ, OIDC_TOKEN_URL, "GPUHUB_AUTHENTICATOR=generic"),
-            userdata_url=_required_url(environ, OIDC_USERINFO_URL, "GPUHUB_AUTHENTICATOR=generic"),
-            username_claim=OIDC_USERNAME_CLAIM.read(environ) or USERNAME_CLAIMS["generic"],
-            groups_claim=OIDC_GROUPS_CLAIM.read(environ),
-            scopes=OIDC_SCOPES.read(environ),
-        )
-    elif authenticator == "gitlab":
-        extra = dict(gitlab_url=GITLAB_URL.read(environ))
-    elif authenticator == "azuread":
-        tenant = AZUREAD_TENANT_ID.read(environ)
-        if not tenant:
-            raise ConfigError(
-                "AZUREAD_TENANT_ID",
-                "is required for GPUHUB_AUTHENTICATOR=azuread; set it to your directory (tenant) id",
-            )
-        extra = dict(azuread_tenant_id=tenant,
-                     username_claim=OIDC_USERNAME_CLAIM.read(environ) or USERNAME_CLAIMS["azuread"])
-    # github, gitlab, google: their own claim, always set explicitly (OAuthenticator's default
-    # would otherwise follow an OAUTH2_USERNAME_KEY in the hub's environment)
-    extra = {"username_claim": USERNAME_CLAIMS[authenticator], **extra}
-    return OAuthSettings(client_id=client_id, client_secret=client_secret, **extra)  # type: ignore[arg-type]
+    return OAuthSettings(client_id=client_id, client_secret=client_secret,
+                         **{"username_claim": provider.username_claim, **provider.read(environ)})
 
 
 def _user_subdomains(environ: Mapping[str, str]) -> bool:
