@@ -20,7 +20,7 @@ I/O around them:
 
 - `backends/`: devices and samples from NVML, CPU slices, OpenCL (discovery only)
 - `sampler.py`: samples the backend in a thread; cumulative busy and sampled seconds
-- `store.py`: allocations, usage and history in PostgreSQL
+- `store.py`: allocations, usage and history in PostgreSQL; `migrations/`: its schema's Alembic revisions
 - `batcher.py`: group commit of allocation requests into one transaction
 - `metrics.py`: the Prometheus collector, read at scrape time
 - `jobs/`: the background loops (reconciler, idle reclaimer, usage recorder)

@@ -3,10 +3,17 @@
 `AllocationStore` is the thin shell around `allocator.decide()`: every allocating transaction
 takes one advisory lock, reads the allocations, decides and inserts, then commits (which drops
 the lock), exactly as the allocator's docstring asks. A batch of requests can share one such
-transaction (`allocate_many`), decided in order as if they had come one after another. Everything lives in the schema
-`gpu_monitor`, so the store can share the hub's database or have its own; `migrate()` creates
-and upgrades that schema. The store is synchronous (SQLAlchemy Core over psycopg2): an asyncio
-service calls it in an executor. It reads no environment: the caller gives the URL or engine.
+transaction (`allocate_many`), decided in order as if they had come one after another.
+
+Everything lives in the schema `gpu_monitor`, so the store can share the hub's database or have
+its own. `migrate()` creates and upgrades that schema with the Alembic revisions in
+`migrations/versions/` (as JupyterHub does its own), under an advisory lock, with the version
+table `gpu_monitor.alembic_version`; it first adopts a database that the numbered runner of
+gpuhub 0.13 and older migrated (`_adopt_numbered_steps`). The table definitions below are what
+the queries use, kept equal to what the revisions make (`alembic check`, docker tier).
+
+The store is synchronous (SQLAlchemy Core over psycopg2): an asyncio service calls it in an
+executor. It reads no environment: the caller gives the URL or engine.
 """
 
 from __future__ import annotations
@@ -17,9 +24,14 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -38,64 +50,14 @@ SCHEMA = "gpu_monitor"
 ALLOCATE_LOCK = 0x67707568_00000001
 MIGRATE_LOCK = 0x67707568_00000002
 
-# Numbered schema steps, applied in order, each once, recorded in schema_version. Append only:
-# never edit a step that has shipped; add a new one that changes what it made.
-MIGRATIONS: tuple[tuple[int, str, str], ...] = (
-    (
-        1,
-        "allocations",
-        f"""
-        CREATE TABLE {SCHEMA}.allocations (
-            id text PRIMARY KEY,
-            user_name text NOT NULL,
-            server_name text NOT NULL,  -- '' is the user's default server
-            profile text NOT NULL,
-            device_uuids text[] NOT NULL,  -- in the order the allocator chose them
-            created_at double precision NOT NULL,  -- seconds since the epoch
-            CONSTRAINT allocations_user_server_key UNIQUE (user_name, server_name)
-        )
-        """,
-    ),
-    (
-        2,
-        "allocation history, hourly usage, device history",
-        f"""
-        -- every allocation ever granted; ended_at is set when it is released
-        CREATE TABLE {SCHEMA}.allocation_history (
-            id text PRIMARY KEY,
-            user_name text NOT NULL,
-            server_name text NOT NULL,
-            profile text NOT NULL,
-            groups text[] NOT NULL,  -- the user's hub groups when it was granted
-            device_uuids text[] NOT NULL,
-            started_at double precision NOT NULL,
-            ended_at double precision
-        );
-        CREATE INDEX allocation_history_period ON {SCHEMA}.allocation_history (started_at, ended_at);
-        -- per allocation and hour: device-seconds sampled while held, and how busy they were
-        CREATE TABLE {SCHEMA}.allocation_usage (
-            allocation_id text NOT NULL REFERENCES {SCHEMA}.allocation_history (id) ON DELETE CASCADE,
-            hour double precision NOT NULL,  -- start of the hour, seconds since the epoch
-            busy_seconds double precision NOT NULL,
-            sampled_seconds double precision NOT NULL,
-            PRIMARY KEY (allocation_id, hour)
-        );
-        -- per device and minute, kept DEVICE_HISTORY_SECONDS: what the dashboard charts
-        CREATE TABLE {SCHEMA}.device_history (
-            uuid text NOT NULL,
-            minute double precision NOT NULL,
-            utilization_ratio double precision,
-            memory_used_bytes double precision,
-            PRIMARY KEY (uuid, minute)
-        );
-        -- allocations granted before this step have their history row too
-        INSERT INTO {SCHEMA}.allocation_history
-            (id, user_name, server_name, profile, groups, device_uuids, started_at)
-            SELECT id, user_name, server_name, profile, '{{}}', device_uuids, created_at
-            FROM {SCHEMA}.allocations
-        """,
-    ),
-)
+# The schema is made and changed by Alembic revisions (migrations/versions, one file per step,
+# forward only; env.py puts the version table in this schema). Never edit a revision that has
+# shipped: add one that changes what it made.
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# The runner that came before Alembic (gpuhub 0.13 and older) recorded numbered steps in
+# gpu_monitor.schema_version; revision 0001 is its step 1, 0002 its step 2, the same SQL. A
+# database it migrated is adopted: stamped with the revision of its last step (`migrate`).
+NUMBERED_STEP_REVISIONS = {1: "0001", 2: "0002"}
 
 # Every session the monitor opens carries these limits (`session_options`). Without them one
 # stuck session holding the allocation lock (a psql left open in a transaction, a hung
@@ -142,20 +104,21 @@ WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s AND l.objid = %s 
 # Device history is kept one day (the dashboard's longest chart) and a little more.
 DEVICE_HISTORY_SECONDS = 25 * 3600
 
-_metadata = sa.MetaData(schema=SCHEMA)
+metadata = sa.MetaData(schema=SCHEMA)
 allocations_table = sa.Table(
     "allocations",
-    _metadata,
+    metadata,
     sa.Column("id", sa.Text, primary_key=True),
     sa.Column("user_name", sa.Text, nullable=False),
     sa.Column("server_name", sa.Text, nullable=False),
     sa.Column("profile", sa.Text, nullable=False),
     sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+    sa.UniqueConstraint("user_name", "server_name", name="allocations_user_server_key"),
 )
 history_table = sa.Table(
     "allocation_history",
-    _metadata,
+    metadata,
     sa.Column("id", sa.Text, primary_key=True),
     sa.Column("user_name", sa.Text, nullable=False),
     sa.Column("server_name", sa.Text, nullable=False),
@@ -164,18 +127,19 @@ history_table = sa.Table(
     sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
     sa.Column("started_at", sa.Double, nullable=False),
     sa.Column("ended_at", sa.Double),
+    sa.Index("allocation_history_period", "started_at", "ended_at"),
 )
 usage_table = sa.Table(
     "allocation_usage",
-    _metadata,
-    sa.Column("allocation_id", sa.Text, primary_key=True),
+    metadata,
+    sa.Column("allocation_id", sa.Text, sa.ForeignKey(history_table.c.id, ondelete="CASCADE"), primary_key=True),
     sa.Column("hour", sa.Double, primary_key=True),
     sa.Column("busy_seconds", sa.Double, nullable=False),
     sa.Column("sampled_seconds", sa.Double, nullable=False),
 )
 device_history_table = sa.Table(
     "device_history",
-    _metadata,
+    metadata,
     sa.Column("uuid", sa.Text, primary_key=True),
     sa.Column("minute", sa.Double, primary_key=True),
     sa.Column("utilization_ratio", sa.Double),
@@ -223,6 +187,52 @@ def _abandon(conn: Connection) -> None:
         conn.invalidate()
     finally:
         conn.close()
+
+
+def alembic_config(conn: Connection, applied: builtins.list[str] | None = None) -> Config:
+    """Alembic's configuration for the monitor's schema, without an alembic.ini: the revisions
+    run on `conn`, in its transaction (migrations/env.py), and those run are appended to
+    `applied`."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    config.attributes["applied"] = applied if applied is not None else []
+    return config
+
+
+def schema_revisions(config: Config) -> builtins.list[str]:
+    """Every revision, oldest first."""
+    return [script.revision for script in reversed(list(ScriptDirectory.from_config(config).walk_revisions()))]
+
+
+def _current_revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn, opts={"version_table_schema": SCHEMA}).get_current_revision()
+
+
+def _adopt_numbered_steps(conn: Connection, config: Config) -> str | None:
+    """A database that the numbered runner (gpuhub 0.13 and older) migrated: stamp the revision
+    of its last step, running no DDL, and drop its schema_version table, in the migration's
+    transaction. Returns the revision stamped, None for a database that runner never saw.
+
+    The table goes because Alembic's version table is the one record from now on: one kept
+    would stay at the last numbered step while revisions move on. An older monitor started
+    against the adopted database then fails at its first step (the table exists) and changes
+    nothing, its transaction rolled back."""
+    old = f"{SCHEMA}.schema_version"
+    if conn.execute(sa.text("SELECT to_regclass(:name)"), {"name": old}).scalar() is None:
+        return None
+    last: int | None = conn.execute(sa.text(f"SELECT max(version) FROM {old}")).scalar()
+    revision = None if last is None else NUMBERED_STEP_REVISIONS.get(last)
+    if revision is None:
+        raise RuntimeError(
+            f"the database's {SCHEMA} schema is at numbered step {last}, which this monitor does not "
+            f"know (it adopts steps {min(NUMBERED_STEP_REVISIONS)}..{max(NUMBERED_STEP_REVISIONS)} of "
+            f"{old}); run the newer monitor or restore a backup"
+        )
+    command.stamp(config, revision)
+    conn.execute(sa.text(f"DROP TABLE {old}"))
+    log.info("gpu_monitor schema: adopted the numbered steps up to %s as revision %s", last, revision)
+    return revision
 
 
 # A unique violation can only happen if a writer skipped the lock (an older monitor, a manual
@@ -295,63 +305,38 @@ class AllocationStore:
         return DatabaseHealth(True, "ok")
 
     # ---- schema ---------------------------------------------------------------------------------
-    def migrate(self) -> builtins.list[int]:
-        """Create or upgrade the schema; returns the steps applied now (none if up to date).
+    def migrate(self) -> builtins.list[str]:
+        """Create or upgrade the schema; returns the revisions applied now (none if up to date).
 
-        Monitors starting at once wait on an advisory lock, so each step runs exactly once; a
-        step and its schema_version row commit together, so a crash leaves no half step.
+        Monitors starting at once wait on an advisory lock, so each revision runs exactly once;
+        they all run in that one transaction, so a crash leaves no half step. A database of the
+        numbered runner that came before is adopted first (`_adopt_numbered_steps`).
         """
-        applied: builtins.list[int] = []
+        applied: builtins.list[str] = []
         with self.engine.begin() as conn:
             # monitors starting together wait for each other's migration, however long it takes
             conn.execute(sa.text("SET LOCAL lock_timeout = 0; SET LOCAL statement_timeout = 0"))
             conn.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATE_LOCK)))
             conn.execute(sa.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-            conn.execute(
-                sa.text(
-                    f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_version ("
-                    " version integer PRIMARY KEY,"
-                    " description text NOT NULL,"
-                    " applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-            )
-            done = set(
-                conn.execute(sa.text(f"SELECT version FROM {SCHEMA}.schema_version")).scalars()
-            )
-            known = {version for version, _, _ in MIGRATIONS}
-            if done - known:
+            config = alembic_config(conn, applied)
+            known = schema_revisions(config)
+            current = _current_revision(conn)
+            if current is None:
+                current = _adopt_numbered_steps(conn, config)
+            if current is not None and current not in known:
                 raise RuntimeError(
-                    f"the database's {SCHEMA} schema is at version {max(done)}, newer than this "
-                    f"monitor knows ({max(known)}); run the newer monitor or restore a backup"
+                    f"the database's {SCHEMA} schema is at revision {current}, newer than this "
+                    f"monitor knows ({known[-1]}); run the newer monitor or restore a backup"
                 )
-            for version, description, statement in sorted(MIGRATIONS):
-                if version in done:
-                    continue
-                conn.execute(sa.text(statement))
-                conn.execute(
-                    sa.text(
-                        f"INSERT INTO {SCHEMA}.schema_version (version, description)"
-                        " VALUES (:version, :description)"
-                    ),
-                    {"version": version, "description": description},
-                )
-                applied.append(version)
+            command.upgrade(config, "head")
         if applied:
-            log.info("gpu_monitor schema: applied steps %s", applied)
+            log.info("gpu_monitor schema: applied revisions %s", applied)
         return applied
 
-    def schema_version(self) -> int:
-        """The highest step applied, 0 for an empty database."""
+    def schema_revision(self) -> str | None:
+        """The revision the schema is at, None for a database that `migrate()` has not seen."""
         with self.engine.connect() as conn:
-            exists = conn.execute(
-                sa.text("SELECT to_regclass(:name)"), {"name": f"{SCHEMA}.schema_version"}
-            ).scalar()
-            if exists is None:
-                return 0
-            version = conn.execute(
-                sa.text(f"SELECT max(version) FROM {SCHEMA}.schema_version")
-            ).scalar()
-            return int(version or 0)
+            return _current_revision(conn)
 
     # ---- allocations ------------------------------------------------------------------------------
     def allocate(

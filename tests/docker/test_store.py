@@ -1,5 +1,6 @@
-"""The allocation store against a real PostgreSQL (marker `docker`): migrations, grant and
-release, a restart that loses nothing, and concurrent requests that never over-allocate.
+"""The allocation store against a real PostgreSQL (marker `docker`): migrations (a fresh database,
+one the numbered runner of gpuhub 0.13 made, one newer than the monitor), grant and release, a
+restart that loses nothing, and concurrent requests that never over-allocate.
 
 The database is a throwaway `postgres:15` container, gpuhub-test-store-pg, published on a
 loopback port Docker picks, removed at the end (and before the start, after a crash).
@@ -16,13 +17,15 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 
 from gpu_monitor.allocator import AllocationRequest, Granted, Policy, Refused, decide
 from gpu_monitor.devices import Device
-from gpu_monitor.store import MIGRATIONS, SCHEMA, AllocationStore
+from gpu_monitor.store import SCHEMA, AllocationStore, alembic_config
 
 from ..aio import run_async
 from ..stack import wait_for
+from . import numbered_steps
 
 pytestmark = pytest.mark.docker
 
@@ -96,46 +99,176 @@ def _rows(store: AllocationStore) -> int:
         return conn.execute(sa.text(f"SELECT count(*) FROM {SCHEMA}.allocations")).scalar()
 
 
-def test_migrate_creates_the_schema_once_even_when_monitors_start_together(database_url):
+def _fresh_database(database_url, name: str) -> sa.URL:
     admin = sa.create_engine(database_url(), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text("DROP DATABASE IF EXISTS fresh"))
-        conn.execute(sa.text("CREATE DATABASE fresh"))
-    admin.dispose()
-    stores = [AllocationStore.from_url(database_url("fresh")) for _ in range(8)]
     try:
-        assert stores[0].schema_version() == 0
-        barrier = threading.Barrier(len(stores))
-        results: list = [None] * len(stores)
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {name}"))
+            conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    finally:
+        admin.dispose()
+    return database_url(name)
 
-        def start(i: int) -> None:
-            barrier.wait()
-            try:
-                results[i] = stores[i].migrate()
-            except Exception as e:  # noqa: BLE001 - asserted below
-                results[i] = e
 
-        threads = [threading.Thread(target=start, args=(i,)) for i in range(len(stores))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        latest = max(v for v, _, _ in MIGRATIONS)
-        # exactly one monitor applied every step; the others found nothing to do
-        assert sorted(results, key=len) == [[]] * (len(stores) - 1) + [list(range(1, latest + 1))]
-        with stores[0].engine.connect() as conn:
-            before = conn.execute(sa.text(
-                f"SELECT version, applied_at FROM {SCHEMA}.schema_version ORDER BY version")).all()
+def _schema_dump(database: str) -> str:
+    """The gpu_monitor schema's DDL as pg_dump writes it, without the version tables (nor the
+    random key of pg_dump's \\restrict line)."""
+    dump = _docker("exec", CONTAINER, "pg_dump", "-U", "monitor", "--schema-only", f"--schema={SCHEMA}",
+                   f"--exclude-table={SCHEMA}.schema_version", f"--exclude-table={SCHEMA}.alembic_version",
+                   database).stdout
+    return "\n".join(line for line in dump.splitlines() if not line.startswith(("\\restrict", "\\unrestrict")))
+
+
+def _table_oids(engine: sa.Engine) -> dict[str, int]:
+    """Each table's oid: a table made again (a step run twice) has a new one."""
+    with engine.connect() as conn:
+        return dict(conn.execute(sa.text(
+            "SELECT relname, oid::int FROM pg_class WHERE relkind = 'r' "
+            "AND relnamespace = CAST(:schema AS regnamespace)"), {"schema": SCHEMA}).all())
+
+
+def _migrate_together(stores: list[AllocationStore]) -> list:
+    """migrate() from one thread per store, released at once: what each returned or raised."""
+    barrier = threading.Barrier(len(stores))
+    results: list = [None] * len(stores)
+
+    def start(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = stores[i].migrate()
+        except Exception as e:  # noqa: BLE001 - asserted by the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_migrate_creates_the_schema_once_even_when_monitors_start_together(database_url):
+    stores = [AllocationStore.from_url(_fresh_database(database_url, "fresh")) for _ in range(8)]
+    try:
+        assert stores[0].schema_revision() is None
+        results = _migrate_together(stores)
+        revisions = ["0001", "0002"]
+        # exactly one monitor applied every revision; the others found nothing to do
+        assert sorted(results, key=len) == [[]] * (len(stores) - 1) + [revisions]
+        before = _table_oids(stores[0].engine)
         assert stores[0].migrate() == []
         assert stores[0].migrate() == []
-        with stores[0].engine.connect() as conn:
-            after = conn.execute(sa.text(
-                f"SELECT version, applied_at FROM {SCHEMA}.schema_version ORDER BY version")).all()
-        assert after == before and [v for v, _ in after] == list(range(1, latest + 1))
-        assert stores[0].schema_version() == latest
+        assert _table_oids(stores[0].engine) == before
+        assert sorted(before) == ["alembic_version", "allocation_history", "allocation_usage", "allocations",
+                                  "device_history"]
+        assert stores[0].schema_revision() == revisions[-1]
     finally:
         for s in stores:
             s.dispose()
+
+
+def test_the_revisions_make_the_schema_the_numbered_runner_made(database_url):
+    # The revisions replaced the numbered steps of gpuhub 0.13 (tests/docker/numbered_steps.py):
+    # a fresh database must end exactly as one that runner made.
+    old = sa.create_engine(_fresh_database(database_url, "numbered"))
+    store = AllocationStore.from_url(_fresh_database(database_url, "revisions"))
+    try:
+        assert numbered_steps.migrate(old) == [1, 2]
+        assert store.migrate() == ["0001", "0002"]
+        made_by_revisions = _schema_dump("revisions")
+        assert "CREATE TABLE gpu_monitor.allocation_usage" in made_by_revisions
+        assert made_by_revisions == _schema_dump("numbered")
+    finally:
+        old.dispose()
+        store.dispose()
+
+
+def test_the_stores_tables_are_the_tables_the_revisions_make(store):
+    # `alembic check`: the store's table definitions (its queries) against the migrated database
+    with store.engine.connect() as conn:
+        command.check(alembic_config(conn))
+
+
+def test_a_database_the_numbered_runner_migrated_is_adopted_without_running_a_step_again(database_url):
+    # every deployed gpuhub's database: made by the numbered runner, holding allocations
+    url = _fresh_database(database_url, "deployed")
+    old = sa.create_engine(url)
+    stores = [AllocationStore.from_url(url) for _ in range(4)]
+    try:
+        assert numbered_steps.migrate(old) == [1, 2]
+        held = stores[0].allocate(request("alice"), DEVICES, POLICY, now=10.0)
+        ended = stores[0].allocate(request("bob"), DEVICES, POLICY, now=20.0)
+        assert isinstance(held, Granted) and isinstance(ended, Granted)
+        stores[0].release(ended.allocation.id, now=30.0)
+        stores[0].record_usage([(held.allocation.id, 0.0, 5.0, 10.0)], [("GPU-0", 60.0, 0.5, 1e9)], now=100.0)
+        before = (_table_oids(old), stores[0].list(), stores[0].history(0, 100), stores[0].device_history(0))
+
+        # the new monitors start together: one adopts, the others find it done
+        assert _migrate_together(stores) == [[]] * len(stores)
+        assert stores[0].schema_revision() == "0002"
+        oids, *data = before
+        after = _table_oids(old)
+        # the same tables (no step ran again), the numbered runner's table gone, Alembic's made
+        assert "schema_version" not in after and "alembic_version" in after
+        assert {k: v for k, v in after.items() if k != "alembic_version"} == \
+            {k: v for k, v in oids.items() if k != "schema_version"}
+        assert (stores[0].list(), stores[0].history(0, 100), stores[0].device_history(0)) == tuple(data)
+        assert stores[0].migrate() == []
+        # an older monitor started now fails at its first step, and changes nothing
+        with pytest.raises(sa.exc.ProgrammingError, match='relation "allocations" already exists'):
+            numbered_steps.migrate(old)
+        assert _table_oids(old) == after and stores[0].schema_revision() == "0002"
+        # allocating goes on where it was
+        carol = stores[0].allocate(request("carol"), DEVICES, POLICY)
+        assert isinstance(carol, Granted) and carol.allocation.device_uuids == ("GPU-1",)
+    finally:
+        old.dispose()
+        for s in stores:
+            s.dispose()
+
+
+def test_a_database_at_the_first_numbered_step_is_adopted_then_upgraded(database_url):
+    url = _fresh_database(database_url, "step_one")
+    old = sa.create_engine(url)
+    store = AllocationStore.from_url(url)
+    try:
+        assert numbered_steps.migrate(old, numbered_steps.MIGRATIONS[:1]) == [1]
+        with old.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO {SCHEMA}.allocations VALUES ('a1', 'alice', '', 'gpu', '{{GPU-0}}', 5)"))
+        assert store.migrate() == ["0002"]
+        assert store.schema_revision() == "0002"
+        # revision 0002 ran, and gave the allocation its history row
+        assert [(r["id"], r["started_at"], r["ended_at"]) for r in store.history(0, 10)] == [("a1", 5.0, None)]
+    finally:
+        old.dispose()
+        store.dispose()
+
+
+def test_a_database_newer_than_the_monitor_is_refused_and_left_alone(database_url):
+    newer_revision = AllocationStore.from_url(_fresh_database(database_url, "newer_revision"))
+    newer_step = _fresh_database(database_url, "newer_step")
+    old = sa.create_engine(newer_step)
+    newer_step_store = AllocationStore.from_url(newer_step)
+    try:
+        newer_revision.migrate()
+        with newer_revision.engine.begin() as conn:
+            conn.execute(sa.text(f"UPDATE {SCHEMA}.alembic_version SET version_num = '0099'"))
+        with pytest.raises(RuntimeError, match="revision 0099, newer than this monitor knows"):
+            newer_revision.migrate()
+        assert newer_revision.schema_revision() == "0099"
+
+        numbered_steps.migrate(old)
+        with old.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO {SCHEMA}.schema_version (version, description) VALUES (3, 'later')"))
+        with pytest.raises(RuntimeError, match="numbered step 3, which this monitor does not know"):
+            newer_step_store.migrate()
+        # rolled back: still the old runner's database, not stamped
+        assert newer_step_store.schema_revision() is None
+        assert "schema_version" in _table_oids(old)
+    finally:
+        old.dispose()
+        newer_revision.dispose()
+        newer_step_store.dispose()
 
 
 def test_a_batch_is_decided_in_order_as_if_one_after_another(store):
