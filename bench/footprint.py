@@ -7,7 +7,7 @@ no reference configuration yet).
   * idle footprint: memory and CPU of proxy, hub, db and gpu-monitor (`docker stats`, a few
     samples a few seconds apart) with 0 servers and with N idle servers of the minimal profile.
 
-Uses the test stack (tests/stack.py: project gpuhub-test, ports 443/80/9401 on 127.0.0.1) so
+Uses the test stack (tests/harness/stack.py: project gpuhub-test, ports 443/80/9401 on 127.0.0.1) so
 that servers can be started through the API. Prints a Markdown table; with --docs writes it to
 docs/BENCHMARKS.md (section between markers). Usage:
 
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.docs_section import record, write_section  # noqa: E402
-from tests.stack import start_stack  # noqa: E402
+from tests.harness.stack import start_stack  # noqa: E402
 
 SERVICES = ("proxy", "hub", "db", "gpu-monitor")
 DOCS = REPO / "docs" / "BENCHMARKS.md"
@@ -100,7 +100,7 @@ def main() -> int:
         "",
         f"`bench/footprint.py --reps {args.reps} --servers {args.servers}`, {datetime.date.today()}, commit {commit}, "
         f"this {os.cpu_count()}-CPU machine ({platform.machine()}, {platform.system()} {platform.release()}), "
-        "images built beforehand, test stack (tests/stack.py).",
+        "images built beforehand, test stack (tests/harness/stack.py).",
         "",
         f"Cold start, `docker compose up -d --wait` to every service healthy: median {statistics.median(starts):.1f} s "
         f"(min {min(starts):.1f}, max {max(starts):.1f}, {len(starts)} runs); goal ≤ 30 s.",

@@ -21,7 +21,7 @@ the whole machine's CPU; and the hub's own jupyterhub_server_spawn_duration_seco
 jupyterhub_proxy_add_duration_seconds histograms (/hub/metrics, before and after, with the
 admin token). Between bursts every server is stopped and every bench user deleted.
 
-gpuhub runs as the test stack (tests/stack.py: project gpuhub-test, 127.0.0.1:443/80/9401)
+gpuhub runs as the test stack (tests/harness/stack.py: project gpuhub-test, 127.0.0.1:443/80/9401)
 with the bench users admitted (GPUHUB_ALLOW_ALL), the monitor at its production timings and the
 profiles' images of GPUHUB_VERSION (bench/compose.burst.yml; the reference uses the same tag);
 the reference (JupyterHub + configurable-http-proxy + DockerSpawner + SQLite, project
@@ -90,7 +90,7 @@ class Target:
 
 
 def gpuhub_target(workdir: Path) -> Target:
-    from tests import stack as teststack
+    from tests.harness import stack as teststack
 
     version = os.environ.get("GPUHUB_VERSION") or "latest"
     bench_dir = workdir / "bench"

@@ -3,7 +3,7 @@
 
 `bench/monitor_api.py` measures one build; two runs of it, minutes apart, differ by more than
 most changes to the allocation path (this machine is shared, and its two CPUs also run the
-client and PostgreSQL). This script starts the test stack once (tests/stack.py, with the same
+client and PostgreSQL). This script starts the test stack once (tests/harness/stack.py, with the same
 shareable CPU slices as monitor_api.py), then alternates the `gpu-monitor` container between
 two images, `gpuhub/gpu-monitor:<A>` and `gpuhub/gpu-monitor:<B>`, `--pairs` times. Each turn
 recreates the monitor, sends one unmeasured warm-up burst, then `--rounds` bursts of
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.monitor_api import CALL, LAUNCHER, pct, server_times  # noqa: E402
-from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
+from tests.harness.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
 CLIENT = CALL + r'''
 def burst(tag):

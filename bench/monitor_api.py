@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """How fast the GPU monitor answers: scrape, device list and allocation latency, sampling cost.
 
-Starts the test stack (tests/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
+Starts the test stack (tests/harness/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
 monitor's CPU slices made shareable (a policy file with cpu-slice: {shared: 128}), so that 200 allocations
 can exist at once, then measures from inside the `hub` container, on the compose network, with
 plain HTTP to http://gpu-monitor:8000 (what the hub's spawner and a Prometheus on that network
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.docs_section import record, write_section  # noqa: E402
-from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
+from tests.harness.stack import TEST_ENV, Stack, start_stack  # noqa: E402
 
 DOCS = REPO / "docs" / "monitor.md"
 BEGIN, END = "<!-- bench/monitor_api.py: begin -->", "<!-- bench/monitor_api.py: end -->"

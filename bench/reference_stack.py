@@ -26,7 +26,7 @@ from pathlib import Path
 
 import requests
 
-from tests.stack import wait_for
+from tests.harness.stack import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "bench" / "reference" / "docker-compose.yml"

@@ -3,7 +3,7 @@
 
 One spawn is timed from sending `POST /hub/api/users/{u}/server` until `GET
 /user/{u}/api/status` (the admin token) answers 200 through the proxy: Traefik over HTTPS for
-gpuhub (test stack, tests/stack.py), configurable-http-proxy for the reference
+gpuhub (test stack, tests/harness/stack.py), configurable-http-proxy for the reference
 (bench/reference/). The single-user images are present and the user's home volume exists (a
 first, unmeasured spawn per configuration made it). Configurations: gpuhub's profiles minimal
 (0 GPUs), opencl (1 device: a CPU slice from the GPU monitor on a host without GPUs) and cuda
@@ -66,7 +66,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.docs_section import record, write_section  # noqa: E402
 from bench.reference_stack import ReferenceStack, start_reference  # noqa: E402
-from tests.stack import Stack, start_stack  # noqa: E402
+from tests.harness.stack import Stack, start_stack  # noqa: E402
 
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/spawn_latency.py: begin -->", "<!-- bench/spawn_latency.py: end -->"
@@ -253,7 +253,7 @@ def start_gpuhub(workdir: Path, version: str) -> Stack:
             "environment": {"GPUHUB_PROFILES_FILE": "/srv/gpuhub/bench-profiles.yaml"},
             "volumes": [f"{path}:/srv/gpuhub/bench-profiles.yaml:ro"]}}}))
         BenchStack.override = override
-    import tests.stack as stack_module
+    import tests.harness.stack as stack_module
     stack_module.Stack = BenchStack  # start_stack() builds its Stack from the module global
     try:
         return start_stack(workdir)

@@ -11,7 +11,7 @@ Fixture catalogue (shared ones; each tier's conftest lists its own):
 - `environ`: a minimal valid hub environment (dict) for settings tests, with secret files
   created under tmp_path.
 - `stack` (session): the real stack, started once by Docker Compose as project gpuhub-test
-  with a test OIDC provider (tests/stack.py); torn down at the end. Its logs, and every user
+  with a test OIDC provider (tests/harness/stack.py); torn down at the end. Its logs, and every user
   container's, are saved under test-artifacts/<test name>/ when a test using it fails.
 """
 
@@ -64,7 +64,7 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    from .stack import start_stack
+    from .harness.stack import start_stack
 
     started = start_stack(tmp_path_factory.mktemp("stack"))
     try:

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
 from playwright.sync_api import Page, expect  # noqa: E402
 
-from ..stack import ARTIFACTS
+from ..harness.stack import ARTIFACTS
 from .test_login import HUB, log_in_at_provider
 
 pytestmark = pytest.mark.browser

@@ -13,7 +13,7 @@ pytest.importorskip("playwright", reason="tests/requirements.txt is not installe
 from playwright.sync_api import Page, Request, expect  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
-from ..stack import PROJECT  # noqa: E402
+from ..harness.stack import PROJECT  # noqa: E402
 
 pytestmark = pytest.mark.browser
 

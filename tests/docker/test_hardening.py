@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from gpuhub.tls import write_localhost_certificate  # noqa: E402
 
-from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, remove_home, wait_for  # noqa: E402
+from ..harness.stack import PROJECT, REACH, ROOT, USER_NETWORK, remove_home, wait_for  # noqa: E402
 from .test_monitor import allocations, monitor, user_token  # noqa: E402
 from .test_policy import recreated  # noqa: E402
 

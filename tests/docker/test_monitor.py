@@ -1,7 +1,7 @@
 """The GPU monitor in the real stack, on CPU slices (this machine has no GPU): allocation through
 the hub, what each container holds, exhaustion, release, leaks, restarts, concurrency and who
 may do what. The test stack cuts the host's CPUs into 2 slices and reconciles every 3 s with a
-5 s grace (tests/stack.py)."""
+5 s grace (tests/harness/stack.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ..stack import PROJECT, REACH, wait_for
+from ..harness.stack import PROJECT, REACH, wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ..stack import PROJECT, ROOT, wait_for
+from ..harness.stack import PROJECT, ROOT, wait_for
 from .test_monitor import allocations, monitor
 
 pytestmark = pytest.mark.docker

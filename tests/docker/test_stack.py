@@ -11,7 +11,7 @@ import threading
 import pytest
 import requests
 
-from ..stack import PROJECT, REACH, ROOT, users_network, wait_for
+from ..harness.stack import PROJECT, REACH, ROOT, users_network, wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -22,7 +22,7 @@ from gpu_monitor.devices import Device
 from gpu_monitor.store import MIGRATIONS, SCHEMA, AllocationStore
 
 from ..aio import run_async
-from ..stack import wait_for
+from ..harness.stack import wait_for
 
 pytestmark = pytest.mark.docker
 

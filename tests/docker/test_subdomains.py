@@ -24,7 +24,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from ..stack import wait_for
+from ..harness.stack import wait_for
 from .test_hardening import empty_acme_store, write_pebble_config
 from .test_policy import recreated
 

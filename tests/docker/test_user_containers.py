@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from ..stack import PROJECT, remove_home
+from ..harness.stack import PROJECT, remove_home
 
 pytestmark = pytest.mark.docker
 

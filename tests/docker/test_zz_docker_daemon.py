@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from ..stack import PROJECT, ROOT, wait_for
+from ..harness.stack import PROJECT, ROOT, wait_for
 from .test_monitor import allocations
 
 pytestmark = [pytest.mark.docker, pytest.mark.reliability]
