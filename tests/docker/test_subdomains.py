@@ -25,8 +25,7 @@ import requests
 from cryptography import x509
 
 from ..harness.stack import wait_for
-from .test_hardening import empty_acme_store, write_pebble_config
-from .test_policy import recreated
+from .helpers import empty_acme_store, recreated, write_pebble_config
 
 pytestmark = pytest.mark.docker
 

@@ -22,7 +22,7 @@ import time
 import pytest
 
 from ..harness.stack import PROJECT, ROOT, wait_for
-from .test_monitor import allocations
+from .helpers import allocations
 
 pytestmark = [pytest.mark.docker, pytest.mark.reliability]
 

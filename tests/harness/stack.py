@@ -60,17 +60,6 @@ TEST_ENV = {
 }
 
 
-# Code for a user's kernel: reach(host, port) says 'open' or why not (gaierror: the name does
-# not resolve on the container's networks).
-REACH = (
-    "import socket\n"
-    "def reach(host, port):\n"
-    "    try:\n"
-    "        socket.create_connection((host, port), timeout=3).close(); return 'open'\n"
-    "    except OSError as e:\n"
-    "        return type(e).__name__\n"
-)
-
 
 def docker_subnets() -> list[ipaddress.IPv4Network]:
     """The IPv4 subnets of every Docker network on this host."""
