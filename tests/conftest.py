@@ -13,8 +13,12 @@ Fixture catalogue (shared ones; each tier's conftest lists its own):
 - `stack` (session): the real stack, started once by Docker Compose as project gpuhub-test
   with a test OIDC provider (tests/harness/stack.py); torn down at the end. Its logs, and every user
   container's, are saved under test-artifacts/<test name>/ when a test using it fails.
+- `subdomains` (module): the stack switched to per-user subdomains (GPUHUB_USER_SUBDOMAINS=true)
+  for one module, and `*.localhost` resolving to 127.0.0.1 in this process; switched back after
+  it (tests/docker/test_subdomains.py, tests/browser/test_subdomains.py).
 """
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -71,6 +75,33 @@ def stack(tmp_path_factory):
         yield started
     finally:
         started.down()
+
+
+@pytest.fixture(scope="module")
+def subdomains(stack):
+    """The stack with GPUHUB_USER_SUBDOMAINS=true, and `*.localhost` resolving to 127.0.0.1 in
+    this process (as browsers do); put back as it was afterwards."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    on = {"GPUHUB_USER_SUBDOMAINS": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "getaddrinfo", getaddrinfo)
+        try:
+            stack.compose("run", "--rm", "--no-deps", "-T", "init", env=on)
+            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor", env=on)
+            stack.wait_hub()
+            yield stack
+        finally:
+            for user in ("alice",):
+                if stack.api("GET", f"users/{user}").json().get("servers"):
+                    stack.stop_server(user)
+            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor")
+            stack.wait_hub()
 
 
 @pytest.fixture(autouse=True)

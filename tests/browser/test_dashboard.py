@@ -13,7 +13,7 @@ pytest.importorskip("playwright", reason="tests/requirements.txt is not installe
 from playwright.sync_api import Page, expect  # noqa: E402
 
 from ..harness.stack import ARTIFACTS
-from .test_login import HUB, log_in_at_provider
+from .helpers import HUB, log_in_at_provider
 
 pytestmark = pytest.mark.browser
 
