@@ -59,6 +59,21 @@ def environ(tmp_path):
     }
 
 
+def last_at_the_end(items: list) -> list:
+    """`items` with those marked `last` moved to the end; each part keeps its order."""
+    last = [item for item in items if item.get_closest_marker("last") is not None]
+    return [item for item in items if item.get_closest_marker("last") is None] + last
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Tests marked `last` (tests/docker/test_docker_daemon.py restarts the Docker daemon) run
+    after every other test of the session, whatever their file names: `bin/test` runs every tier
+    in one pytest, which collects them in folder order (browser, docker, fast). After the other
+    plugins' reordering (trylast), so that nothing moves them back."""
+    items[:] = last_at_the_end(items)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
