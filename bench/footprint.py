@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Cold start and idle footprint of the stack (issue "Benchmarks", items 5 and 7; gpuhub only,
 no reference configuration yet).
 
@@ -11,7 +10,7 @@ Uses the test stack (tests/harness/stack.py: project gpuhub-test, ports 443/80/9
 that servers can be started through the API. Prints a Markdown table; with --docs writes it to
 docs/BENCHMARKS.md (section between markers). Usage:
 
-    .venv/bin/python bench/footprint.py [--reps 3] [--servers 10] [--docs]
+    .venv/bin/python -m bench.footprint [--reps 3] [--servers 10] [--docs]     # from the repository's root
 """
 
 from __future__ import annotations
@@ -28,12 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.docs_section import record, write_section
+from tests.harness.stack import start_stack
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
-from tests.harness.stack import start_stack  # noqa: E402
-
 SERVICES = ("proxy", "hub", "db", "gpu-monitor")
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/footprint.py: begin -->", "<!-- bench/footprint.py: end -->"

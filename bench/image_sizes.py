@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Sizes of gpuhub's images: uncompressed, compressed (what a first pull transfers), per layer.
 
 A benchmark, not a test: it prints a Markdown report (for images/README.md) and exits 0 even
@@ -18,10 +17,12 @@ Sizes are decimal: 1 GB = 1e9 bytes, 1 MB = 1e6 bytes.
 
 Needs the docker CLI and the images built; nothing else (standard library only).
 
-    python3 bench/image_sizes.py                 # all gpuhub images, top 6 layers each
-    python3 bench/image_sizes.py --layers 10 gpuhub/singleuser-cuda:latest
-    python3 bench/image_sizes.py --no-compressed # fast: uncompressed sizes only
-    python3 bench/image_sizes.py --build-times   # also `docker compose build` per image, warm cache
+    python3 -m bench.image_sizes                 # all gpuhub images, top 6 layers each
+    python3 -m bench.image_sizes --layers 10 gpuhub/singleuser-cuda:latest
+    python3 -m bench.image_sizes --no-compressed # fast: uncompressed sizes only
+    python3 -m bench.image_sizes --build-times   # also `docker compose build` per image, warm cache
+
+(from the repository's root, as every script of bench/)
 """
 
 from __future__ import annotations
@@ -37,8 +38,7 @@ import time
 import zlib
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.docs_section import record  # noqa: E402
+from bench.docs_section import record
 
 # gpuhub's image repositories, each with the compose service that builds it (for --build-times).
 SERVICES = {"gpuhub/singleuser-base": "singleuser-base", "gpuhub/singleuser-opencl": "singleuser-opencl",

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A burst of logins and spawns (issue "Benchmarks", item 2): N people log in at the same
 moment through the OpenID Connect provider and each starts a server of the small profile at
 once, as a browser would; gpuhub and the reference configuration in the same run.
@@ -29,9 +28,10 @@ gpuhub-ref, bench/reference/) comes from bench/reference.py when that helper exi
 is measured the other's containers are paused (`docker compose pause`), so that neither pays
 for the other's idle work. Both stacks are started once; bursts alternate between them.
 
-    .venv/bin/python bench/login_burst.py [--users 50] [--rounds 1] [--only gpuhub] [--docs]
+    .venv/bin/python -m bench.login_burst [--users 50] [--rounds 1] [--only gpuhub] [--docs]
 
-Hold the shared Docker lock around it: `flock /tmp/gpuhub-docker.lock .venv/bin/python ...`.
+from the repository's root. Hold the shared Docker lock around it: `flock /tmp/gpuhub-docker.lock
+.venv/bin/python -m ...`.
 """
 
 from __future__ import annotations
@@ -60,11 +60,9 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
+from bench.docs_section import record, write_section
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
-
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/login_burst.py: begin -->", "<!-- bench/login_burst.py: end -->"
 USER_TIMEOUT = 600.0  # one person's login + spawn gives up after this long

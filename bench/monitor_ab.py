@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Allocation latency of two monitor images, interleaved: A B A B ... on one running stack.
 
 `bench/monitor_api.py` measures one build; two runs of it, minutes apart, differ by more than
@@ -18,7 +17,9 @@ and let the stack build B from the work tree (GPUHUB_VERSION=B). `--py-spy PATH`
 turns with py-spy (non-blocking) into `--out`, and then the figures of those turns are not
 comparable. Usage:
 
-    GPUHUB_VERSION=new .venv/bin/python bench/monitor_ab.py --a old --b new [--pairs 4] [--rounds 5]
+    GPUHUB_VERSION=new PYTHONPATH=hub:gpu_monitor .venv/bin/python -m bench.monitor_ab --a old --b new [--pairs 4]
+
+from the repository's root (gpu_monitor importable, as for monitor_api.py).
 """
 
 from __future__ import annotations
@@ -33,11 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.monitor_api import CALL, LAUNCHER, pct, server_times  # noqa: E402
-from tests.harness.stack import TEST_ENV, Stack, start_stack  # noqa: E402
+from bench.monitor_api import CALL, LAUNCHER, pct, server_times
+from tests.harness.stack import TEST_ENV, Stack, start_stack
 
 CLIENT = CALL + r'''
 def burst(tag):

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How fast the GPU monitor answers: scrape, device list and allocation latency, sampling cost.
 
 Starts the test stack (tests/harness/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
@@ -18,7 +17,10 @@ Results print and, unless --no-docs, replace the "Benchmark" section of docs/mon
 This machine has no GPU, so the comparison with `nvidia-smi` per sample the issue asks for is
 not made here. Usage:
 
-    .venv/bin/python bench/monitor_api.py [--requests 300] [--rounds 5] [--no-docs]
+    PYTHONPATH=hub:gpu_monitor .venv/bin/python -m bench.monitor_api [--requests 300] [--rounds 5] [--no-docs]
+
+from the repository's root, with gpuhub's packages importable (it measures the monitor's
+sampling in this process; bin/bench sets PYTHONPATH so).
 """
 
 from __future__ import annotations
@@ -36,12 +38,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.docs_section import record, write_section
+from tests.harness.stack import TEST_ENV, Stack, start_stack
+
+try:
+    from gpu_monitor.backends.cpu_slices import CPUSliceBackend
+except ModuleNotFoundError as e:  # from the root without it, ./gpu_monitor/ is an empty namespace
+    raise SystemExit(f"bench: {e}: run with PYTHONPATH=hub:gpu_monitor from the repository's root "
+                     "(bin/bench does)") from None
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
-from tests.harness.stack import TEST_ENV, Stack, start_stack  # noqa: E402
-
 DOCS = REPO / "docs" / "monitor.md"
 BEGIN, END = "<!-- bench/monitor_api.py: begin -->", "<!-- bench/monitor_api.py: end -->"
 
@@ -130,8 +136,6 @@ def server_times(logs: str, method: str, path_re: str, after: float = 0.0) -> li
 
 
 def sampling_cost(calls: int = 2000) -> tuple[float, int]:
-    from gpu_monitor.backends.cpu_slices import CPUSliceBackend
-
     backend = CPUSliceBackend(min(2, os.cpu_count() or 1))
     devices = backend.discover()
     backend.sample()

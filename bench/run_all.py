@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Every benchmark of gpuhub in one run, and docs/BENCHMARKS.md written from it.
 
     bin/bench                      # installs what is missing, then runs this
-    .venv/bin/python bench/run_all.py [--only NAME,...] [--quick]
+    PYTHONPATH=hub:gpu_monitor .venv/bin/python -m bench.run_all [--only NAME,...] [--quick]
 
 Runs, one after the other (never two at once: they share the machine), each script of bench/
 against the real stack, and the reference configuration (bench/reference/: JupyterHub +
@@ -29,11 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.docs_section import write_section
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import write_section  # noqa: E402
-
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 LOGS = REPO / "bench-logs"
 BEGIN, END = "<!-- bench/run_all.py: begin -->", "<!-- bench/run_all.py: end -->"
@@ -41,26 +38,26 @@ PY = sys.executable
 
 # name, command, what it measures (issue items), the document its details go to
 STEPS: list[tuple[str, list[str], str, str]] = [
-    ("images", [PY, "bench/image_sizes.py", "--no-compressed", "--layers", "0", "--tag", "latest", "--build-times"],
+    ("images", [PY, "-m", "bench.image_sizes", "--no-compressed", "--layers", "0", "--tag", "latest", "--build-times"],
      "6. image sizes against their targets, build time from a warm cache", "the summary (layers: images/README.md)"),
-    ("footprint", [PY, "bench/footprint.py", "--reps", "3", "--servers", "20", "--docs"],
+    ("footprint", [PY, "-m", "bench.footprint", "--reps", "3", "--servers", "20", "--docs"],
      "5. cold start; 7. idle footprint with 0 and 20 servers", "below"),
-    ("monitor", [PY, "bench/monitor_api.py"],
+    ("monitor", [PY, "-m", "bench.monitor_api"],
      "4. the GPU monitor's scrape and allocation latency, sampling cost", "docs/monitor.md"),
-    ("spawn", [PY, "bench/spawn_latency.py", "--docs"],
+    ("spawn", [PY, "-m", "bench.spawn_latency", "--docs"],
      "1. spawn latency per step, gpuhub per profile and the reference, interleaved", "below"),
-    ("burst", [PY, "bench/login_burst.py", "--users", "50,100", "--docs"],
+    ("burst", [PY, "-m", "bench.login_burst", "--users", "50,100", "--docs"],
      "2. login and spawn burst through the OIDC provider, gpuhub and the reference", "below"),
-    ("proxy", [PY, "bench/proxy_compare.py", "--duration", "4", "--ws-duration", "3"],
+    ("proxy", [PY, "-m", "bench.proxy_compare", "--duration", "4", "--ws-duration", "3"],
      "3. proxy throughput, latency and route adds: Traefik vs configurable-http-proxy", "docs/proxy.md"),
 ]
 QUICK = {  # smoke-test arguments: seconds instead of the better part of an hour; writes no docs
-    "images": [PY, "bench/image_sizes.py", "--no-compressed", "--layers", "0", "--tag", "latest"],
-    "footprint": [PY, "bench/footprint.py", "--reps", "1", "--servers", "2"],
-    "monitor": [PY, "bench/monitor_api.py", "--requests", "30", "--rounds", "1", "--no-docs"],
-    "spawn": [PY, "bench/spawn_latency.py", "--reps", "1"],
-    "burst": [PY, "bench/login_burst.py", "--users", "5"],
-    "proxy": [PY, "bench/proxy_compare.py", "--quick"],
+    "images": [PY, "-m", "bench.image_sizes", "--no-compressed", "--layers", "0", "--tag", "latest"],
+    "footprint": [PY, "-m", "bench.footprint", "--reps", "1", "--servers", "2"],
+    "monitor": [PY, "-m", "bench.monitor_api", "--requests", "30", "--rounds", "1", "--no-docs"],
+    "spawn": [PY, "-m", "bench.spawn_latency", "--reps", "1"],
+    "burst": [PY, "-m", "bench.login_burst", "--users", "5"],
+    "proxy": [PY, "-m", "bench.proxy_compare", "--quick"],
 }
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Spawn latency, gpuhub against the reference deployment (issue "Benchmarks", item 1).
 
 One spawn is timed from sending `POST /hub/api/users/{u}/server` until `GET
@@ -35,7 +34,7 @@ the report says so.
 
 Usage (holds Docker for ~6-8 minutes: run it under the shared lock):
 
-    flock /tmp/gpuhub-docker.lock .venv/bin/python bench/spawn_latency.py [--reps 10] [--docs]
+    flock /tmp/gpuhub-docker.lock .venv/bin/python -m bench.spawn_latency [--reps 10] [--docs]   # from the root
 
 Options: --gpuhub-version TAG (images gpuhub/*:TAG, the hub built from this tree; profiles
 point at the TAG images), --configs, --cold-reps, --no-reference.
@@ -61,13 +60,11 @@ from pathlib import Path
 import requests
 import yaml
 
+from bench.docs_section import record, write_section
+from bench.reference_stack import ReferenceStack, start_reference
+from tests.harness.stack import Stack, start_stack
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
-from bench.reference_stack import ReferenceStack, start_reference  # noqa: E402
-from tests.harness.stack import Stack, start_stack  # noqa: E402
-
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/spawn_latency.py: begin -->", "<!-- bench/spawn_latency.py: end -->"
 STEPS = ("hub→create", "create→start", "start→log", "log→listen", "listen→noticed", "noticed→201", "201→200")
