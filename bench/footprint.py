@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -27,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import REPO, git_commit, log, this_machine
 from bench.docs_section import record, write_section
-from tests.harness.stack import start_stack
+from tests.harness.stack import remove_home, start_stack
 
-REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("proxy", "hub", "db", "gpu-monitor")
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/footprint.py: begin -->", "<!-- bench/footprint.py: end -->"
@@ -73,7 +71,7 @@ def main() -> int:
             stack.up()
             stack.wait_hub()
         starts.append(time.monotonic() - t)
-        print(f"bench: cold start {rep + 1}: {starts[-1]:.1f} s", file=sys.stderr)
+        log(f"cold start {rep + 1}: {starts[-1]:.1f} s")
     assert stack is not None
     try:
         idle = stats(stack.project)
@@ -86,17 +84,17 @@ def main() -> int:
         for user in users:
             stack.stop_server(user)
             stack.api("DELETE", f"users/{user}")
-            subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{user}"], capture_output=True)
+            remove_home(user)  # the volume's name as DockerSpawner escapes it: bench-0 -> ...-home-bench-2d0
     finally:
         stack.down()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     lines = [
         BEGIN,
         "## Cold start and idle footprint",
         "",
         f"`bench/footprint.py --reps {args.reps} --servers {args.servers}`, {datetime.date.today()}, commit {commit}, "
-        f"this {os.cpu_count()}-CPU machine ({platform.machine()}, {platform.system()} {platform.release()}), "
+        f"{this_machine()}, "
         "images built beforehand, test stack (tests/harness/stack.py).",
         "",
         f"Cold start, `docker compose up -d --wait` to every service healthy: median {statistics.median(starts):.1f} s "

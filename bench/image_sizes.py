@@ -36,8 +36,8 @@ import sys
 import tarfile
 import time
 import zlib
-from pathlib import Path
 
+from bench.common import REPO
 from bench.docs_section import record
 
 # gpuhub's image repositories, each with the compose service that builds it (for --build-times).
@@ -169,11 +169,10 @@ def main() -> int:
                 skipped.append(repo)
     build_seconds: dict[str, float] = {}
     if args.build_times:
-        root = Path(__file__).resolve().parent.parent
         for repo in REPOSITORIES:
             t0 = time.monotonic()
-            subprocess.run(["docker", "compose", "--project-directory", str(root), "build", "--quiet", SERVICES[repo]],
-                           cwd=root, check=True, capture_output=True, text=True)
+            subprocess.run(["docker", "compose", "--project-directory", str(REPO), "build", "--quiet", SERVICES[repo]],
+                           cwd=REPO, check=True, capture_output=True, text=True)
             build_seconds[repo] = time.monotonic() - t0
             print(f"built {repo} (warm cache) in {build_seconds[repo]:.1f} s", file=sys.stderr)
     shared = base_diff_ids()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.monitor_api import CALL, LAUNCHER, pct, server_times
+from bench.monitor_api import CALL, pct, run_in_hub, server_times, shareable_slices
 from tests.harness.stack import TEST_ENV, Stack, start_stack
 
 CLIENT = CALL + r'''
@@ -93,9 +92,7 @@ def turn(stack: Stack, tag: str, n: int, args: argparse.Namespace, profile: Path
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
     cfg = {"token": stack.token, "rounds": args.rounds, "concurrency": args.concurrency, "turn": f"{n}{tag}"}
-    run = subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c", LAUNCHER),
-                         input=json.dumps(cfg) + "\n" + CLIENT, capture_output=True, text=True,
-                         env={**os.environ, **stack.env}, timeout=600)
+    run = run_in_hub(stack, cfg, CLIENT, timeout=600)
     if spy is not None:
         spy.send_signal(2)
         spy.wait(timeout=30)
@@ -119,13 +116,8 @@ def main() -> int:
     parser.add_argument("--out", default=tempfile.gettempdir(), help="folder for the monitor's logs and py-spy's output")
     args = parser.parse_args()
 
-    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
-    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
-    policy.chmod(0o644)
-    TEST_ENV.update({"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
-                     "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"})
     print("monitor_ab: starting the stack", file=sys.stderr)
-    stack = start_stack(Path(tempfile.mkdtemp(prefix="gpuhub-bench-")))
+    stack = start_stack(Path(tempfile.mkdtemp(prefix="gpuhub-bench-")), env={**TEST_ENV, **shareable_slices()})
     results: dict[str, list[dict]] = {args.a: [], args.b: []}
     try:
         for n in range(args.pairs):

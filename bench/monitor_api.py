@@ -38,6 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import REPO, git_commit, log
 from bench.docs_section import record, write_section
 from tests.harness.stack import TEST_ENV, Stack, start_stack
 
@@ -47,7 +48,6 @@ except ModuleNotFoundError as e:  # from the root without it, ./gpu_monitor/ is 
     raise SystemExit(f"bench: {e}: run with PYTHONPATH=hub:gpu_monitor from the repository's root "
                      "(bin/bench does)") from None
 
-REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "monitor.md"
 BEGIN, END = "<!-- bench/monitor_api.py: begin -->", "<!-- bench/monitor_api.py: end -->"
 
@@ -113,6 +113,24 @@ print(json.dumps(out))
 LAUNCHER = "import json, sys; first, code = sys.stdin.read().split(chr(10), 1); cfg = json.loads(first); exec(code)"
 
 
+def shareable_slices() -> dict[str, str]:
+    """Settings (over the test stack's) under which the monitor's two CPU slices can be held by
+    many allocations at once (a policy file with cpu-slice: {shared: 128}), at slower timings."""
+    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
+    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
+    policy.chmod(0o644)
+    return {"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
+            "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"}
+
+
+def run_in_hub(stack: Stack, cfg: dict, client: str, timeout: float) -> subprocess.CompletedProcess:
+    """`client` (CALL + what it does) run by python3 in the hub's container, `cfg` given on its
+    stdin (the token with it, never on a command line)."""
+    return subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c", LAUNCHER),
+                          input=json.dumps(cfg) + "\n" + client, capture_output=True, text=True,
+                          env={**os.environ, **stack.env}, timeout=timeout)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
@@ -154,23 +172,15 @@ def main() -> int:
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
 
-    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
-    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
-    policy.chmod(0o644)
-    TEST_ENV.update({"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
-                     "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"})
     workdir = Path(tempfile.mkdtemp(prefix="gpuhub-bench-"))
-    print("bench: starting the stack", file=sys.stderr)
-    stack: Stack = start_stack(workdir)
+    log("starting the stack")
+    stack: Stack = start_stack(workdir, env={**TEST_ENV, **shareable_slices()})
     try:
         since = time.time()
         cfg = {"token": stack.token, "requests": args.requests, "rounds": args.rounds,
                "concurrency": args.concurrency, "held": args.held}
-        print("bench: measuring inside the hub container", file=sys.stderr)
-        run = subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c",
-                                               LAUNCHER),
-                             input=json.dumps(cfg) + "\n" + CLIENT, capture_output=True, text=True,
-                             env={**os.environ, **stack.env}, timeout=1800)
+        log("measuring inside the hub container")
+        run = run_in_hub(stack, cfg, CLIENT, timeout=1800)
         if run.returncode:
             print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
             return 1
@@ -189,8 +199,7 @@ def main() -> int:
     alloc = result["allocate"]
     rate = args.concurrency / statistics.median(alloc["wall"])
     cpu = platform.processor() or platform.machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     lines = [
         BEGIN,
         "## Benchmark",

@@ -52,9 +52,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.common import REPO, cpu_model, output
 from bench.docs_section import record
 
-REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # every listener and every request: loopback only
 
 BACKEND_PORT = 18100
@@ -671,15 +671,8 @@ def record_figures(res: Results, args) -> None:
 
 
 def machine_description() -> dict:
-    def sh(argv: list[str]) -> str:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except OSError:
-            return "?"
-
-    cpu = next((line.split(":", 1)[1].strip() for line in sh(["lscpu"]).splitlines()
-                if line.startswith("Model name")), platform.processor())
-    return {"nproc": sh(["nproc"]), "cpu": cpu, "free": sh(["free", "-h"]), "kernel": sh(["uname", "-r"])}
+    return {"nproc": output("nproc", timeout=10), "cpu": cpu_model(platform.processor(), timeout=10),
+            "free": output("free", "-h", timeout=10), "kernel": output("uname", "-r", timeout=10)}
 
 
 def tool_versions(traefik: Path, chp: Path) -> dict:

@@ -28,9 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import REPO, cpu_model, git_commit, output
 from bench.docs_section import write_section
 
-REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 LOGS = REPO / "bench-logs"
 BEGIN, END = "<!-- bench/run_all.py: begin -->", "<!-- bench/run_all.py: end -->"
@@ -61,19 +61,11 @@ QUICK = {  # smoke-test arguments: seconds instead of the better part of an hour
 }
 
 
-def sh(*argv: str) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines()
-                if line.startswith("Model name")), platform.processor() or platform.machine())
-    mem = next((line.split()[1] for line in sh("free", "-g").splitlines() if line.startswith("Mem:")), "?")
+    cpu = cpu_model(platform.processor() or platform.machine())
+    mem = next((line.split()[1] for line in output("free", "-g").splitlines() if line.startswith("Mem:")), "?")
     return (f"{cpu}, {os.cpu_count()} CPUs, {mem} GiB memory, {platform.system()} {platform.release()}, "
-            f"Docker {sh('docker', 'version', '--format', '{{.Server.Version}}')}")
+            f"Docker {output('docker', 'version', '--format', '{{.Server.Version}}')}")
 
 
 def summary(rows: list[dict], outcomes: list[tuple[str, str, int, float]], started: datetime.datetime,
@@ -115,8 +107,8 @@ def main() -> int:
         ap.error(f"--only: none of {args.only!r} is a step")
 
     started, t0 = datetime.datetime.now(datetime.UTC), time.monotonic()
-    commit = sh("git", "rev-parse", "--short", "HEAD")
-    if sh("git", "status", "--porcelain", "--untracked-files=no"):
+    commit = git_commit()
+    if output("git", "status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
     command = shlex.join(["bin/bench", *sys.argv[1:]])
     LOGS.mkdir(exist_ok=True)
