@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Cold start and idle footprint of the stack (issue "Benchmarks", items 5 and 7; gpuhub only,
 no reference configuration yet).
 
@@ -7,11 +6,11 @@ no reference configuration yet).
   * idle footprint: memory and CPU of proxy, hub, db and gpu-monitor (`docker stats`, a few
     samples a few seconds apart) with 0 servers and with N idle servers of the minimal profile.
 
-Uses the test stack (tests/stack.py: project gpuhub-test, ports 443/80/9401 on 127.0.0.1) so
+Uses the test stack (tests/harness/stack.py: project gpuhub-test, ports 443/80/9401 on 127.0.0.1) so
 that servers can be started through the API. Prints a Markdown table; with --docs writes it to
 docs/BENCHMARKS.md (section between markers). Usage:
 
-    .venv/bin/python bench/footprint.py [--reps 3] [--servers 10] [--docs]
+    .venv/bin/python -m bench.footprint [--reps 3] [--servers 10] [--docs]     # from the repository's root
 """
 
 from __future__ import annotations
@@ -19,8 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
-from tests.stack import start_stack  # noqa: E402
+from bench.common import REPO, git_commit, log, this_machine
+from bench.docs_section import record, write_section
+from tests.harness.stack import remove_home, start_stack
 
 SERVICES = ("proxy", "hub", "db", "gpu-monitor")
 DOCS = REPO / "docs" / "BENCHMARKS.md"
@@ -76,7 +71,7 @@ def main() -> int:
             stack.up()
             stack.wait_hub()
         starts.append(time.monotonic() - t)
-        print(f"bench: cold start {rep + 1}: {starts[-1]:.1f} s", file=sys.stderr)
+        log(f"cold start {rep + 1}: {starts[-1]:.1f} s")
     assert stack is not None
     try:
         idle = stats(stack.project)
@@ -89,18 +84,18 @@ def main() -> int:
         for user in users:
             stack.stop_server(user)
             stack.api("DELETE", f"users/{user}")
-            subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{user}"], capture_output=True)
+            remove_home(user)  # the volume's name as DockerSpawner escapes it: bench-0 -> ...-home-bench-2d0
     finally:
         stack.down()
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     lines = [
         BEGIN,
         "## Cold start and idle footprint",
         "",
         f"`bench/footprint.py --reps {args.reps} --servers {args.servers}`, {datetime.date.today()}, commit {commit}, "
-        f"this {os.cpu_count()}-CPU machine ({platform.machine()}, {platform.system()} {platform.release()}), "
-        "images built beforehand, test stack (tests/stack.py).",
+        f"{this_machine()}, "
+        "images built beforehand, test stack (tests/harness/stack.py).",
         "",
         f"Cold start, `docker compose up -d --wait` to every service healthy: median {statistics.median(starts):.1f} s "
         f"(min {min(starts):.1f}, max {max(starts):.1f}, {len(starts)} runs); goal ≤ 30 s.",

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Sizes of gpuhub's images: uncompressed, compressed (what a first pull transfers), per layer.
 
 A benchmark, not a test: it prints a Markdown report (for images/README.md) and exits 0 even
@@ -18,10 +17,12 @@ Sizes are decimal: 1 GB = 1e9 bytes, 1 MB = 1e6 bytes.
 
 Needs the docker CLI and the images built; nothing else (standard library only).
 
-    python3 bench/image_sizes.py                 # all gpuhub images, top 6 layers each
-    python3 bench/image_sizes.py --layers 10 gpuhub/singleuser-cuda:latest
-    python3 bench/image_sizes.py --no-compressed # fast: uncompressed sizes only
-    python3 bench/image_sizes.py --build-times   # also `docker compose build` per image, warm cache
+    python3 -m bench.image_sizes                 # all gpuhub images, top 6 layers each
+    python3 -m bench.image_sizes --layers 10 gpuhub/singleuser-cuda:latest
+    python3 -m bench.image_sizes --no-compressed # fast: uncompressed sizes only
+    python3 -m bench.image_sizes --build-times   # also `docker compose build` per image, warm cache
+
+(from the repository's root, as every script of bench/)
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ import sys
 import tarfile
 import time
 import zlib
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.docs_section import record  # noqa: E402
+from bench.common import REPO
+from bench.docs_section import record
 
 # gpuhub's image repositories, each with the compose service that builds it (for --build-times).
 SERVICES = {"gpuhub/singleuser-base": "singleuser-base", "gpuhub/singleuser-opencl": "singleuser-opencl",
@@ -169,11 +169,10 @@ def main() -> int:
                 skipped.append(repo)
     build_seconds: dict[str, float] = {}
     if args.build_times:
-        root = Path(__file__).resolve().parent.parent
         for repo in REPOSITORIES:
             t0 = time.monotonic()
-            subprocess.run(["docker", "compose", "--project-directory", str(root), "build", "--quiet", SERVICES[repo]],
-                           cwd=root, check=True, capture_output=True, text=True)
+            subprocess.run(["docker", "compose", "--project-directory", str(REPO), "build", "--quiet", SERVICES[repo]],
+                           cwd=REPO, check=True, capture_output=True, text=True)
             build_seconds[repo] = time.monotonic() - t0
             print(f"built {repo} (warm cache) in {build_seconds[repo]:.1f} s", file=sys.stderr)
     shared = base_diff_ids()

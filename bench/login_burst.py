@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A burst of logins and spawns (issue "Benchmarks", item 2): N people log in at the same
 moment through the OpenID Connect provider and each starts a server of the small profile at
 once, as a browser would; gpuhub and the reference configuration in the same run.
@@ -21,17 +20,18 @@ the whole machine's CPU; and the hub's own jupyterhub_server_spawn_duration_seco
 jupyterhub_proxy_add_duration_seconds histograms (/hub/metrics, before and after, with the
 admin token). Between bursts every server is stopped and every bench user deleted.
 
-gpuhub runs as the test stack (tests/stack.py: project gpuhub-test, 127.0.0.1:443/80/9401)
+gpuhub runs as the test stack (tests/harness/stack.py: project gpuhub-test, 127.0.0.1:443/80/9401)
 with the bench users admitted (GPUHUB_ALLOW_ALL), the monitor at its production timings and the
 profiles' images of GPUHUB_VERSION (bench/compose.burst.yml; the reference uses the same tag);
 the reference (JupyterHub + configurable-http-proxy + DockerSpawner + SQLite, project
-gpuhub-ref, bench/reference/) comes from bench/reference.py when that helper exists. While one
+gpuhub-ref, bench/reference/) is started by bench/reference_stack.py. While one
 is measured the other's containers are paused (`docker compose pause`), so that neither pays
 for the other's idle work. Both stacks are started once; bursts alternate between them.
 
-    .venv/bin/python bench/login_burst.py [--users 50] [--rounds 1] [--only gpuhub] [--docs]
+    .venv/bin/python -m bench.login_burst [--users 50] [--rounds 1] [--only gpuhub] [--docs]
 
-Hold the shared Docker lock around it: `flock /tmp/gpuhub-docker.lock .venv/bin/python ...`.
+from the repository's root. Hold the shared Docker lock around it: `flock /tmp/gpuhub-docker.lock
+.venv/bin/python -m ...`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ import datetime
 import html
 import json
 import os
-import platform
 import re
 import shlex
 import ssl
@@ -60,10 +59,8 @@ from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
+from bench.common import REPO, git_commit, log, this_machine
+from bench.docs_section import record, write_section
 
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/login_burst.py: begin -->", "<!-- bench/login_burst.py: end -->"
@@ -90,7 +87,7 @@ class Target:
 
 
 def gpuhub_target(workdir: Path) -> Target:
-    from tests import stack as teststack
+    from tests.harness.stack import TEST_ENV, Stack, start_stack
 
     version = os.environ.get("GPUHUB_VERSION") or "latest"
     bench_dir = workdir / "bench"
@@ -98,18 +95,13 @@ def gpuhub_target(workdir: Path) -> Target:
     profiles = (REPO / "config" / "profiles.yaml").read_text()
     (bench_dir / "profiles.yaml").write_text(re.sub(r"(image: gpuhub/[\w-]+):latest", rf"\1:{version}", profiles))
 
-    class BenchStack(teststack.Stack):
+    class BenchStack(Stack):
         def compose_cmd(self, *args: str) -> list[str]:
             return [*super().compose_cmd(), "-f", str(REPO / "bench" / "compose.burst.yml"), *args]
 
-    env = {k: v for k, v in teststack.TEST_ENV.items() if k not in TEST_ONLY_SETTINGS}
+    env = {k: v for k, v in TEST_ENV.items() if k not in TEST_ONLY_SETTINGS}
     env.update(GPUHUB_ALLOWED_USERS="", GPUHUB_ALLOW_ALL="true", GPUHUB_BENCH_DIR=str(bench_dir))
-    original = teststack.TEST_ENV, teststack.Stack
-    teststack.TEST_ENV, teststack.Stack = env, BenchStack  # what start_stack uses; restored right after
-    try:
-        stack = teststack.start_stack(workdir)
-    finally:
-        teststack.TEST_ENV, teststack.Stack = original
+    stack = start_stack(workdir, env=env, stack_class=BenchStack)
     ctx = ssl.create_default_context(cafile=stack.cafile)
     return Target(
         name="gpuhub", base_url=stack.base_url, admin_token=stack.token, ssl=ctx, project=stack.project,
@@ -500,8 +492,7 @@ def report(bursts: list[Burst], command: str, commit: str, started: str, load: f
         BEGIN,
         "## Login and spawn burst (gpuhub and the reference configuration)",
         "",
-        f"`{command}`, {started}, commit {commit}, this {os.cpu_count()}-CPU machine "
-        f"({platform.machine()}, {platform.system()} {platform.release()}); 1-minute load average before the run "
+        f"`{command}`, {started}, commit {commit}, {this_machine()}; 1-minute load average before the run "
         f"{load:.2f} (other engineers share the machine).",
         "",
         "Every person logs in through the OIDC provider's form and starts a server at once (spawn form, "
@@ -578,11 +569,11 @@ async def run(args: argparse.Namespace) -> list[Burst]:
     used: list[str] = []
     try:
         if args.only in (None, "gpuhub"):
-            print("bench: starting gpuhub (test stack)", file=sys.stderr)
+            log("starting gpuhub (test stack)")
             (workdir / "gpuhub").mkdir()
             targets.append(gpuhub_target(workdir / "gpuhub"))
         if args.only in (None, "reference"):
-            print("bench: starting the reference configuration", file=sys.stderr)
+            log("starting the reference configuration")
             targets.append(reference_target())
         for t in targets[1:]:
             pause(t, True)
@@ -594,11 +585,11 @@ async def run(args: argparse.Namespace) -> list[Burst]:
                         pause(other, other is not t)
                 users = [f"b{size}r{rnd}u{i:03d}" for i in range(size)]
                 used += users
-                print(f"bench: {t.name}, round {rnd}: {size} users", file=sys.stderr)
+                log(f"{t.name}, round {rnd}: {size} users")
                 b = await burst(t, users, rnd)
                 ok = [r for r in b.results if not r.error]
-                print(f"bench: {t.name} round {rnd}: {len(ok)}/{b.users} ok, total p50/p95/max {trio([r.total_s for r in ok])}, "
-                      f"statuses {dict(b.statuses)}", file=sys.stderr)
+                log(f"{t.name} round {rnd}: {len(ok)}/{b.users} ok, total p50/p95/max {trio([r.total_s for r in ok])}, "
+                    f"statuses {dict(b.statuses)}")
                 bursts.append(b)
                 if args.keep_logs:
                     Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
@@ -628,7 +619,7 @@ def main() -> int:
     args = parser.parse_args()
     started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     load = os.getloadavg()[0]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     command = "bench/login_burst.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     bursts = asyncio.run(run(args))
     text = report(bursts, command.strip(), commit, started, load)

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Allocation latency of two monitor images, interleaved: A B A B ... on one running stack.
 
 `bench/monitor_api.py` measures one build; two runs of it, minutes apart, differ by more than
 most changes to the allocation path (this machine is shared, and its two CPUs also run the
-client and PostgreSQL). This script starts the test stack once (tests/stack.py, with the same
+client and PostgreSQL). This script starts the test stack once (tests/harness/stack.py, with the same
 shareable CPU slices as monitor_api.py), then alternates the `gpu-monitor` container between
 two images, `gpuhub/gpu-monitor:<A>` and `gpuhub/gpu-monitor:<B>`, `--pairs` times. Each turn
 recreates the monitor, sends one unmeasured warm-up burst, then `--rounds` bursts of
@@ -18,14 +17,15 @@ and let the stack build B from the work tree (GPUHUB_VERSION=B). `--py-spy PATH`
 turns with py-spy (non-blocking) into `--out`, and then the figures of those turns are not
 comparable. Usage:
 
-    GPUHUB_VERSION=new .venv/bin/python bench/monitor_ab.py --a old --b new [--pairs 4] [--rounds 5]
+    GPUHUB_VERSION=new PYTHONPATH=hub:gpu_monitor .venv/bin/python -m bench.monitor_ab --a old --b new [--pairs 4]
+
+from the repository's root (gpu_monitor importable, as for monitor_api.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -33,11 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.monitor_api import CALL, LAUNCHER, pct, server_times  # noqa: E402
-from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
+from bench.monitor_api import CALL, pct, run_in_hub, server_times, shareable_slices
+from tests.harness.stack import TEST_ENV, Stack, start_stack
 
 CLIENT = CALL + r'''
 def burst(tag):
@@ -95,9 +92,7 @@ def turn(stack: Stack, tag: str, n: int, args: argparse.Namespace, profile: Path
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1)
     cfg = {"token": stack.token, "rounds": args.rounds, "concurrency": args.concurrency, "turn": f"{n}{tag}"}
-    run = subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c", LAUNCHER),
-                         input=json.dumps(cfg) + "\n" + CLIENT, capture_output=True, text=True,
-                         env={**os.environ, **stack.env}, timeout=600)
+    run = run_in_hub(stack, cfg, CLIENT, timeout=600)
     if spy is not None:
         spy.send_signal(2)
         spy.wait(timeout=30)
@@ -121,13 +116,8 @@ def main() -> int:
     parser.add_argument("--out", default=tempfile.gettempdir(), help="folder for the monitor's logs and py-spy's output")
     args = parser.parse_args()
 
-    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
-    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
-    policy.chmod(0o644)
-    TEST_ENV.update({"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
-                     "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"})
     print("monitor_ab: starting the stack", file=sys.stderr)
-    stack = start_stack(Path(tempfile.mkdtemp(prefix="gpuhub-bench-")))
+    stack = start_stack(Path(tempfile.mkdtemp(prefix="gpuhub-bench-")), env={**TEST_ENV, **shareable_slices()})
     results: dict[str, list[dict]] = {args.a: [], args.b: []}
     try:
         for n in range(args.pairs):

@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """How fast the GPU monitor answers: scrape, device list and allocation latency, sampling cost.
 
-Starts the test stack (tests/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
+Starts the test stack (tests/harness/stack.py: project gpuhub-test, ports 443/80 on 127.0.0.1) with the
 monitor's CPU slices made shareable (a policy file with cpu-slice: {shared: 128}), so that 200 allocations
 can exist at once, then measures from inside the `hub` container, on the compose network, with
 plain HTTP to http://gpu-monitor:8000 (what the hub's spawner and a Prometheus on that network
@@ -18,7 +17,10 @@ Results print and, unless --no-docs, replace the "Benchmark" section of docs/mon
 This machine has no GPU, so the comparison with `nvidia-smi` per sample the issue asks for is
 not made here. Usage:
 
-    .venv/bin/python bench/monitor_api.py [--requests 300] [--rounds 5] [--no-docs]
+    PYTHONPATH=hub:gpu_monitor .venv/bin/python -m bench.monitor_api [--requests 300] [--rounds 5] [--no-docs]
+
+from the repository's root, with gpuhub's packages importable (it measures the monitor's
+sampling in this process; bin/bench sets PYTHONPATH so).
 """
 
 from __future__ import annotations
@@ -36,11 +38,15 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from bench.common import REPO, git_commit, log
+from bench.docs_section import record, write_section
+from tests.harness.stack import TEST_ENV, Stack, start_stack
 
-from bench.docs_section import record, write_section  # noqa: E402
-from tests.stack import TEST_ENV, Stack, start_stack  # noqa: E402
+try:
+    from gpu_monitor.backends.cpu_slices import CPUSliceBackend
+except ModuleNotFoundError as e:  # from the root without it, ./gpu_monitor/ is an empty namespace
+    raise SystemExit(f"bench: {e}: run with PYTHONPATH=hub:gpu_monitor from the repository's root "
+                     "(bin/bench does)") from None
 
 DOCS = REPO / "docs" / "monitor.md"
 BEGIN, END = "<!-- bench/monitor_api.py: begin -->", "<!-- bench/monitor_api.py: end -->"
@@ -107,6 +113,24 @@ print(json.dumps(out))
 LAUNCHER = "import json, sys; first, code = sys.stdin.read().split(chr(10), 1); cfg = json.loads(first); exec(code)"
 
 
+def shareable_slices() -> dict[str, str]:
+    """Settings (over the test stack's) under which the monitor's two CPU slices can be held by
+    many allocations at once (a policy file with cpu-slice: {shared: 128}), at slower timings."""
+    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
+    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
+    policy.chmod(0o644)
+    return {"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
+            "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"}
+
+
+def run_in_hub(stack: Stack, cfg: dict, client: str, timeout: float) -> subprocess.CompletedProcess:
+    """`client` (CALL + what it does) run by python3 in the hub's container, `cfg` given on its
+    stdin (the token with it, never on a command line)."""
+    return subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c", LAUNCHER),
+                          input=json.dumps(cfg) + "\n" + client, capture_output=True, text=True,
+                          env={**os.environ, **stack.env}, timeout=timeout)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
@@ -130,8 +154,6 @@ def server_times(logs: str, method: str, path_re: str, after: float = 0.0) -> li
 
 
 def sampling_cost(calls: int = 2000) -> tuple[float, int]:
-    from gpu_monitor.backends.cpu_slices import CPUSliceBackend
-
     backend = CPUSliceBackend(min(2, os.cpu_count() or 1))
     devices = backend.discover()
     backend.sample()
@@ -150,23 +172,15 @@ def main() -> int:
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
 
-    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
-    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
-    policy.chmod(0o644)
-    TEST_ENV.update({"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
-                     "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"})
     workdir = Path(tempfile.mkdtemp(prefix="gpuhub-bench-"))
-    print("bench: starting the stack", file=sys.stderr)
-    stack: Stack = start_stack(workdir)
+    log("starting the stack")
+    stack: Stack = start_stack(workdir, env={**TEST_ENV, **shareable_slices()})
     try:
         since = time.time()
         cfg = {"token": stack.token, "requests": args.requests, "rounds": args.rounds,
                "concurrency": args.concurrency, "held": args.held}
-        print("bench: measuring inside the hub container", file=sys.stderr)
-        run = subprocess.run(stack.compose_cmd("exec", "-T", "hub", "python3", "-c",
-                                               LAUNCHER),
-                             input=json.dumps(cfg) + "\n" + CLIENT, capture_output=True, text=True,
-                             env={**os.environ, **stack.env}, timeout=1800)
+        log("measuring inside the hub container")
+        run = run_in_hub(stack, cfg, CLIENT, timeout=1800)
         if run.returncode:
             print(run.stdout[-2000:], run.stderr[-4000:], file=sys.stderr)
             return 1
@@ -185,8 +199,7 @@ def main() -> int:
     alloc = result["allocate"]
     rate = args.concurrency / statistics.median(alloc["wall"])
     cpu = platform.processor() or platform.machine()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     lines = [
         BEGIN,
         "## Benchmark",

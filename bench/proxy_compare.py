@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Compare the two ways of routing browsers to JupyterHub user servers behind Traefik.
 
   A  (gpuhub's choice)  browser --TLS--> Traefik --> user server
@@ -25,8 +24,8 @@ direct interleaved in every repetition (the order rotates between repetitions):
 
 Results go to stdout and, unless --quick or --no-docs, to docs/proxy.md. See bench/README.md.
 
-The same file is also the user server: `proxy_compare.py --serve-backend PORT` (a tornado app,
-the framework jupyter-server uses).
+The same module is also the user server: `python -m bench.proxy_compare --serve-backend PORT` (a
+tornado app, the framework jupyter-server uses).
 """
 from __future__ import annotations
 
@@ -53,7 +52,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.common import REPO, cpu_model, output
+from bench.docs_section import record
+
 HOST = "127.0.0.1"  # every listener and every request: loopback only
 
 BACKEND_PORT = 18100
@@ -126,10 +127,10 @@ class Processes:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen]] = []
 
-    def start(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], env: dict | None = None, cwd: Path | None = None) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "wb")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True)
         log.close()
         self.procs.append((name, proc))
         return proc
@@ -652,9 +653,6 @@ def summary(res: Results, args) -> str:
 def record_figures(res: Results, args) -> None:
     """The harness's summary rows (bench/run_all.py): gpuhub (A; route adds A′, gpuhub's throttle)
     against the reference R, at concurrency >= 10 where the goal applies."""
-    sys.path.insert(0, str(REPO))
-    from bench.docs_section import record
-
     size_label = {"small": f"{len(SMALL_BODY)} B", "large": "1 MiB"}
     for (size, conc), by in res.http.items():
         ratio = med(by["A"], "rps") / med(by["R"], "rps")
@@ -673,15 +671,8 @@ def record_figures(res: Results, args) -> None:
 
 
 def machine_description() -> dict:
-    def sh(argv: list[str]) -> str:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.rstrip()
-        except OSError:
-            return "?"
-
-    cpu = next((line.split(":", 1)[1].strip() for line in sh(["lscpu"]).splitlines()
-                if line.startswith("Model name")), platform.processor())
-    return {"nproc": sh(["nproc"]), "cpu": cpu, "free": sh(["free", "-h"]), "kernel": sh(["uname", "-r"])}
+    return {"nproc": output("nproc", timeout=10), "cpu": cpu_model(platform.processor(), timeout=10),
+            "free": output("free", "-h", timeout=10), "kernel": output("uname", "-r", timeout=10)}
 
 
 def tool_versions(traefik: Path, chp: Path) -> dict:
@@ -707,7 +698,7 @@ def tool_versions(traefik: Path, chp: Path) -> dict:
 
 
 def report(res: Results, args, started: datetime.datetime, elapsed: float, versions: dict, machine: dict) -> str:
-    command = ".venv/bin/python " + shlex.join([os.path.relpath(Path(sys.argv[0]).resolve(), REPO)] + sys.argv[1:])
+    command = ".venv/bin/python -m " + shlex.join(["bench.proxy_compare"] + sys.argv[1:])
     return f"""# Routing to user servers: Traefik alone vs. Traefik → configurable-http-proxy vs. the reference (CHP alone)
 
 {summary(res, args)}
@@ -830,8 +821,8 @@ def main() -> None:
         tls = ssl.create_default_context(cafile=str(crt))  # requests verify the bench certificate
         backend_url = f"http://{HOST}:{BACKEND_PORT}"
 
-        procs.start("backend", [sys.executable, str(Path(__file__).resolve()),
-                                "--serve-backend", str(BACKEND_PORT)])
+        procs.start("backend", [sys.executable, "-m", "bench.proxy_compare", "--serve-backend", str(BACKEND_PORT)],
+                    cwd=REPO)
         routes_a = start_traefik(procs, traefik, "traefik-A", TRAEFIK_A_PORT, workdir, crt, key)
         routes_b_traefik = start_traefik(procs, traefik, "traefik-B", TRAEFIK_B_PORT, workdir, crt, key)
         routes_b = start_chp(procs, chp, token=os.urandom(24).hex())

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import requests
 
-from tests.stack import wait_for
+from bench.common import REPO
+from tests.harness.stack import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE_FILE = ROOT / "bench" / "reference" / "docker-compose.yml"
+COMPOSE_FILE = REPO / "bench" / "reference" / "docker-compose.yml"
 PROJECT = "gpuhub-ref"
 HUB_URL = "http://127.0.0.1:18000"
 OIDC_URL = "http://127.0.0.1:19401"

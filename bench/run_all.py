@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Every benchmark of gpuhub in one run, and docs/BENCHMARKS.md written from it.
 
     bin/bench                      # installs what is missing, then runs this
-    .venv/bin/python bench/run_all.py [--only NAME,...] [--quick]
+    PYTHONPATH=hub:gpu_monitor .venv/bin/python -m bench.run_all [--only NAME,...] [--quick]
 
 Runs, one after the other (never two at once: they share the machine), each script of bench/
 against the real stack, and the reference configuration (bench/reference/: JupyterHub +
@@ -29,10 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import write_section  # noqa: E402
+from bench.common import REPO, cpu_model, git_commit, output
+from bench.docs_section import write_section
 
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 LOGS = REPO / "bench-logs"
@@ -41,42 +38,34 @@ PY = sys.executable
 
 # name, command, what it measures (issue items), the document its details go to
 STEPS: list[tuple[str, list[str], str, str]] = [
-    ("images", [PY, "bench/image_sizes.py", "--no-compressed", "--layers", "0", "--tag", "latest", "--build-times"],
+    ("images", [PY, "-m", "bench.image_sizes", "--no-compressed", "--layers", "0", "--tag", "latest", "--build-times"],
      "6. image sizes against their targets, build time from a warm cache", "the summary (layers: images/README.md)"),
-    ("footprint", [PY, "bench/footprint.py", "--reps", "3", "--servers", "20", "--docs"],
+    ("footprint", [PY, "-m", "bench.footprint", "--reps", "3", "--servers", "20", "--docs"],
      "5. cold start; 7. idle footprint with 0 and 20 servers", "below"),
-    ("monitor", [PY, "bench/monitor_api.py"],
+    ("monitor", [PY, "-m", "bench.monitor_api"],
      "4. the GPU monitor's scrape and allocation latency, sampling cost", "docs/monitor.md"),
-    ("spawn", [PY, "bench/spawn_latency.py", "--docs"],
+    ("spawn", [PY, "-m", "bench.spawn_latency", "--docs"],
      "1. spawn latency per step, gpuhub per profile and the reference, interleaved", "below"),
-    ("burst", [PY, "bench/login_burst.py", "--users", "50,100", "--docs"],
+    ("burst", [PY, "-m", "bench.login_burst", "--users", "50,100", "--docs"],
      "2. login and spawn burst through the OIDC provider, gpuhub and the reference", "below"),
-    ("proxy", [PY, "bench/proxy_compare.py", "--duration", "4", "--ws-duration", "3"],
+    ("proxy", [PY, "-m", "bench.proxy_compare", "--duration", "4", "--ws-duration", "3"],
      "3. proxy throughput, latency and route adds: Traefik vs configurable-http-proxy", "docs/proxy.md"),
 ]
 QUICK = {  # smoke-test arguments: seconds instead of the better part of an hour; writes no docs
-    "images": [PY, "bench/image_sizes.py", "--no-compressed", "--layers", "0", "--tag", "latest"],
-    "footprint": [PY, "bench/footprint.py", "--reps", "1", "--servers", "2"],
-    "monitor": [PY, "bench/monitor_api.py", "--requests", "30", "--rounds", "1", "--no-docs"],
-    "spawn": [PY, "bench/spawn_latency.py", "--reps", "1"],
-    "burst": [PY, "bench/login_burst.py", "--users", "5"],
-    "proxy": [PY, "bench/proxy_compare.py", "--quick"],
+    "images": [PY, "-m", "bench.image_sizes", "--no-compressed", "--layers", "0", "--tag", "latest"],
+    "footprint": [PY, "-m", "bench.footprint", "--reps", "1", "--servers", "2"],
+    "monitor": [PY, "-m", "bench.monitor_api", "--requests", "30", "--rounds", "1", "--no-docs"],
+    "spawn": [PY, "-m", "bench.spawn_latency", "--reps", "1"],
+    "burst": [PY, "-m", "bench.login_burst", "--users", "5"],
+    "proxy": [PY, "-m", "bench.proxy_compare", "--quick"],
 }
 
 
-def sh(*argv: str) -> str:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO).stdout.strip()
-    except (OSError, subprocess.TimeoutExpired):
-        return "?"
-
-
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in sh("lscpu").splitlines()
-                if line.startswith("Model name")), platform.processor() or platform.machine())
-    mem = next((line.split()[1] for line in sh("free", "-g").splitlines() if line.startswith("Mem:")), "?")
+    cpu = cpu_model(platform.processor() or platform.machine())
+    mem = next((line.split()[1] for line in output("free", "-g").splitlines() if line.startswith("Mem:")), "?")
     return (f"{cpu}, {os.cpu_count()} CPUs, {mem} GiB memory, {platform.system()} {platform.release()}, "
-            f"Docker {sh('docker', 'version', '--format', '{{.Server.Version}}')}")
+            f"Docker {output('docker', 'version', '--format', '{{.Server.Version}}')}")
 
 
 def summary(rows: list[dict], outcomes: list[tuple[str, str, int, float]], started: datetime.datetime,
@@ -118,8 +107,8 @@ def main() -> int:
         ap.error(f"--only: none of {args.only!r} is a step")
 
     started, t0 = datetime.datetime.now(datetime.UTC), time.monotonic()
-    commit = sh("git", "rev-parse", "--short", "HEAD")
-    if sh("git", "status", "--porcelain", "--untracked-files=no"):
+    commit = git_commit()
+    if output("git", "status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
     command = shlex.join(["bin/bench", *sys.argv[1:]])
     LOGS.mkdir(exist_ok=True)

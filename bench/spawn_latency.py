@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Spawn latency, gpuhub against the reference deployment (issue "Benchmarks", item 1).
 
 One spawn is timed from sending `POST /hub/api/users/{u}/server` until `GET
 /user/{u}/api/status` (the admin token) answers 200 through the proxy: Traefik over HTTPS for
-gpuhub (test stack, tests/stack.py), configurable-http-proxy for the reference
+gpuhub (test stack, tests/harness/stack.py), configurable-http-proxy for the reference
 (bench/reference/). The single-user images are present and the user's home volume exists (a
 first, unmeasured spawn per configuration made it). Configurations: gpuhub's profiles minimal
 (0 GPUs), opencl (1 device: a CPU slice from the GPU monitor on a host without GPUs) and cuda
@@ -35,7 +34,7 @@ the report says so.
 
 Usage (holds Docker for ~6-8 minutes: run it under the shared lock):
 
-    flock /tmp/gpuhub-docker.lock .venv/bin/python bench/spawn_latency.py [--reps 10] [--docs]
+    flock /tmp/gpuhub-docker.lock .venv/bin/python -m bench.spawn_latency [--reps 10] [--docs]   # from the root
 
 Options: --gpuhub-version TAG (images gpuhub/*:TAG, the hub built from this tree; profiles
 point at the TAG images), --configs, --cold-reps, --no-reference.
@@ -47,7 +46,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -61,22 +59,16 @@ from pathlib import Path
 import requests
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench.docs_section import record, write_section  # noqa: E402
-from bench.reference_stack import ReferenceStack, start_reference  # noqa: E402
-from tests.stack import Stack, start_stack  # noqa: E402
+from bench.common import REPO, git_commit, log, this_machine
+from bench.docs_section import record, write_section
+from bench.reference_stack import ReferenceStack, start_reference
+from tests.harness.stack import Stack, remove_home, start_stack
 
 DOCS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench/spawn_latency.py: begin -->", "<!-- bench/spawn_latency.py: end -->"
 STEPS = ("hub→create", "create→start", "start→log", "log→listen", "listen→noticed", "noticed→201", "201→200")
 GOAL_P50, GOAL_RATIO = 2.0, 0.7
 LOG_DIR: Path | None = None
-
-
-def log(msg: str) -> None:
-    print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
 def docker_ts(stamp: str) -> float:
@@ -253,12 +245,7 @@ def start_gpuhub(workdir: Path, version: str) -> Stack:
             "environment": {"GPUHUB_PROFILES_FILE": "/srv/gpuhub/bench-profiles.yaml"},
             "volumes": [f"{path}:/srv/gpuhub/bench-profiles.yaml:ro"]}}}))
         BenchStack.override = override
-    import tests.stack as stack_module
-    stack_module.Stack = BenchStack  # start_stack() builds its Stack from the module global
-    try:
-        return start_stack(workdir)
-    finally:
-        stack_module.Stack = Stack
+    return start_stack(workdir, stack_class=BenchStack)
 
 
 def summary(values: list[float]) -> str:
@@ -278,7 +265,7 @@ def med(values: list) -> str:
 
 
 def report(targets: list[Target], args, cold_done: bool, images: dict[str, str]) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     ref = next((t for t in targets if t.kind == "reference"), None)
     ref_p50 = statistics.median(r["total"] for r in ref.results) if ref and ref.results else None
     lines = [
@@ -287,8 +274,8 @@ def report(targets: list[Target], args, cold_done: bool, images: dict[str, str])
         "",
         f"`bench/spawn_latency.py --reps {args.reps} --cold-reps {args.cold_reps}"
         f"{' --gpuhub-version ' + args.gpuhub_version if args.gpuhub_version != 'latest' else ''}`, "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit {commit}, this {os.cpu_count()}-CPU machine "
-        f"({platform.machine()}, {platform.system()} {platform.release()}), load average at start {args.load:.2f}. "
+        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}, commit {commit}, {this_machine()}, "
+        f"load average at start {args.load:.2f}. "
         "From `POST /hub/api/users/{u}/server` until `GET /user/{u}/api/status` answers 200 through the proxy "
         "(gpuhub: Traefik, HTTPS; reference: configurable-http-proxy, HTTP), image present, home volume existing; "
         "configurations interleaved, order rotating each repetition. Seconds: median (p95; min–max).",
@@ -396,11 +383,11 @@ def main() -> int:
         if stack is not None:
             for t in targets:
                 if t.kind == "gpuhub":
-                    subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{t.user}"], capture_output=True)
+                    remove_home(t.user)
             stack.down()
             for t in targets:
                 if t.kind == "gpuhub":
-                    subprocess.run(["docker", "volume", "rm", "-f", f"{stack.project}-home-{t.user}"], capture_output=True)
+                    remove_home(t.user)
         if ref is not None:
             ref.down()
     images = {img: image_id(img) for img in [f"gpuhub/hub:{args.gpuhub_version}"]

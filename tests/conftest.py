@@ -11,10 +11,14 @@ Fixture catalogue (shared ones; each tier's conftest lists its own):
 - `environ`: a minimal valid hub environment (dict) for settings tests, with secret files
   created under tmp_path.
 - `stack` (session): the real stack, started once by Docker Compose as project gpuhub-test
-  with a test OIDC provider (tests/stack.py); torn down at the end. Its logs, and every user
+  with a test OIDC provider (tests/harness/stack.py); torn down at the end. Its logs, and every user
   container's, are saved under test-artifacts/<test name>/ when a test using it fails.
+- `subdomains` (module): the stack switched to per-user subdomains (GPUHUB_USER_SUBDOMAINS=true)
+  for one module, and `*.localhost` resolving to 127.0.0.1 in this process; switched back after
+  it (tests/docker/test_subdomains.py, tests/browser/test_subdomains.py).
 """
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,21 @@ def environ(tmp_path):
     }
 
 
+def last_at_the_end(items: list) -> list:
+    """`items` with those marked `last` moved to the end; each part keeps its order."""
+    last = [item for item in items if item.get_closest_marker("last") is not None]
+    return [item for item in items if item.get_closest_marker("last") is None] + last
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Tests marked `last` (tests/docker/test_docker_daemon.py restarts the Docker daemon) run
+    after every other test of the session, whatever their file names: `bin/test` runs every tier
+    in one pytest, which collects them in folder order (browser, docker, fast). After the other
+    plugins' reordering (trylast), so that nothing moves them back."""
+    items[:] = last_at_the_end(items)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     report = yield
@@ -64,13 +83,40 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
-    from .stack import start_stack
+    from .harness.stack import start_stack
 
     started = start_stack(tmp_path_factory.mktemp("stack"))
     try:
         yield started
     finally:
         started.down()
+
+
+@pytest.fixture(scope="module")
+def subdomains(stack):
+    """The stack with GPUHUB_USER_SUBDOMAINS=true, and `*.localhost` resolving to 127.0.0.1 in
+    this process (as browsers do); put back as it was afterwards."""
+    real_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, str) and host.endswith(".localhost"):
+            host = "127.0.0.1"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    on = {"GPUHUB_USER_SUBDOMAINS": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket, "getaddrinfo", getaddrinfo)
+        try:
+            stack.compose("run", "--rm", "--no-deps", "-T", "init", env=on)
+            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor", env=on)
+            stack.wait_hub()
+            yield stack
+        finally:
+            for user in ("alice",):
+                if stack.api("GET", f"users/{user}").json().get("servers"):
+                    stack.stop_server(user)
+            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor")
+            stack.wait_hub()
 
 
 @pytest.fixture(autouse=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from ..stack import ARTIFACTS, wait_for
+from ..harness.stack import ARTIFACTS, wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

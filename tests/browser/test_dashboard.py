@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
 from playwright.sync_api import Page, expect  # noqa: E402
 
-from ..stack import ARTIFACTS
-from .test_login import HUB, log_in_at_provider
+from ..harness.stack import ARTIFACTS
+from .helpers import HUB, log_in_at_provider
 
 pytestmark = pytest.mark.browser
 

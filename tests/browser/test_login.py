@@ -13,26 +13,10 @@ pytest.importorskip("playwright", reason="tests/requirements.txt is not installe
 from playwright.sync_api import Page, Request, expect  # noqa: E402
 from playwright.sync_api import TimeoutError as PlaywrightTimeout  # noqa: E402
 
-from ..stack import PROJECT  # noqa: E402
+from ..harness.stack import PROJECT  # noqa: E402
+from .helpers import HUB, SERVER_START_MS, log_in_at_provider  # noqa: E402
 
 pytestmark = pytest.mark.browser
-
-HUB = "https://localhost"
-PROVIDER = "http://localhost:9401"
-SERVER_START_MS = 120_000  # the spawn: container creation and JupyterLab answering
-
-
-def log_in_at_provider(page: Page, user: str, *, predefined: bool = False) -> None:
-    """From anywhere on the hub while logged out: the hub's login page, then the provider's."""
-    expect(page).to_have_url(re.compile(rf"^{HUB}/hub/login"))
-    page.get_by_role("button", name="Sign in with OpenID Connect").click()
-    expect(page).to_have_url(re.compile(rf"^{PROVIDER}/oauth2/authorize\?"))
-    expect(page.get_by_role("heading", name="Authorize Client")).to_be_visible()
-    if predefined:
-        page.get_by_role("button", name=user, exact=True).click()
-    else:
-        page.locator('input[name="sub"]').fill(user)
-        page.get_by_role("button", name="Authorize", exact=True).click()
 
 
 def click_until_requested(page: Page, button, wanted, *, tries: int = 6, per_try_ms: int = 5_000):

@@ -3,7 +3,7 @@ address itself): a person logs in on the hub's host, starts a server and lands i
 their own host; a script on that page cannot read the hub's API, and the browser keeps the hub's
 login cookie for the hub's host only; the monitor's dashboard still works. Needs Docker and
 Chromium (marker `browser`); the stack is switched to GPUHUB_USER_SUBDOMAINS=true for this
-module (tests/docker/test_subdomains.py)."""
+module (the `subdomains` fixture, tests/conftest.py)."""
 
 import re
 
@@ -12,13 +12,12 @@ import pytest
 pytest.importorskip("playwright", reason="tests/requirements.txt is not installed")
 from playwright.sync_api import Page, expect  # noqa: E402
 
-from ..docker.test_subdomains import subdomains  # noqa: E402,F401 - the module's fixture
-from .test_login import HUB, SERVER_START_MS, log_in_at_provider  # noqa: E402
+from .helpers import HUB, SERVER_START_MS, log_in_at_provider  # noqa: E402
 
 pytestmark = pytest.mark.browser
 
 
-def test_jupyterlab_on_the_users_own_host_cannot_read_the_hub(page: Page, subdomains, hub_user):  # noqa: F811
+def test_jupyterlab_on_the_users_own_host_cannot_read_the_hub(page: Page, subdomains, hub_user):
     user = hub_user("bob")
     own_host = f"https://{user}.user.localhost"
     page.goto(f"{HUB}/")

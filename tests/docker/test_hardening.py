@@ -16,17 +16,22 @@ import pytest
 import requests
 from cryptography import x509
 
+from ..harness.stack import PROJECT, ROOT, USER_NETWORK, remove_home, wait_for
+from .helpers import (
+    REACH,
+    allocations,
+    empty_acme_store,
+    monitor,
+    program,
+    recreated,
+    user_token,
+    write_pebble_config,
+)
+
 # the docker tier's own dependencies (tests/requirements.txt): without them `pytest` alone still
 # collects the fast tier, and says this module was skipped
 schemathesis = pytest.importorskip("schemathesis", reason="tests/requirements.txt is not installed")
-pytest.importorskip("hypothesis", reason="tests/requirements.txt is not installed")
-from hypothesis import HealthCheck, settings  # noqa: E402
-
-from gpuhub.tls import write_localhost_certificate  # noqa: E402
-
-from ..stack import PROJECT, REACH, ROOT, USER_NETWORK, remove_home, wait_for  # noqa: E402
-from .test_monitor import allocations, monitor, user_token  # noqa: E402
-from .test_policy import recreated  # noqa: E402
+hypothesis = pytest.importorskip("hypothesis", reason="tests/requirements.txt is not installed")
 
 pytestmark = pytest.mark.docker
 
@@ -80,44 +85,6 @@ def test_no_secret_in_any_command_line_environment_or_log(stack):
         print(f"\n{len(secrets) + 1} secrets checked in {checked} places ({len(containers)} containers)")
 
 
-# Run inside the monitor's container: each call through its Docker API (monitor-docker), status.
-# RUNNING and STOPPED name two throwaway containers, so that a call the filter wrongly lets
-# through (a forced removal) hits one of them and not the stack.
-DOCKER_CALLS = (
-    "import http.client, json, sys\n"
-    "RUNNING, STOPPED = sys.argv[1:3]\n"
-    "def call(method, path, body=None):\n"
-    "    c = http.client.HTTPConnection('monitor-docker', 2375, timeout=10)\n"
-    "    c.request(method, path, body=json.dumps(body) if body else None,\n"
-    "              headers={'Content-Type': 'application/json'})\n"
-    "    r = c.getresponse(); r.read(); return r.status\n"
-    "UNFORCED = 'v=False&link=False&force=False'  # what docker-py's container.remove() sends\n"
-    "calls = {\n"
-    "    'ping': ('GET', '/_ping'), 'version': ('GET', '/v1.41/version'),\n"
-    "    'list': ('GET', '/v1.41/containers/json?all=1&filters=%7B%22label%22%3A%5B%22org.gpuhub.allocation%22%5D%7D'),\n"
-    "    'inspect': ('GET', f'/containers/{RUNNING}/json'),\n"
-    "    'inspect, versioned': ('GET', f'/v1.41/containers/{RUNNING}/json'),\n"
-    "    'create': ('POST', '/v1.41/containers/create', {'Image': 'gpuhub/singleuser-base:latest',\n"
-    "               'HostConfig': {'Privileged': True, 'Binds': ['/:/host']}}),\n"
-    "    'exec': ('POST', f'/containers/{RUNNING}/exec', {'Cmd': ['id']}),\n"
-    "    'stop': ('POST', f'/containers/{RUNNING}/stop'),\n"
-    "    'images': ('GET', '/images/json'), 'secrets of the daemon': ('GET', '/info'),\n"
-    "}\n"
-    "# every spelling the daemon reads as 'force' (anything but '', 0, no, false, none), and other\n"
-    "# queries than docker-py's exact one\n"
-    "for query in ('force=1', 'force=yes', 'force=on', 'force=TRUE', 'force=y', 'force=True', 'force=x',\n"
-    "              'v=1&force=y', 'force=%201', 'force=%31', 'v=False&link=False&force=True',\n"
-    "              UNFORCED + '&force=1', 'force=1&' + UNFORCED, 'link=1', 'v=1', ''):\n"
-    "    calls[f'DELETE ?{query}'] = ('DELETE', f'/v1.41/containers/{RUNNING}?{query}')\n"
-    "statuses = {name: call(*args) for name, args in calls.items()}\n"
-    "# the daemon refuses to remove a running container without force: 409, the filter let it by\n"
-    "statuses['removal of a running one'] = call('DELETE', f'/containers/{RUNNING}')\n"
-    "statuses['removal of a running one, as docker-py'] = call('DELETE', f'/v1.41/containers/{RUNNING}?{UNFORCED}')\n"
-    "statuses['removal of a stopped one, as docker-py'] = call('DELETE', f'/v1.41/containers/{STOPPED}?{UNFORCED}')\n"
-    "print(json.dumps(statuses))\n"
-)
-
-
 @pytest.mark.security
 def test_the_monitor_reaches_docker_only_to_list_and_remove_stopped_containers(stack):
     """The monitor holds no Docker socket; its filtered API (monitor-docker) answers what the
@@ -136,7 +103,8 @@ def test_the_monitor_reaches_docker_only_to_list_and_remove_stopped_containers(s
         subprocess.run(["docker", "create", "--name", stopped, "--network", "none", "--label",
                         f"com.docker.compose.project={PROJECT}", "debian:bookworm-slim", "true"],
                        capture_output=True, text=True, check=True)
-        statuses = json.loads(stack.compose("exec", "-T", "gpu-monitor", "python3", "-c", DOCKER_CALLS,
+        # each call through the monitor's Docker API, from inside its container, and its status
+        statuses = json.loads(stack.compose("exec", "-T", "gpu-monitor", "python3", "-c", program("docker_api_calls"),
                                             running, stopped).stdout)
         print(f"\nthe monitor's Docker API: {statuses}")
         assert [statuses.pop(k) for k in ("ping", "version", "list")] == [200, 200, 200]
@@ -415,17 +383,7 @@ def test_a_server_reaches_neither_the_host_nor_private_networks(stack):
                        "another Docker network": (other_ip, 8000)}
             if v6_target:
                 targets["bridge's IPv6 link-local address"] = (v6_target, port)
-            code = REACH + (
-                "import json\n"
-                f"targets = {targets!r}\n"
-                "result = {name: reach(*where) for name, where in targets.items()}\n"
-                "result['hub:8081'] = reach('hub', 8081); result['proxy:443'] = reach('proxy', 443)\n"
-                "try:\n"
-                "    socket.getaddrinfo('deb.debian.org', 443); result['dns'] = 'resolved'\n"
-                "except OSError as e:\n"
-                "    result['dns'] = type(e).__name__\n"
-                "result['ipv6 in the server'] = open('/proc/sys/net/ipv6/conf/eth0/disable_ipv6').read().strip() == '0'\n"
-                "print(json.dumps(result))\n")
+            code = REACH + f"targets = {targets!r}\n" + program("network_probe")
             started = time.monotonic()
             result = json.loads(stack.run_code("carol", code, timeout=90))
             seconds = time.monotonic() - started
@@ -563,7 +521,8 @@ SCHEMA = schemathesis.openapi.from_path(str(ROOT / "gpu_monitor" / "gpu_monitor"
 
 @pytest.mark.security
 @SCHEMA.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+@hypothesis.settings(max_examples=40, deadline=None, suppress_health_check=list(hypothesis.HealthCheck),
+                     derandomize=True)
 def test_the_monitor_api_fuzzed_never_fails_and_refusals_change_nothing(case, stack):
     s = stack.session()  # the operator's token: every scope, so the deepest paths are reached
     before = sorted(a["id"] for a in allocations(stack))
@@ -748,26 +707,6 @@ def test_a_spawn_waiting_for_its_turn_holds_no_device(stack):
         finally:
             for user in users:
                 stack.remove_user(user)
-
-
-def empty_acme_store(stack) -> None:
-    """The proxy removed with its ACME store (the acme volume), so that a certificate another
-    ACME test obtained is not served instead of the one this test orders."""
-    stack.compose("rm", "-sf", "proxy")
-    subprocess.run(["docker", "volume", "rm", f"{stack.project}_acme"], capture_output=True)
-
-
-def write_pebble_config(directory, hostname: str) -> None:
-    """pebble's configuration and TLS certificate (for `hostname`, from a CA of its own) in
-    `directory`, which the pebble service mounts at /pebble, readable by its user."""
-    write_localhost_certificate(directory, directory / "ca.key", (hostname,))
-    (directory / "config.json").write_text(json.dumps({"pebble": {
-        "listenAddress": "0.0.0.0:14000", "managementListenAddress": "0.0.0.0:15000",
-        "certificate": "/pebble/local.crt", "privateKey": "/pebble/local.key",
-        "httpPort": 80, "tlsPort": 443, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-    for f in directory.iterdir():
-        if f.is_file():  # a directory beside them (the DNS-01 test's credentials) keeps its x bit
-            f.chmod(0o644)
 
 
 @pytest.mark.security

@@ -7,8 +7,8 @@ import subprocess
 
 import pytest
 
+from ..harness.stack import ROOT
 from ..smoke import run_smoke_in_image
-from ..stack import ROOT
 
 pytestmark = pytest.mark.docker
 

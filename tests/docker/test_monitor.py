@@ -1,7 +1,7 @@
 """The GPU monitor in the real stack, on CPU slices (this machine has no GPU): allocation through
 the hub, what each container holds, exhaustion, release, leaks, restarts, concurrency and who
 may do what. The test stack cuts the host's CPUs into 2 slices and reconciles every 3 s with a
-5 s grace (tests/stack.py)."""
+5 s grace (tests/harness/stack.py)."""
 
 from __future__ import annotations
 
@@ -13,30 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ..stack import PROJECT, REACH, wait_for
+from ..harness.stack import PROJECT, wait_for
+from .helpers import MONITOR, REACH, allocations, monitor, program, user_token
 
 pytestmark = pytest.mark.docker
 
-MONITOR = "services/gpu-monitor"
-CHECK_DEVICES = (
-    "import os, json, pyopencl as cl\n"
-    "devices = [d for p in cl.get_platforms() for d in p.get_devices()]\n"
-    "print(json.dumps({'cpus': sorted(os.sched_getaffinity(0)), 'env': os.environ['GPUHUB_DEVICES'],\n"
-    "    'units': [d.max_compute_units for d in devices], 'nvidia': os.environ['NVIDIA_VISIBLE_DEVICES']}))"
-)
-
-
-def monitor(stack, method: str, path: str, token: str | None = None, **kwargs):
-    s = stack.session()
-    if token is not None:
-        s.headers["Authorization"] = f"token {token}"
-    return s.request(method, f"{stack.base_url}/{MONITOR}/{path}", timeout=60, **kwargs)
-
-
-def allocations(stack, user: str | None = None) -> list[dict]:
-    r = monitor(stack, "GET", "api/allocations" + (f"?user={user}" if user else ""))
-    assert r.status_code == 200, r.text
-    return r.json()["allocations"]
+# run in a user's kernel: the cores, devices and compute units the container sees, as JSON
+CHECK_DEVICES = program("check_devices")
 
 
 def devices(stack) -> dict:
@@ -50,13 +33,6 @@ def stored_allocations(stack) -> list[str]:
     out = stack.compose("exec", "-T", "db", "psql", "-U", "jupyterhub", "-d", "jupyterhub", "-tAc",
                         "SELECT user_name FROM gpu_monitor.allocations ORDER BY user_name").stdout
     return out.split()
-
-
-def user_token(stack, user: str) -> str:
-    stack.api("POST", f"users/{user}")
-    r = stack.api("POST", f"users/{user}/tokens", json={"note": "gpuhub test", "expires_in": 3600})
-    assert r.status_code in (200, 201), r.text
-    return r.json()["token"]
 
 
 def cpuset_cores(cpuset: str) -> list[int]:
@@ -291,26 +267,9 @@ def test_a_user_server_cannot_allocate_or_reach_the_monitor_directly(stack):
     assert allocations(stack) == []
 
 
-# The service's process is `python3 -m gpu_monitor` (under tini, whose command line ends with the
-# same words; this program's own names the module too, as a string).
-MONITOR_MEMORY = (
-    "import glob, os\n"
-    "for status in glob.glob('/proc/[0-9]*/status'):\n"
-    "    if status == f'/proc/{os.getpid()}/status':\n"
-    "        continue\n"
-    "    try:\n"
-    "        cmd = open(status.replace('status', 'cmdline'), 'rb').read()\n"
-    "    except OSError:\n"
-    "        continue\n"
-    "    if cmd.startswith(b'python3\\x00-m\\x00gpu_monitor'):\n"
-    "        fields = dict(l.split(':', 1) for l in open(status).read().splitlines() if ':' in l)\n"
-    "        print(int(fields['VmRSS'].split()[0]), int(fields['VmHWM'].split()[0]))\n"
-)
-
-
 def monitor_memory_kib(stack) -> tuple[int, int]:
     """(resident now, peak resident since start) of the monitor's process, in KiB."""
-    out = stack.compose("exec", "-T", "gpu-monitor", "python3", "-c", MONITOR_MEMORY).stdout.split()
+    out = stack.compose("exec", "-T", "gpu-monitor", "python3", "-c", program("monitor_memory")).stdout.split()
     return int(out[0]), int(out[1])
 
 

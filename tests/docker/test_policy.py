@@ -10,23 +10,10 @@ import time
 
 import pytest
 
-from ..stack import PROJECT, ROOT, wait_for
-from .test_monitor import allocations, monitor
+from ..harness.stack import PROJECT, wait_for
+from .helpers import allocations, monitor, recreated
 
 pytestmark = pytest.mark.docker
-
-
-@contextlib.contextmanager
-def recreated(stack, services, env):
-    """`services` recreated with `env` added, and recreated as they were afterwards."""
-    try:
-        stack.compose("up", "-d", "--no-deps", "--wait", *services, env=env)
-        stack.wait_hub()
-        yield
-    finally:
-        stack.compose("up", "-d", "--no-deps", "--wait", *services,
-                      env={"GPUHUB_POLICY": str(ROOT / "config" / "gpu-policy.yaml")})
-        stack.wait_hub()
 
 
 @contextlib.contextmanager

@@ -11,7 +11,8 @@ import threading
 import pytest
 import requests
 
-from ..stack import PROJECT, REACH, ROOT, users_network, wait_for
+from ..harness.stack import PROJECT, ROOT, users_network, wait_for
+from .helpers import REACH
 
 pytestmark = pytest.mark.docker
 

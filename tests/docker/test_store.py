@@ -24,7 +24,7 @@ from gpu_monitor.devices import Device
 from gpu_monitor.store import SCHEMA, AllocationStore, alembic_config
 
 from ..aio import run_async
-from ..stack import wait_for
+from ..harness.stack import wait_for
 from . import numbered_steps
 
 pytestmark = pytest.mark.docker

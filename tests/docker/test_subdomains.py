@@ -4,9 +4,10 @@ wildcard certificate, and not on the hub's host; the hub's login cookie stays on
 JupyterLab logs in on its own host; the hub and the GPU monitor's dashboard still work. And
 with DOMAIN, Let's Encrypt's wildcard over DNS-01, for real against pebble.
 
-The module turns subdomains on once (init writes the wildcard certificate; the proxy and the hub
-are recreated) and off again at the end. `*.localhost` names resolve to 127.0.0.1 in browsers
-(RFC 6761) but not through this machine's resolver, so these tests resolve them themselves.
+The module turns subdomains on once (the `subdomains` fixture, tests/conftest.py: init writes the
+wildcard certificate; the proxy and the hub are recreated) and off again at the end.
+`*.localhost` names resolve to 127.0.0.1 in browsers (RFC 6761) but not through this machine's
+resolver, so these tests resolve them themselves.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import pytest
 import requests
 from cryptography import x509
 
-from ..stack import wait_for
-from .test_hardening import empty_acme_store, write_pebble_config
-from .test_policy import recreated
+from ..harness.stack import wait_for
+from .helpers import empty_acme_store, recreated, write_pebble_config
 
 pytestmark = pytest.mark.docker
 
@@ -34,33 +34,6 @@ HUB = "https://localhost"
 ALICE = "https://alice.user.localhost"
 PROVIDER = "http://localhost:9401"
 MINIMAL = {"profile": "minimal", "gpus": 0}
-
-
-@pytest.fixture(scope="module")
-def subdomains(stack):
-    """The stack with GPUHUB_USER_SUBDOMAINS=true, and `*.localhost` resolving to 127.0.0.1 in
-    this process (as browsers do); put back as it was afterwards."""
-    real_getaddrinfo = socket.getaddrinfo
-
-    def getaddrinfo(host, *args, **kwargs):
-        if isinstance(host, str) and host.endswith(".localhost"):
-            host = "127.0.0.1"
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    on = {"GPUHUB_USER_SUBDOMAINS": "true"}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(socket, "getaddrinfo", getaddrinfo)
-        try:
-            stack.compose("run", "--rm", "--no-deps", "-T", "init", env=on)
-            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor", env=on)
-            stack.wait_hub()
-            yield stack
-        finally:
-            for user in ("alice",):
-                if stack.api("GET", f"users/{user}").json().get("servers"):
-                    stack.stop_server(user)
-            stack.compose("up", "-d", "--no-deps", "--wait", "proxy", "hub", "gpu-monitor")
-            stack.wait_hub()
 
 
 def browser_like_session(stack) -> requests.Session:

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from ..stack import PROJECT, remove_home
+from ..harness.stack import PROJECT, remove_home
+from .helpers import program
 
 pytestmark = pytest.mark.docker
 
@@ -18,30 +19,13 @@ TMPFS = {path: f"rw,exec,nosuid,nodev,size={GiB},mode=1777" for path in ("/tmp",
 
 # From the kernel: where writing works. EROFS (30) is the read-only root filesystem; the home
 # volume and the tmpfs accept writes.
-WRITES = (
-    "import errno, json, os\n"
-    "def write(path):\n"
-    "    try:\n"
-    "        with open(path, 'w') as f: f.write('x')\n"
-    "        os.remove(path); return 'ok'\n"
-    "    except OSError as e: return errno.errorcode[e.errno]\n"
-    "paths = ['/home/jovyan/w', '/tmp/w', '/var/tmp/w', '/dev/shm/w', '/w', '/etc/w', '/opt/jupyter/w', '/var/w']\n"
-    "tmp = os.statvfs('/tmp')\n"
-    "print(json.dumps({'writes': {p: write(p) for p in paths}, 'tmp_bytes': tmp.f_blocks * tmp.f_frsize}))\n"
-)
+WRITES = program("writable_paths")
 
 # What each profile's own libraries must still do with a read-only root: PoCL compiles kernels
 # into its cache under /tmp and loads them from there; torch and CuPy import.
 PROFILE_CODE = {
     "minimal": "print('ok')",
-    "opencl": (
-        "import numpy as np, pyopencl as cl\n"
-        "ctx = cl.create_some_context(interactive=False); q = cl.CommandQueue(ctx)\n"
-        "a = np.arange(16, dtype=np.float32); buf = cl.Buffer(ctx, cl.mem_flags.READ_WRITE | cl.mem_flags.COPY_HOST_PTR, hostbuf=a)\n"  # noqa: E501
-        "cl.Program(ctx, '__kernel void twice(__global float *x) { int i = get_global_id(0); x[i] *= 2; }').build().twice(q, a.shape, None, buf)\n"  # noqa: E501
-        "out = np.empty_like(a); cl.enqueue_copy(q, out, buf)\n"
-        "print('ok' if np.allclose(out, 2 * a) else 'wrong')"
-    ),
+    "opencl": program("opencl_kernel"),
     "cuda": "import torch, cupy; print('ok')",
 }
 

@@ -6,7 +6,7 @@ import ipaddress
 
 import pytest
 
-from ..stack import users_network
+from ..harness.stack import users_network
 
 N = ipaddress.IPv4Network
 CASES = {

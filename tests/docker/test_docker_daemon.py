@@ -1,5 +1,6 @@
-"""The Docker daemon restarts under the running stack (issue "Survive faults", item 6). Named to
-run last in the docker tier: it stops every container on the machine.
+"""The Docker daemon restarts under the running stack (issue "Survive faults", item 6). Marked
+`last`: it stops every container on the machine, so it runs after every other test of the
+session, the browser tier's included (tests/conftest.py moves it to the end).
 
 Without live-restore (this machine's default), stopping dockerd stops every container. What
 comes back by itself: the services with `restart: unless-stopped` (proxy, hub, db, monitor,
@@ -21,10 +22,10 @@ import time
 
 import pytest
 
-from ..stack import PROJECT, ROOT, wait_for
-from .test_monitor import allocations
+from ..harness.stack import PROJECT, ROOT, wait_for
+from .helpers import allocations
 
-pytestmark = [pytest.mark.docker, pytest.mark.reliability]
+pytestmark = [pytest.mark.docker, pytest.mark.reliability, pytest.mark.last]
 
 
 def dockerd_started_by_setup_host() -> bool:

@@ -2,8 +2,10 @@
 provider beside it, and clients that talk to it over verified HTTPS through the proxy.
 
 One `Stack` per test session (project `gpuhub-test`), started by the `stack` fixture in
-tests/conftest.py. Everything it creates is named after the project or carries gpuhub's
-labels, so teardown (and a rerun after a crash) removes exactly what the tests made.
+tests/conftest.py; the benchmarks (bench/) start the same stack with `start_stack`, some with
+settings or a `Stack` subclass of their own. Everything it creates is named after the project or
+carries gpuhub's labels, so teardown (and a rerun after a crash) removes exactly what the tests
+made.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import escapism  # DockerSpawner's own dependency
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "gpuhub-test"
 USER_NETWORK = "gpuhub-test-users"
 # the users' subnet the test stack prefers (gpuhub's default is 10.213.240.0/20); taken, another
@@ -57,17 +59,6 @@ TEST_ENV = {
     "GPUHUB_USER_SUBDOMAINS": "false",
 }
 
-
-# Code for a user's kernel: reach(host, port) says 'open' or why not (gaierror: the name does
-# not resolve on the container's networks).
-REACH = (
-    "import socket\n"
-    "def reach(host, port):\n"
-    "    try:\n"
-    "        socket.create_connection((host, port), timeout=3).close(); return 'open'\n"
-    "    except OSError as e:\n"
-    "        return type(e).__name__\n"
-)
 
 
 def docker_subnets() -> list[ipaddress.IPv4Network]:
@@ -260,7 +251,9 @@ class Stack:
             s.delete(f"{server}/api/kernels/{kernel}", timeout=30)
 
 
-def start_stack(workdir: Path) -> Stack:
+def start_stack(workdir: Path, env: dict | None = None, stack_class: type[Stack] = Stack) -> Stack:
+    """The stack started in `workdir` (its secrets go there), with the settings `env` (default
+    TEST_ENV) as a `stack_class`; leftovers of an earlier run are removed first."""
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode:
         raise RuntimeError("Docker is not available: run bin/setup-host first (bin/test does)")
     secrets_dir = workdir / "secrets"
@@ -270,7 +263,8 @@ def start_stack(workdir: Path) -> Stack:
         path = secrets_dir / name
         path.write_text(value)
         path.chmod(0o600)
-    stack = Stack(workdir=workdir, env={**TEST_ENV, "GPUHUB_OPERATOR_SECRETS": str(secrets_dir)}, token=token)
+    settings = TEST_ENV if env is None else env
+    stack = stack_class(workdir=workdir, env={**settings, "GPUHUB_OPERATOR_SECRETS": str(secrets_dir)}, token=token)
     stack.down()  # leftovers of an interrupted earlier run
     stack.env.update(users_network(USER_NETWORK, USERS_SUBNET))
     try:
