@@ -442,6 +442,7 @@ FIXED = [
     Fixed(P.DEMO_OIDC_PUBLIC_URL, "hub", "the demo provider, as a browser reaches it",
           "http://localhost:${GPUHUB_DEMO_PORT:-9400}"),
     Fixed(H.MONITOR_URL, "hub", "the monitor's API"),
+    Fixed(H.FORM_TEMPLATES_DIR, "hub", "config/templates/: a site's options_form.html, searched before gpuhub's"),
     Fixed(H.MONITOR_SECRETS_DIR, "hub, init", "the monitor's token (volume monitor-secrets)"),
     Fixed(M.TOKEN_FILE, "gpu-monitor", "its own API token"),
     Fixed(M.HUB_API_URL, "gpu-monitor", "the hub's REST API"),

@@ -141,6 +141,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     # --- spawner ------------------------------------------------------------------------------
     c.JupyterHub.spawner_class = "gpuhub.spawner.GPUDockerSpawner"
     c.GPUDockerSpawner.profiles = profiles
+    # config/templates/options_form.html, if the site made one (a missing directory is skipped)
+    c.GPUDockerSpawner.additional_options_form_template_paths = [settings.form_templates_dir]
     c.GPUDockerSpawner.monitor_url = settings.monitor_url
     c.GPUDockerSpawner.deployment = settings.deployment
     c.GPUDockerSpawner.monitor_token = read_secret_file(

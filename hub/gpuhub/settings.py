@@ -51,6 +51,8 @@ HTTPS_PORT = Setting("GPUHUB_HTTPS_PORT", port, 443, ("compose", *H))
 ACME_DNS_PROVIDER = Setting("ACME_DNS_PROVIDER", text, "", ("proxy", *H))
 API_TOKEN_FILE = Setting("GPUHUB_API_TOKEN_FILE", text, "/run/gpuhub/secrets/api_token", H)
 PROFILES_FILE = Setting("GPUHUB_PROFILES_FILE", text, "/srv/gpuhub/config/profiles.yaml", H)
+# a site's own spawn form (options_form.html), searched before gpuhub's; config/templates/
+FORM_TEMPLATES_DIR = Setting("GPUHUB_FORM_TEMPLATES_DIR", text, "/srv/gpuhub/config/templates", H)
 USER_NETWORK = Setting("GPUHUB_USER_NETWORK", text, "gpuhub-users", ("compose", *H))
 USERS_SUBNET = Setting("GPUHUB_USERS_SUBNET", text, "10.213.240.0/20", ("compose", "netpolicy", *H))
 USERS_IP_RANGE = Setting("GPUHUB_USERS_IP_RANGE", text, "10.213.248.0/21", ("compose", *H))
@@ -77,7 +79,7 @@ SETTINGS = (
     USER_SUBDOMAINS, API_TOKEN_FILE, PROFILES_FILE, USER_NETWORK, USERS_SUBNET, USERS_IP_RANGE, USERS_HUB_IP,
     USERS_PROXY_IP, SERVER_TO_SERVER, DEPLOYMENT, POLICY_FILE, CULL_IDLE_SECONDS, START_CONCURRENCY,
     SECRETS_DIR, CERTS_DIR, DB_HOST, DB_NAME, DB_USER, DB_PASSWORD_FILE, PROXY_API_URL, TRAEFIK_RULES_FILE,
-    MONITOR_URL, MONITOR_SECRETS_DIR,
+    MONITOR_URL, MONITOR_SECRETS_DIR, FORM_TEMPLATES_DIR,
 )
 
 
@@ -131,6 +133,7 @@ class Settings:
     listen: str
     user_network: str
     profiles_file: str
+    form_templates_dir: str
     secrets_dir: str
     certs_dir: str
     operator_token_file: str
@@ -279,6 +282,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         listen=listen,
         user_network=USER_NETWORK.read(environ),
         profiles_file=PROFILES_FILE.read(environ),
+        form_templates_dir=FORM_TEMPLATES_DIR.read(environ),
         secrets_dir=SECRETS_DIR.read(environ),
         certs_dir=CERTS_DIR.read(environ),
         operator_token_file=API_TOKEN_FILE.read(environ),

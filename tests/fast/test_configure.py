@@ -256,3 +256,12 @@ def test_servers_start_a_few_at_a_time_and_may_wait_their_turn(environ, monkeypa
     assert configured({**environ, "GPUHUB_START_CONCURRENCY": "0"}).GPUDockerSpawner.start_concurrency == 0  # no limit
     # the queue's wait counts against start_timeout (bench/login_burst.py: 100 people within 85 s)
     assert c.Spawner.start_timeout >= 300 and c.Spawner.http_timeout == 60
+
+
+def test_a_sites_form_template_is_looked_for_in_config_templates(environ, tmp_path):
+    c = Config()
+    configure(c, load_settings({**environ, "GPUHUB_FORM_TEMPLATES_DIR": str(tmp_path / "templates")}))
+    assert c.GPUDockerSpawner.additional_options_form_template_paths == [str(tmp_path / "templates")]
+    c = Config()
+    configure(c, load_settings(environ))
+    assert c.GPUDockerSpawner.additional_options_form_template_paths == ["/srv/gpuhub/config/templates"]
