@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -167,8 +167,3 @@ def read_secret_file(variable: str, path: str | os.PathLike[str], min_length: in
     if len(value) < min_length:
         raise ConfigError(variable, f"{path} holds fewer than {min_length} characters")
     return value
-
-
-def read_all(settings: Mapping[str, Setting[Any]], environ: Mapping[str, str]) -> dict[str, Any]:
-    """Every declared setting's value, keyed by variable name."""
-    return {name: s.read(environ) for name, s in settings.items()}

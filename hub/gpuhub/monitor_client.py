@@ -10,10 +10,13 @@ a proxy's error page in its place) raises `MonitorUnavailable`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+# the request the monitor decides on (gpu_monitor/gpu_monitor/requests.py parses its JSON back)
+from gpu_monitor.allocator import AllocationRequest
 
 
 class MonitorUnavailable(Exception):
@@ -42,21 +45,6 @@ class Devices:
     total: int
     free: int
     rows: tuple[dict[str, Any], ...] = ()  # one record per device, as the monitor sends it
-
-
-@dataclass(frozen=True)
-class AllocationRequest:
-    """The body of POST api/allocations: `count` devices for (user, server)."""
-
-    user: str
-    server: str
-    profile: str
-    count: int
-    groups: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"user": self.user, "server": self.server, "profile": self.profile, "count": self.count,
-                "groups": list(self.groups)}
 
 
 @dataclass(frozen=True)
@@ -111,7 +99,7 @@ class MonitorClient:
                        free=int(data["free"]), rows=tuple(data.get("devices") or ()))
 
     async def allocate(self, request: AllocationRequest) -> Grant | Refusal:
-        status, data = await self._request("POST", "api/allocations", request.to_json())
+        status, data = await self._request("POST", "api/allocations", asdict(request))
         if status in (200, 201):
             return Grant(allocation=data, existing=status == 200)
         return _refusal(status, data)
