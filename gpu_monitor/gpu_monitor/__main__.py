@@ -21,7 +21,7 @@ from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .contract import ACCESS_SCOPE, SERVICE_NAME
-from .devices import Backend, BackendUnavailable, Device
+from .devices import LOCAL_NODE, Backend, BackendUnavailable, Device, Node
 from .env import ConfigError
 from .hubauth import MonitorHubOAuth
 from .idle import reclaim_scope_problem
@@ -102,8 +102,11 @@ async def serve(settings: Settings) -> None:
     store = open_store(settings)
     sampler = Sampler(backend, settings.sample_seconds)
     sampler.start()
-    monitor = Monitor(devices, host, sampler, store, policy.allocation)
+    monitor = Monitor(devices, host, sampler, store, policy.allocation,
+                      nodes=[Node(LOCAL_NODE, labels=settings.node_labels)])
     usage = UsageRecorder(monitor, settings.flush_seconds)
+    if settings.node_labels:
+        log.info("node labels: %s", ", ".join(f"{k}={v}" for k, v in sorted(settings.node_labels.items())))
     log.info("policy from %s: %s; idle reclaim %s", settings.policy_file, policy.allocation,
              "on" if policy.idle_reclaim.enabled else "off")
     prefix = settings.service_prefix

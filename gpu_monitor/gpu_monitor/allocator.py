@@ -32,14 +32,24 @@ Rules, in the order they are checked:
    under that profile), `Policy.max_gpus_per_group` (devices held in all; of the user's groups
    that have a limit, the largest applies) and `Policy.max_gpus_per_user` (devices held in
    all, site-wide: it caps the group limit too).
-5. Capacity: a device of kind K can be held by `Policy.share[K]` allocations at once
+5. Nodes: one server runs on one node, so all its devices come from one node. A request with
+   `node_labels` (a profile asking for a kind of node) considers only nodes carrying all of
+   them; none does: a bad request naming them. A count larger than the largest such node could
+   ever give is a bad request too. Only nodes in state "up" offer devices: a drained node keeps
+   what it holds and gets nothing new, a lost node or one without an agent is offered to no one
+   (their devices count as neither free nor in use in the refusal's figures).
+6. Capacity: a device of kind K can be held by `Policy.share[K]` allocations at once
    (default 1: exclusive). One allocation never holds the same device twice. A GPU whose MIG
    instances are listed among the devices is handed out only as those instances. A device in
    `unavailable` (a running container uses it without holding it: see reconcile.py) is never
    free, whatever its seats.
 
-Device choice is deterministic: least-shared devices first (an idle device before a seat on a
-shared one), then by index, then by UUID. No attempt is made to keep a multi-device grant on
+Node choice (`Policy.placement`): "pack" takes the node with the fewest free devices that still
+fit the request, keeping whole nodes free for the large requests that need them; "spread" takes
+the node with the most, so that servers share a node's CPUs, memory and PCIe as little as
+possible. Ties go to the node id, so a decision never depends on the order it is given things.
+Device choice on the node is deterministic: least-shared devices first (an idle device before a
+seat on a shared one), then by index, then by UUID. No attempt is made to keep a multi-device grant on
 one MIG parent; MIG instances of one GPU have neighbouring indexes, so they mostly are.
 
 When a device is likely to free up (`Refused.free_at`) is not decided here: `decide()` knows
@@ -55,7 +65,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, TypeAlias
 
-from .devices import Device
+from .devices import LOCAL_NODE, Device, Node
+
+Placement: TypeAlias = Literal["pack", "spread"]
+PLACEMENTS: tuple[Placement, ...] = ("pack", "spread")
 
 RefusalCode = Literal[
     "bad_request", "conflict", "over_user_limit", "over_profile_limit", "over_group_limit",
@@ -85,6 +98,7 @@ class Allocation:
     profile: str
     device_uuids: tuple[str, ...]
     created_at: float  # seconds since the epoch
+    node: str = LOCAL_NODE  # the Node.id its devices are on, where its server runs
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,8 @@ class AllocationRequest:
     profile: str
     count: int
     groups: tuple[str, ...] = ()  # the user's hub groups, for group limits and accounting
+    # a kind of node (the profile's node_labels): only nodes with all of these labels
+    node_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -103,8 +119,11 @@ class Policy:
     # per user, by hub group: a member of several limited groups gets the largest limit
     max_gpus_per_group: dict[str, int] = field(default_factory=dict)
     share: dict[str, int] = field(default_factory=dict)  # device kind -> servers per device
+    placement: Placement = "pack"  # which node, when several can serve a request
 
     def __post_init__(self) -> None:
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, not {self.placement!r}")
         # A bad policy is an operator's mistake: stop at startup with a sentence, not later.
         if self.max_gpus_per_user is not None and self.max_gpus_per_user < 0:
             raise ValueError(f"max_gpus_per_user must be 0 or more, not {self.max_gpus_per_user}")
@@ -154,10 +173,13 @@ def decide(
     now: float,
     new_id: str,
     unavailable: frozenset[str] = frozenset(),
+    nodes: Sequence[Node] | None = None,
 ) -> Decision:
     """Grant `request.count` devices to (user, server) or say why not. See the module's rules.
 
     `new_id` names the allocation if a new one is granted; `now` becomes its `created_at`.
+    `nodes`: the hosts the devices are on (`Device.node`); None: each is up, without labels.
+    A device whose node is not among `nodes` is offered to no one.
     """
     count = request.count
     # bool is an int to Python, but "gpus": true is a mistake, not one GPU.
@@ -178,10 +200,26 @@ def decide(
         if (held.user, held.server) == (request.user, request.server):
             return _repeat(request, held)
 
+    if nodes is None:
+        nodes = [Node(node_id) for node_id in sorted({d.node for d in devices})]
     usable = _allocatable(devices)
-    if count > len(usable):
+    if request.node_labels:
+        wanted = dict(request.node_labels)
+        kind = {n.id for n in nodes if n.has_labels(wanted)}
+        if not kind:
+            return Refused(f"no node has the label(s) {_labels(wanted)}"
+                           + (f" that profile {request.profile!r} asks for" if request.profile else ""),
+                           "bad_request")
+        usable = [d for d in usable if d.node in kind]
+    per_node = Counter(d.node for d in usable)
+    largest = max(per_node.values(), default=0)
+    if count > largest:
+        if len(per_node) <= 1 and not request.node_labels:
+            return Refused(f"{count} GPU(s) requested, but this host has {largest} in all", "bad_request")
         return Refused(
-            f"{count} GPU(s) requested, but this host has {len(usable)} in all", "bad_request"
+            f"{count} GPU(s) requested, but a server runs on one node and the largest"
+            f"{' such' if request.node_labels else ''} node has {largest}",
+            "bad_request",
         )
 
     mine = [a for a in allocations if a.user == request.user]
@@ -214,14 +252,25 @@ def decide(
             )
 
     holders = Counter(uuid for a in allocations for uuid in a.device_uuids)
-    free = [d for d in usable if holders[d.uuid] < policy.seats(d.kind) and d.uuid not in unavailable]
-    if len(free) < count:
-        return Refused(
-            f"{count} GPU(s) requested, {len(free)} free ({len(usable) - len(free)} of "
-            f"{len(usable)} in use); try again when one is released",
-            "none_free",
-        )
-    chosen = sorted(free, key=lambda d: (holders[d.uuid], d.index, d.uuid))[:count]
+    offering = {n.id for n in nodes if n.state == "up"}
+    offered = [d for d in usable if d.node in offering]
+    free = [d for d in offered if holders[d.uuid] < policy.seats(d.kind) and d.uuid not in unavailable]
+    free_on: dict[str, list[Device]] = {}
+    for d in free:
+        free_on.setdefault(d.node, []).append(d)
+    fitting = [node for node, there in free_on.items() if len(there) >= count]
+    if not fitting:
+        away = len(usable) - len(offered)
+        figures = (f"{len(free)} free ({len(offered) - len(free)} of {len(usable)} in use"
+                   + (f", {away} on nodes drained or down" if away else "") + ")")
+        if len(free) >= count:  # enough in all, but no node has that many
+            figures += f", at most {max(len(t) for t in free_on.values())} on one node"
+        return Refused(f"{count} GPU(s) requested, {figures}; try again when one is released", "none_free")
+    if policy.placement == "spread":
+        node = min(fitting, key=lambda n: (-len(free_on[n]), n))
+    else:
+        node = min(fitting, key=lambda n: (len(free_on[n]), n))
+    chosen = sorted(free_on[node], key=lambda d: (holders[d.uuid], d.index, d.uuid))[:count]
     allocation = Allocation(
         id=new_id,
         user=request.user,
@@ -229,6 +278,7 @@ def decide(
         profile=request.profile,
         device_uuids=tuple(d.uuid for d in chosen),
         created_at=now,
+        node=node,
     )
     return Granted(allocation, existing=False)
 
@@ -252,6 +302,10 @@ def _repeat(request: AllocationRequest, held: Allocation) -> Decision:
         "conflict",
         allocation_id=held.id,
     )
+
+
+def _labels(labels: dict[str, str]) -> str:
+    return ", ".join(f"{key}={value}" for key, value in sorted(labels.items()))
 
 
 def _allocatable(devices: Iterable[Device]) -> list[Device]:

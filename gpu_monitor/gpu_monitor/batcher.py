@@ -54,7 +54,7 @@ class AllocationBatcher:
                 batch, self._queue = self._queue[:self.MAX_BATCH], self._queue[self.MAX_BATCH:]
                 try:
                     decisions = await m.run(m.store.allocate_many, [r for r, _ in batch], m.devices, m.policy,
-                                            None, m.unavailable)
+                                            None, m.unavailable, m.nodes)
                 except Exception as e:  # noqa: BLE001 - answered below, one way or the other
                     if is_busy(e) and m.busy_since is None:
                         m.busy_since = time.time()
@@ -79,7 +79,7 @@ class AllocationBatcher:
         m = self.monitor
         try:
             decision = (await m.run(m.store.allocate_many, [request], m.devices, m.policy, None,
-                                    m.unavailable))[0]
+                                    m.unavailable, m.nodes))[0]
         except Exception as e:  # noqa: BLE001 - this request's own error
             if not future.done():
                 future.set_exception(e)

@@ -21,15 +21,41 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{x * 100:.0f} %"
 
 
+def device_state(device: dict[str, Any], node_state: str) -> str:
+    """What the dashboard says of a device (static/dashboard.js says the same)."""
+    if device["mine"]:
+        return "yours"
+    if device["free"]:
+        return "free"
+    if not device["allocatable"]:
+        return "split (MIG)"
+    if node_state != "up" and not device["holders"]:
+        return f"node {node_state}"
+    return "in use"
+
+
+def render_nodes(nodes: list[dict[str, Any]]) -> str:
+    """One row per node: its name, state (and why), labels, free devices."""
+    rows = []
+    for n in nodes:
+        name = n["id"] + (f" ({n['hostname']})" if n["hostname"] and n["hostname"] != n["id"] else "")
+        state = n["state"] + (f": {n['reason']}" if n["reason"] else "")
+        labels = ", ".join(f"{k}={v}" if v else k for k, v in sorted(n["labels"].items()))
+        rows.append(f'<tr data-node="{_e(n["id"])}" data-state="{_e(n["state"])}"><td>{_e(name)}</td>'
+                    f'<td class="state">{_e(state)}</td><td>{_e(labels)}</td><td>{n["free"]} of {n["total"]}</td></tr>')
+    return "".join(rows)
+
+
 def render_dashboard(data: dict[str, Any], allocations: list[Allocation], admin: bool, prefix: str,
                      viewer: str, xsrf: str) -> str:
     holders: dict[str, list[str]] = {}
     for a in allocations:
         for uuid in a.device_uuids:
             holders.setdefault(uuid, []).append(f"{a.user}/{a.server}" if a.server else a.user)
+    node_state = {n["id"]: n["state"] for n in data["nodes"]}
     rows = []
     for d in data["devices"]:
-        state = "yours" if d["mine"] else "free" if d["free"] else "in use" if d["allocatable"] else "split (MIG)"
+        state = device_state(d, node_state.get(d["node"], "no-agent"))
         who = f"<td>{_e(', '.join(holders.get(d['uuid'], [])))}</td>" if admin else ""
         rows.append(
             f'<tr data-uuid="{_e(d["uuid"])}" data-state="{_e(state)}"><td>{d["index"]}</td><td>{_e(d["name"])}</td>'
@@ -62,6 +88,8 @@ idle = measured while held at no utilisation; unmeasured = held while the monito
 <p><span id="summary">{data['free']} of {data['total']} device(s) free · backend {_e(host['backend'])}</span>
 · signed in as {_e(viewer)}{' (admin)' if admin else ''} · <a href="/hub/home">back to the hub</a>
 · <span id="status" class="muted"></span></p>
+<table id="nodes"><thead><tr><th>Node</th><th>State</th><th>Labels</th><th>Free</th></tr></thead>
+<tbody id="nodes-body">{render_nodes(data['nodes'])}</tbody></table>
 <table id="devices"><thead><tr>
 <th>#</th><th>Device</th><th>State</th><th>Utilisation</th><th>Memory</th><th>Temperature</th><th>Power</th>{held_by}</tr></thead>
 <tbody id="devices-body">{''.join(rows)}</tbody></table>

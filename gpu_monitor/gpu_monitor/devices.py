@@ -8,8 +8,37 @@ A sample holds what could be read; a field that could not be read is None and na
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, TypeAlias
+
+# The node of a single-host deployment (and of every device and allocation made before nodes
+# were recorded): `GPUHUB_NODE_NAME` renames it.
+LOCAL_NODE = "local"
+
+# What a node's devices are offered for. up: new allocations. drained (the operator's `docker
+# node update --availability drain`): what it holds stays held, nothing new. lost (its engine
+# or network is gone) and no-agent (no monitor agent reports it): offered to no one.
+NodeState: TypeAlias = Literal["up", "drained", "lost", "no-agent"]
+NODE_STATES: tuple[NodeState, ...] = ("up", "drained", "lost", "no-agent")
+
+
+@dataclass(frozen=True)
+class Node:
+    """A host whose devices the monitor hands out: one on a single host, one per Swarm node."""
+
+    id: str  # stable: Swarm's node id, or LOCAL_NODE (GPUHUB_NODE_NAME) on a single host
+    hostname: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict, compare=False)
+    state: NodeState = "up"
+    reason: str = ""  # why a node is not up, for the dashboard and refusals' logs
+
+    def __post_init__(self) -> None:
+        if self.state not in NODE_STATES:
+            raise ValueError(f"node state must be one of {', '.join(NODE_STATES)}, not {self.state!r}")
+
+    def has_labels(self, wanted: Mapping[str, str]) -> bool:
+        return all(self.labels.get(key) == value for key, value in wanted.items())
 
 
 @dataclass(frozen=True)
@@ -24,6 +53,7 @@ class Device:
     # or a cpuset for a CPU slice.
     docker_device_id: str | None = None
     cpuset: str | None = None
+    node: str = LOCAL_NODE  # the Node.id of the host that has it
     attributes: dict[str, str] = field(default_factory=dict, compare=False)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,26 @@ def switch(value: str) -> bool:
 def names(value: str) -> frozenset[str]:
     """A comma-separated list (blanks around items ignored)."""
     return frozenset(item.strip() for item in value.split(",") if item.strip())
+
+
+LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,126}")
+
+
+def labels(value: str) -> dict[str, str]:
+    """Node labels, comma-separated: `gpu=a100,large-memory` (a label without `=` has the value
+    ""). Keys as Docker writes them: letters, digits and `. _ / -`, starting with a letter or digit."""
+    found: dict[str, str] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        key, _, val = item.partition("=")
+        key, val = key.strip(), val.strip()
+        if not LABEL_KEY.fullmatch(key):
+            raise Invalid(f"{key!r} is not a label name (letters, digits and . _ / -, e.g. gpu=a100)")
+        if key in found:
+            raise Invalid(f"label {key!r} is given twice")
+        found[key] = val
+    return found
 
 
 def one_of(*choices: str) -> Callable[[str], str]:

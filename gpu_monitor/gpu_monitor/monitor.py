@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from .allocator import Allocation, Policy
 from .batcher import AllocationBatcher
-from .devices import Device
+from .devices import LOCAL_NODE, Device, Node
 from .idle import Notices
 from .sampler import DeviceState, Sampler
 from .store import HEALTH_TIMEOUT_SECONDS, AllocationStore
@@ -47,8 +47,11 @@ class Monitor:
     the allocation batcher and the idle notices."""
 
     def __init__(self, devices: list[Device], host: HostInfo, sampler: Sampler,
-                 store: AllocationStore, policy: Policy, workers: int = 8) -> None:
+                 store: AllocationStore, policy: Policy, workers: int = 8,
+                 nodes: list[Node] | None = None) -> None:
         self.devices = devices
+        # the hosts the devices are on: this one alone until nodes report from a Swarm
+        self.nodes = nodes if nodes is not None else [Node(LOCAL_NODE)]
         self.by_uuid = {d.uuid: d for d in devices}
         self.host = host
         self.sampler = sampler
@@ -110,7 +113,7 @@ class Monitor:
                             "cpuset": d.cpuset if d else None,
                             "cores": int(d.attributes.get("cores", 0)) if d and d.kind == "cpu-slice" else None})
         return {"id": a.id, "user": a.user, "server": a.server, "profile": a.profile,
-                "devices": devices, "created_at": a.created_at}
+                "devices": devices, "created_at": a.created_at, "node": a.node}
 
     def devices_json(self, allocations: list[Allocation], viewer: str | None) -> dict[str, Any]:
         states: dict[str, DeviceState] = self.sampler.states()
@@ -119,6 +122,7 @@ class Monitor:
             for uuid in a.device_uuids:
                 holders.setdefault(uuid, []).append(a)
         parents = {d.parent_uuid for d in self.devices if d.parent_uuid}
+        offering = {n.id for n in self.nodes if n.state == "up"}
         rows = []
         free = 0
         for d in sorted(self.devices, key=lambda d: (d.index, d.uuid)):
@@ -126,12 +130,12 @@ class Monitor:
             seats = self.policy.seats(d.kind)
             allocatable = d.uuid not in parents
             unavailable = d.uuid in self.unavailable
-            is_free = allocatable and len(held) < seats and not unavailable
+            is_free = allocatable and d.node in offering and len(held) < seats and not unavailable
             free += is_free
             state = states.get(d.uuid)
             last = state.last if state else None
             rows.append({
-                "uuid": d.uuid, "index": d.index, "kind": d.kind, "name": d.name,
+                "uuid": d.uuid, "node": d.node, "index": d.index, "kind": d.kind, "name": d.name,
                 "memory_total_bytes": d.memory_total_bytes, "parent_uuid": d.parent_uuid,
                 "allocatable": allocatable, "seats": seats, "holders": len(held), "free": is_free,
                 "unavailable": unavailable,
@@ -146,7 +150,11 @@ class Monitor:
                 "sampled_seconds": state.sampled_seconds if state else 0.0,
             })
         allocatable_total = sum(1 for r in rows if r["allocatable"])
-        return {"host": self.host.to_json(), "total": allocatable_total, "free": free, "devices": rows}
+        nodes = [{"id": n.id, "hostname": n.hostname, "labels": dict(n.labels), "state": n.state, "reason": n.reason,
+                  "total": sum(1 for r in rows if r["node"] == n.id and r["allocatable"]),
+                  "free": sum(1 for r in rows if r["node"] == n.id and r["free"])} for n in self.nodes]
+        return {"host": self.host.to_json(), "total": allocatable_total, "free": free, "nodes": nodes,
+                "devices": rows}
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)

@@ -14,7 +14,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .allocator import Policy
+from .allocator import PLACEMENTS, Policy
 from .env import ConfigError
 
 VARIABLE = "GPUHUB_POLICY_FILE"
@@ -30,6 +30,7 @@ SCHEMA: dict[str, Any] = {
     "additionalProperties": False,
     "properties": {
         "max_gpus_per_user": {"type": ["integer", "null"], "minimum": 0},
+        "placement": {"enum": list(PLACEMENTS)},
         "profiles": {"type": "object", "additionalProperties": LIMIT},
         "groups": {"type": "object", "additionalProperties": LIMIT},
         "sharing": {"type": "object", "additionalProperties": False,
@@ -80,6 +81,7 @@ def parse_policy(data: Any, source: str = "policy") -> GPUPolicy:
         max_gpus_per_group={name: entry["max_gpus_per_user"]
                             for name, entry in (data.get("groups") or {}).items() if "max_gpus_per_user" in entry},
         share=share,
+        placement=data.get("placement", "pack"),
     )
     idle = IdleReclaim(**(data.get("idle_reclaim") or {}))
     if idle.notice_after_minutes > idle.stop_after_minutes:

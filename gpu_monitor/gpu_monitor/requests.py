@@ -14,8 +14,10 @@ from .allocator import AllocationRequest
 
 MAX_BODY_BYTES = 4096  # an allocation request is a few dozen bytes
 MAX_NAME_LENGTH = 255
-REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list}
+REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list,
+                                   "node_labels": dict}
 MAX_GROUPS = 256
+MAX_NODE_LABELS = 32
 # C0 controls and DEL: a NUL makes psycopg2 refuse the whole statement, the others have no
 # place in a user, server, profile or group name (and forge log lines)
 CONTROL_CHARACTERS = frozenset(map(chr, [*range(0x20), 0x7F]))
@@ -31,7 +33,8 @@ class BadRequest(Exception):
 
 def parse_allocation_request(body: bytes) -> AllocationRequest:
     """The body of `POST api/allocations`, strictly: a JSON object with `user` and `count`,
-    optionally `server` ("" = default server) and `profile`; nothing else."""
+    optionally `server` ("" = default server), `profile`, `groups` and `node_labels` (a kind of
+    node: {label: value}); nothing else."""
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted", 413)
     try:
@@ -52,11 +55,13 @@ def parse_allocation_request(body: bytes) -> AllocationRequest:
             continue
         value = data[name]
         if not isinstance(value, kind) or isinstance(value, bool):
-            what = {int: "whole number", str: "string", list: "list of strings"}[kind]
+            what = {int: "whole number", str: "string", list: "list of strings",
+                    dict: "JSON object of strings"}[kind]
             raise BadRequest(f"field {name!r} must be a {what}, not {type(value).__name__}")
         if isinstance(value, str) and len(value) > MAX_NAME_LENGTH:
             raise BadRequest(f"field {name!r} is longer than {MAX_NAME_LENGTH} characters")
-        for text in (value if isinstance(value, list) else [value]):
+        texts = [*value, *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else [value]
+        for text in texts:
             if isinstance(text, str) and not CONTROL_CHARACTERS.isdisjoint(text):
                 raise BadRequest(f"field {name!r} contains a control character (U+0000-U+001F or U+007F)")
     if not data["user"]:
@@ -65,6 +70,12 @@ def parse_allocation_request(body: bytes) -> AllocationRequest:
     if len(groups) > MAX_GROUPS or not all(isinstance(g, str) and 0 < len(g) <= MAX_NAME_LENGTH for g in groups):
         raise BadRequest(f"field 'groups' must list at most {MAX_GROUPS} non-empty names of at most "
                          f"{MAX_NAME_LENGTH} characters")
+    labels = data.get("node_labels", {})
+    if len(labels) > MAX_NODE_LABELS or not all(
+            0 < len(k) <= MAX_NAME_LENGTH and isinstance(v, str) and len(v) <= MAX_NAME_LENGTH
+            for k, v in labels.items()):
+        raise BadRequest(f"field 'node_labels' must map at most {MAX_NODE_LABELS} non-empty label names to "
+                         f"strings, each of at most {MAX_NAME_LENGTH} characters")
     return AllocationRequest(user=data["user"], server=data.get("server", ""),
                              profile=data.get("profile", ""), count=data["count"],
-                             groups=tuple(sorted(set(groups))))
+                             groups=tuple(sorted(set(groups))), node_labels=tuple(sorted(labels.items())))

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .contract import SERVICE_PREFIX
-from .env import ConfigError, Setting, deployment_name, number, one_of, read_secret_file, switch, text, url, whole_number
+from .env import ConfigError, Setting, deployment_name, labels, number, one_of, read_secret_file, switch, text, url, whole_number
 
 BACKENDS = ("auto", "nvml", "cpu-slices")
 M = ("gpu-monitor",)
@@ -42,9 +42,11 @@ FLUSH_SECONDS = Setting("GPUHUB_MONITOR_FLUSH_SECONDS", number(1), 60.0, M)
 HUB_API_URL = Setting("GPUHUB_HUB_API_URL", url, "http://hub:8081/hub/api", M)
 TOKEN_FILE = Setting("GPUHUB_MONITOR_TOKEN_FILE", text, "/srv/gpuhub/monitor-secrets/api_token", M)
 DOCKER_URL = Setting("GPUHUB_MONITOR_DOCKER_URL", text, "unix:///var/run/docker.sock", M)
+NODE_LABELS = Setting("GPUHUB_NODE_LABELS", labels, lambda environ: {}, M)
 
 SETTINGS = (DOMAIN, DEPLOYMENT, USER_SUBDOMAINS, POLICY_FILE, DB_PASSWORD_FILE, DB_HOST, BACKEND, CPU_SLICES,
-            SAMPLE_SECONDS, RECONCILE_SECONDS, GRACE_SECONDS, FLUSH_SECONDS, HUB_API_URL, TOKEN_FILE, DOCKER_URL)
+            SAMPLE_SECONDS, RECONCILE_SECONDS, GRACE_SECONDS, FLUSH_SECONDS, HUB_API_URL, TOKEN_FILE, DOCKER_URL,
+            NODE_LABELS)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Settings:
     # `__Host-` prefixed, as the hub's own, so that a user's server cannot toss a cookie for the
     # parent domain that the dashboard would read
     user_subdomains: bool
+    # what kind of node this host is, for profiles' node_labels (a Swarm node's own labels later)
+    node_labels: Mapping[str, str] = field(default_factory=dict)
     port: int = 8000
     service_prefix: str = SERVICE_PREFIX
     db_name: str = "jupyterhub"
@@ -98,6 +102,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         docker_url=DOCKER_URL.read(environ),
         deployment=DEPLOYMENT.read(environ),
         user_subdomains=USER_SUBDOMAINS.read(environ),
+        node_labels=NODE_LABELS.read(environ),
     )
 
 

@@ -37,7 +37,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, decide
-from .devices import Device
+from .devices import LOCAL_NODE, Device, Node
 from .reconcile import adoption_refusal
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ allocations_table = sa.Table(
     sa.Column("profile", sa.Text, nullable=False),
     sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
     sa.Column("created_at", sa.Double, nullable=False),
+    sa.Column("node", sa.Text, nullable=False, server_default=sa.text(f"'{LOCAL_NODE}'")),
     sa.UniqueConstraint("user_name", "server_name", name="allocations_user_server_key"),
 )
 history_table = sa.Table(
@@ -127,6 +128,7 @@ history_table = sa.Table(
     sa.Column("device_uuids", postgresql.ARRAY(sa.Text), nullable=False),
     sa.Column("started_at", sa.Double, nullable=False),
     sa.Column("ended_at", sa.Double),
+    sa.Column("node", sa.Text, nullable=False, server_default=sa.text(f"'{LOCAL_NODE}'")),
     sa.Index("allocation_history_period", "started_at", "ended_at"),
 )
 usage_table = sa.Table(
@@ -152,6 +154,7 @@ _columns = (
     allocations_table.c.profile,
     allocations_table.c.device_uuids,
     allocations_table.c.created_at,
+    allocations_table.c.node,
 )
 
 _COLUMN_NAMES = ", ".join(c.name for c in _columns)
@@ -164,13 +167,13 @@ def _insert_and_commit(grants: Sequence[tuple[Allocation, AllocationRequest]]) -
     commits: one round trip. psycopg2 fills in the parameters (lists become arrays)."""
     if not grants:
         return "COMMIT", ()
-    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(grants))
-    history_values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(grants))
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(grants))
+    history_values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(grants))
     current = tuple(v for a, _ in grants
-                    for v in (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at))
+                    for v in (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at, a.node))
     history = tuple(v for a, r in grants
                     for v in (a.id, a.user, a.server, a.profile, sorted(r.groups), list(a.device_uuids),
-                              a.created_at))
+                              a.created_at, a.node))
     sql = (f"INSERT INTO {SCHEMA}.allocations ({_COLUMN_NAMES}) VALUES {values}; "
            f"INSERT INTO {SCHEMA}.allocation_history ({_HISTORY_COLUMNS}) VALUES {history_values}; COMMIT")
     return sql, current + history
@@ -345,6 +348,7 @@ class AllocationStore:
         devices: Sequence[Device],
         policy: Policy,
         now: float | None = None,
+        nodes: Sequence[Node] | None = None,
     ) -> Decision:
         """Grant or refuse `request` against the allocations stored now, storing a new grant.
 
@@ -352,7 +356,7 @@ class AllocationStore:
         requests never both get the last free device. Asking again for what (user, server)
         holds returns it (`existing=True`) without writing.
         """
-        return self.allocate_many([request], devices, policy, now)[0]
+        return self.allocate_many([request], devices, policy, now, nodes=nodes)[0]
 
     def allocate_many(
         self,
@@ -361,15 +365,17 @@ class AllocationStore:
         policy: Policy,
         now: float | None = None,
         unavailable: frozenset[str] = frozenset(),
+        nodes: Sequence[Node] | None = None,
     ) -> builtins.list[Decision]:
         """Decide a batch of requests in one transaction, in order, each seeing the grants of
         the ones before it: exactly as if they had come one after another, for the cost of one
         lock and one commit. The service batches requests that arrive together (group commit).
         `unavailable`: devices never to grant (used by containers that hold no allocation).
+        `nodes`: the hosts of the devices and their states (None: every device's node is up).
         """
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                return self._allocate_once(requests, devices, policy, now, unavailable)
+                return self._allocate_once(requests, devices, policy, now, unavailable, nodes)
             except IntegrityError as e:
                 if getattr(e.orig, "pgcode", None) != _UNIQUE_VIOLATION or attempt == _ATTEMPTS:
                     raise
@@ -385,6 +391,7 @@ class AllocationStore:
         policy: Policy,
         now: float | None,
         unavailable: frozenset[str] = frozenset(),
+        nodes: Sequence[Node] | None = None,
     ) -> builtins.list[Decision]:
         # Two round trips to PostgreSQL, not seven: BEGIN, the lock and the read go in one
         # message, the inserts and COMMIT in another (psycopg2 sends a statement string with
@@ -405,6 +412,7 @@ class AllocationStore:
                     now=time.time() if now is None else now,
                     new_id=str(uuid.uuid4()),
                     unavailable=unavailable,
+                    nodes=nodes,
                 )
                 if isinstance(decision, Granted) and not decision.existing:
                     held.append(decision.allocation)
@@ -436,7 +444,7 @@ class AllocationStore:
                 _abandon(conn)
                 raise
             return conn, [Allocation(id=r[0], user=r[1], server=r[2], profile=r[3],
-                                     device_uuids=tuple(r[4]), created_at=r[5]) for r in rows]
+                                     device_uuids=tuple(r[4]), created_at=r[5], node=r[6]) for r in rows]
         raise AssertionError("unreachable")  # the loop returns or raises
 
     def _lock_sql(self) -> str:
@@ -459,11 +467,11 @@ class AllocationStore:
                 return refusal
             a = allocation
             conn.exec_driver_sql(
-                f"INSERT INTO {SCHEMA}.allocations ({_COLUMN_NAMES}) VALUES (%s, %s, %s, %s, %s, %s); "
-                f"INSERT INTO {SCHEMA}.allocation_history ({_HISTORY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+                f"INSERT INTO {SCHEMA}.allocations ({_COLUMN_NAMES}) VALUES (%s, %s, %s, %s, %s, %s, %s); "
+                f"INSERT INTO {SCHEMA}.allocation_history ({_HISTORY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
                 "ON CONFLICT (id) DO UPDATE SET ended_at = NULL; COMMIT",
-                (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at,
-                 a.id, a.user, a.server, a.profile, [], list(a.device_uuids), a.created_at))
+                (a.id, a.user, a.server, a.profile, list(a.device_uuids), a.created_at, a.node,
+                 a.id, a.user, a.server, a.profile, [], list(a.device_uuids), a.created_at, a.node))
         except BaseException:
             _abandon(conn)
             raise
@@ -593,6 +601,7 @@ class AllocationStore:
                 profile=row.profile,
                 device_uuids=tuple(row.device_uuids),
                 created_at=row.created_at,
+                node=row.node,
             )
             for row in conn.execute(statement)
         ]

@@ -10,6 +10,7 @@ a proxy's error page in its place) raises `MonitorUnavailable`.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,6 +46,11 @@ class Devices:
     total: int
     free: int
     rows: tuple[dict[str, Any], ...] = ()  # one record per device, as the monitor sends it
+    nodes: tuple[dict[str, Any], ...] = ()  # one record per node: id, hostname, labels, state, ...
+
+    def has_node(self, labels: Mapping[str, str]) -> bool:
+        """Does any node carry all of `labels`?"""
+        return any(all((n.get("labels") or {}).get(k) == v for k, v in labels.items()) for n in self.nodes)
 
 
 @dataclass(frozen=True)
@@ -96,10 +102,15 @@ class MonitorClient:
         if status != 200:
             raise MonitorUnavailable(f"the GPU monitor answered {status}: {data.get('message')}")
         return Devices(host=Host.from_json(data.get("host") or {}), total=int(data["total"]),
-                       free=int(data["free"]), rows=tuple(data.get("devices") or ()))
+                       free=int(data["free"]), rows=tuple(data.get("devices") or ()),
+                       nodes=tuple(data.get("nodes") or ()))
 
     async def allocate(self, request: AllocationRequest) -> Grant | Refusal:
-        status, data = await self._request("POST", "api/allocations", asdict(request))
+        body = asdict(request)
+        labels = body.pop("node_labels")
+        if labels:  # only when asked: a request without it reads as before
+            body["node_labels"] = dict(labels)
+        status, data = await self._request("POST", "api/allocations", body)
         if status in (200, 201):
             return Grant(allocation=data, existing=status == 200)
         return _refusal(status, data)

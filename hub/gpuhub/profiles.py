@@ -21,6 +21,8 @@ from gpu_monitor.env import ConfigError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 SIZE_PATTERN = r"^[0-9]+(\.[0-9]+)?[kmgKMG]?$"
+# a node label's name, as GPUHUB_NODE_LABELS and Docker write them
+LABEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,126}$"
 
 SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -51,6 +53,12 @@ SCHEMA: dict[str, Any] = {
                     "shm_size": {"type": "string", "pattern": SIZE_PATTERN},
                     "pids_limit": {"type": "integer", "minimum": 64},
                     "tmp_size": {"type": "string", "pattern": SIZE_PATTERN},
+                    "node_labels": {
+                        "type": "object",
+                        "maxProperties": 32,
+                        "propertyNames": {"pattern": LABEL_PATTERN},
+                        "additionalProperties": {"type": "string", "maxLength": 255},
+                    },
                 },
             },
         },
@@ -78,6 +86,9 @@ class Profile:
     pids_limit: int = 1024
     # each of the writable tmpfs (/tmp, /var/tmp) of a container whose root filesystem is read-only
     tmp_size: str = "1G"
+    # a kind of node its devices must come from (a GPU model, "large memory"): every label must
+    # be on the node (GPUHUB_NODE_LABELS on a single host)
+    node_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,8 @@ def parse_profiles(data: Any, source: str = "profiles") -> Profiles:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise ConfigError("GPUHUB_PROFILES_FILE", f"{source}: at {where}: {e.message}") from None
     profiles = tuple(
-        Profile(**{**entry, "gpus": tuple(sorted(entry.get("gpus", [0])))})
+        Profile(**{**entry, "gpus": tuple(sorted(entry.get("gpus", [0]))),
+                   "node_labels": tuple(sorted((entry.get("node_labels") or {}).items()))})
         for entry in data["profiles"]
     )
     names = [p.name for p in profiles]

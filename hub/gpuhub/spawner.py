@@ -58,7 +58,7 @@ from gpu_monitor.contract import (
 )
 
 from .monitor_client import AllocationRequest, Devices, Host, MonitorClient, MonitorUnavailable, Refusal
-from .profiles import Choice, OptionsError, Profiles, resolve_options, size_in_bytes
+from .profiles import Choice, OptionsError, Profile, Profiles, resolve_options, size_in_bytes
 from .start_queue import hub_start_queue
 
 GPU_KINDS = ("gpu", "mig")
@@ -285,14 +285,30 @@ class GPUDockerSpawner(DockerSpawner):
                 notice = f"{devices.free} of {total} {what} free right now."
         template = form_templates(tuple(self.additional_options_form_template_paths)).get_template(
             OPTIONS_FORM_TEMPLATE)
+        # no more GPUs than the host has (0, no GPU, always), and none for a profile whose kind of
+        # node no node is
+        limit = {p.name: total for p in profiles.profiles}
+        for p in profiles.profiles:
+            if p.node_labels and devices is not None and not devices.has_node(dict(p.node_labels)):
+                limit[p.name] = 0
+                self._warn_no_node(p)
         return template.render(
             notice=notice,
             devices=devices,
             profiles=profiles.profiles,
             default_profile=profiles.default,
-            # no more GPUs than the host has (0, no GPU, always)
-            gpu_choices={p.name: [n for n in p.gpus if n <= total or n == 0] for p in profiles.profiles},
+            gpu_choices={p.name: [n for n in p.gpus if n <= limit[p.name] or n == 0] for p in profiles.profiles},
         )
+
+    _warned_no_node: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # shared: once per hub
+
+    def _warn_no_node(self, profile: Profile) -> None:
+        key = (profile.name, profile.node_labels)
+        if key not in self._warned_no_node:
+            self._warned_no_node.add(key)
+            labels = ", ".join(f"{k}={v}" for k, v in profile.node_labels)
+            self.log.warning("profile %r asks for node label(s) %s, which no node has: it is offered without GPUs "
+                             "(label a node, or set GPUHUB_NODE_LABELS on a single host)", profile.name, labels)
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         profile = (formdata.get("profile") or [""])[0]
@@ -445,8 +461,9 @@ class GPUDockerSpawner(DockerSpawner):
                 raise web.HTTPError(400, refusal)
         self._report(20, f"Allocating {gpus} device(s) from the GPU monitor")
         groups = tuple(sorted(g.name for g in getattr(self.user, "groups", None) or []))
+        chosen = self.profiles.get(profile)
         request = AllocationRequest(user=self.user.name, server=self.name or "", profile=profile, count=gpus,
-                                    groups=groups)
+                                    groups=groups, node_labels=chosen.node_labels if chosen else ())
         answer = await self.monitor.allocate(request)
         if isinstance(answer, Refusal) and answer.status == 409 and answer.allocation_id:
             # This very server still holds an allocation of another size (a crash lost it from

@@ -50,6 +50,11 @@ def test_a_person_sees_every_device_and_no_one_elses_name(page: Page, stack, hub
     expect(page.locator(f'tr[data-uuid="{held}"]')).to_have_attribute("data-state", "in use")
     expect(page.locator('tr[data-state="free"]')).to_have_count(1)
     expect(page.locator("#summary")).to_contain_text("1 of 2 device(s) free · backend cpu-slices")
+    # the one node of a single host, as the script renders it: up, labelled, one of two free
+    node = page.locator('#nodes-body tr[data-node="local"]')
+    expect(node).to_have_attribute("data-state", "up")
+    expect(node).to_contain_text("cpu=pocl")
+    expect(node).to_contain_text("1 of 2")
     # utilisation is live, as a bar with its percentage
     expect(rows.first.locator(".bar")).to_have_count(1)
     # history: one chart pair per device

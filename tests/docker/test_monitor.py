@@ -49,6 +49,21 @@ def test_devices_are_cpu_slices_on_this_host(stack):
     assert data["total"] == 2 and data["free"] == 2
     slices = [d for d in data["devices"] if d["kind"] == "cpu-slice"]
     assert len({d["uuid"] for d in slices}) == 2
+    # one host: one node, named local, labelled by GPUHUB_NODE_LABELS
+    assert {d["node"] for d in data["devices"]} == {"local"}
+    assert data["nodes"] == [{"id": "local", "hostname": "", "labels": {"cpu": "pocl"}, "state": "up", "reason": "",
+                              "total": 2, "free": 2}]
+
+
+def test_a_request_for_a_kind_of_node_is_served_on_a_node_of_that_kind_or_refused_naming_it(stack):
+    r = monitor(stack, "POST", "api/allocations", json={"user": "x", "count": 1, "node_labels": {"cpu": "pocl"}})
+    assert r.status_code == 201 and r.json()["node"] == "local", r.text
+    assert monitor(stack, "DELETE", f"api/allocations/{r.json()['id']}").status_code == 200
+    r = monitor(stack, "POST", "api/allocations",
+                json={"user": "x", "count": 1, "profile": "cuda", "node_labels": {"gpu": "h100"}})
+    assert r.status_code == 400, r.text
+    assert r.json()["message"] == "no node has the label(s) gpu=h100 that profile 'cuda' asks for"
+    assert allocations(stack) == []
 
 
 def test_each_server_gets_its_own_device_a_third_is_refused_stopping_frees(stack):

@@ -19,8 +19,8 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from gpu_monitor.allocator import AllocationRequest, Granted, Policy, Refused, decide
-from gpu_monitor.devices import Device
+from gpu_monitor.allocator import Allocation, AllocationRequest, Granted, Policy, Refused, decide
+from gpu_monitor.devices import LOCAL_NODE, Device, Node
 from gpu_monitor.store import SCHEMA, AllocationStore, alembic_config
 
 from ..aio import run_async
@@ -152,7 +152,7 @@ def test_migrate_creates_the_schema_once_even_when_monitors_start_together(datab
     try:
         assert stores[0].schema_revision() is None
         results = _migrate_together(stores)
-        revisions = ["0001", "0002"]
+        revisions = ["0001", "0002", "0003"]
         # exactly one monitor applied every revision; the others found nothing to do
         assert sorted(results, key=len) == [[]] * (len(stores) - 1) + [revisions]
         before = _table_oids(stores[0].engine)
@@ -169,16 +169,21 @@ def test_migrate_creates_the_schema_once_even_when_monitors_start_together(datab
 
 def test_the_revisions_make_the_schema_the_numbered_runner_made(database_url):
     # The revisions replaced the numbered steps of gpuhub 0.13 (tests/docker/numbered_steps.py):
-    # a fresh database must end exactly as one that runner made.
-    old = sa.create_engine(_fresh_database(database_url, "numbered"))
+    # a fresh database must end exactly as one that runner made and the monitor then adopted
+    # and upgraded (revisions after 0002 run on both).
+    numbered_url = _fresh_database(database_url, "numbered")
+    old = sa.create_engine(numbered_url)
+    adopted = AllocationStore.from_url(numbered_url)
     store = AllocationStore.from_url(_fresh_database(database_url, "revisions"))
     try:
         assert numbered_steps.migrate(old) == [1, 2]
-        assert store.migrate() == ["0001", "0002"]
+        assert adopted.migrate() == ["0003"]
+        assert store.migrate() == ["0001", "0002", "0003"]
         made_by_revisions = _schema_dump("revisions")
         assert "CREATE TABLE gpu_monitor.allocation_usage" in made_by_revisions
         assert made_by_revisions == _schema_dump("numbered")
     finally:
+        adopted.dispose()
         old.dispose()
         store.dispose()
 
@@ -189,6 +194,19 @@ def test_the_stores_tables_are_the_tables_the_revisions_make(store):
         command.check(alembic_config(conn))
 
 
+def _old_monitors_rows(engine: sa.Engine) -> None:
+    """What gpuhub 0.13's monitor wrote, as it wrote it (its schema has no node): alice holds
+    GPU-0 since 10, bob held GPU-1 from 20 to 30; usage and a device point."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"""
+            INSERT INTO {SCHEMA}.allocations VALUES ('a-alice', 'alice', '', 'cuda', '{{GPU-0}}', 10);
+            INSERT INTO {SCHEMA}.allocation_history VALUES
+                ('a-alice', 'alice', '', 'cuda', '{{}}', '{{GPU-0}}', 10, NULL),
+                ('a-bob', 'bob', '', 'cuda', '{{}}', '{{GPU-1}}', 20, 30);
+            INSERT INTO {SCHEMA}.allocation_usage VALUES ('a-alice', 0, 5, 10);
+            INSERT INTO {SCHEMA}.device_history VALUES ('GPU-0', 60, 0.5, 1e9)"""))
+
+
 def test_a_database_the_numbered_runner_migrated_is_adopted_without_running_a_step_again(database_url):
     # every deployed gpuhub's database: made by the numbered runner, holding allocations
     url = _fresh_database(database_url, "deployed")
@@ -196,28 +214,28 @@ def test_a_database_the_numbered_runner_migrated_is_adopted_without_running_a_st
     stores = [AllocationStore.from_url(url) for _ in range(4)]
     try:
         assert numbered_steps.migrate(old) == [1, 2]
-        held = stores[0].allocate(request("alice"), DEVICES, POLICY, now=10.0)
-        ended = stores[0].allocate(request("bob"), DEVICES, POLICY, now=20.0)
-        assert isinstance(held, Granted) and isinstance(ended, Granted)
-        stores[0].release(ended.allocation.id, now=30.0)
-        stores[0].record_usage([(held.allocation.id, 0.0, 5.0, 10.0)], [("GPU-0", 60.0, 0.5, 1e9)], now=100.0)
-        before = (_table_oids(old), stores[0].list(), stores[0].history(0, 100), stores[0].device_history(0))
+        _old_monitors_rows(old)
+        oids = _table_oids(old)
 
-        # the new monitors start together: one adopts, the others find it done
-        assert _migrate_together(stores) == [[]] * len(stores)
-        assert stores[0].schema_revision() == "0002"
-        oids, *data = before
+        # the new monitors start together: one adopts (stamps 0002, no step again) and upgrades,
+        # the others find it done
+        assert sorted(_migrate_together(stores), key=len) == [[]] * (len(stores) - 1) + [["0003"]]
+        assert stores[0].schema_revision() == "0003"
         after = _table_oids(old)
         # the same tables (no step ran again), the numbered runner's table gone, Alembic's made
         assert "schema_version" not in after and "alembic_version" in after
         assert {k: v for k, v in after.items() if k != "alembic_version"} == \
             {k: v for k, v in oids.items() if k != "schema_version"}
-        assert (stores[0].list(), stores[0].history(0, 100), stores[0].device_history(0)) == tuple(data)
+        # what the old monitor wrote, read back, on the single host's node
+        assert stores[0].list() == [Allocation("a-alice", "alice", "", "cuda", ("GPU-0",), 10.0, node=LOCAL_NODE)]
+        assert [(r["id"], r["started_at"], r["ended_at"], r["node"], r["usage"]) for r in stores[0].history(0, 100)] == [
+            ("a-alice", 10.0, None, LOCAL_NODE, [(0.0, 5.0, 10.0)]), ("a-bob", 20.0, 30.0, LOCAL_NODE, [])]
+        assert stores[0].device_history(0) == [("GPU-0", 60.0, 0.5, 1e9)]
         assert stores[0].migrate() == []
         # an older monitor started now fails at its first step, and changes nothing
         with pytest.raises(sa.exc.ProgrammingError, match='relation "allocations" already exists'):
             numbered_steps.migrate(old)
-        assert _table_oids(old) == after and stores[0].schema_revision() == "0002"
+        assert _table_oids(old) == after and stores[0].schema_revision() == "0003"
         # allocating goes on where it was
         carol = stores[0].allocate(request("carol"), DEVICES, POLICY)
         assert isinstance(carol, Granted) and carol.allocation.device_uuids == ("GPU-1",)
@@ -235,8 +253,8 @@ def test_a_database_at_the_first_numbered_step_is_adopted_then_upgraded(database
         assert numbered_steps.migrate(old, numbered_steps.MIGRATIONS[:1]) == [1]
         with old.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO {SCHEMA}.allocations VALUES ('a1', 'alice', '', 'gpu', '{{GPU-0}}', 5)"))
-        assert store.migrate() == ["0002"]
-        assert store.schema_revision() == "0002"
+        assert store.migrate() == ["0002", "0003"]
+        assert store.schema_revision() == "0003"
         # revision 0002 ran, and gave the allocation its history row
         assert [(r["id"], r["started_at"], r["ended_at"]) for r in store.history(0, 10)] == [("a1", 5.0, None)]
     finally:
@@ -319,6 +337,26 @@ def test_grant_repeat_and_release(store):
     assert store.get(first.allocation.id) is None and store.list() == []
     bob = store.allocate(request("bob"), DEVICES, POLICY)
     assert isinstance(bob, Granted) and bob.allocation.device_uuids == ("GPU-0",)
+
+
+def test_an_allocation_keeps_its_node_in_both_tables_and_a_drained_node_gets_nothing_new(store):
+    devices = [Device(f"{n}-GPU-{i}", i, "gpu", "Test GPU", node=n) for n in ("node-a", "node-b") for i in range(2)]
+    nodes = [Node("node-a"), Node("node-b", labels={"gpu": "h100"})]
+    first = store.allocate(request("alice"), devices, Policy(placement="spread"), now=1.0, nodes=nodes)
+    labelled = store.allocate(AllocationRequest("bob", "", "gpu", 1, node_labels=(("gpu", "h100"),)), devices,
+                              Policy(), now=2.0, nodes=nodes)
+    assert isinstance(first, Granted) and isinstance(labelled, Granted)
+    assert (first.allocation.node, labelled.allocation.node) == ("node-a", "node-b")
+    assert store.list() == [first.allocation, labelled.allocation]
+    assert [(r["id"], r["node"]) for r in store.history(0, 10) if r["id"] in (first.allocation.id, labelled.allocation.id)] \
+        == [(first.allocation.id, "node-a"), (labelled.allocation.id, "node-b")]
+    drained = [Node("node-a", state="drained"), nodes[1]]
+    third = store.allocate(request("carol"), devices, Policy(), now=3.0, nodes=drained)
+    assert isinstance(third, Granted) and third.allocation.node == "node-b"
+    fourth = store.allocate(request("dave"), devices, Policy(), now=4.0, nodes=drained)
+    assert isinstance(fourth, Refused) and "0 free (2 of 4 in use, 2 on nodes drained or down)" in fourth.reason
+    for a in store.list():
+        store.release(a.id)
 
 
 def test_a_restarted_store_sees_the_same_allocations_and_decides_the_same(store, database_url):
@@ -520,7 +558,7 @@ def test_a_batch_with_one_value_postgresql_refuses_still_answers_the_others(stor
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     monitor = types.SimpleNamespace(store=store, devices=DEVICES, policy=POLICY, run=run,
-                                    unavailable=frozenset(), busy_since=None, soonest_reclaim=lambda: None)
+                                    unavailable=frozenset(), nodes=None, busy_since=None, soonest_reclaim=lambda: None)
     batcher = AllocationBatcher(monitor)  # type: ignore[arg-type]
 
     async def burst():

@@ -17,7 +17,7 @@ from gpu_monitor.allocator import (
     decide,
     with_free_at,
 )
-from gpu_monitor.devices import Device
+from gpu_monitor.devices import LOCAL_NODE, Device, Node
 
 NOW = 1_700_000_000.0
 EXCLUSIVE = Policy()
@@ -372,3 +372,159 @@ def test_a_refusal_with_free_at_says_when_in_utc():
     assert (later.code, later.free_at, later.allocation_id) == ("none_free", at, None)
     assert later.reason == (none.reason + "; the soonest device is likely to be free at 23:14 UTC "
                             "(an idle server is due to stop)")
+
+
+# ---- several nodes: one server's devices on one node, placement, labels, node states ---------
+
+
+def on(node: str, index: int, kind: str = "gpu") -> Device:
+    return Device(uuid=f"{node}-{kind}-{index}", index=index, kind=kind, name="Test GPU", node=node)
+
+
+# two nodes of four GPUs and one of two, listed out of order
+CLUSTER = [on("n2", 1), on("n1", 0), on("n3", 1), on("n1", 1), on("n2", 0), on("n1", 2), on("n3", 0),
+           on("n1", 3), on("n2", 2), on("n2", 3)]
+NODES = [Node("n1", labels={"gpu": "a100"}), Node("n2", labels={"gpu": "h100", "large-memory": ""}),
+         Node("n3", labels={"gpu": "a100"})]
+
+
+def heldon(id: str, user: str, node: str, *uuids: str) -> Allocation:
+    return Allocation(id, user, "", "cuda", tuple(uuids), NOW - 60, node=node)
+
+
+def nodes(**states: str) -> list[Node]:
+    return [Node(n.id, labels=n.labels, state=states.get(n.id, "up")) for n in NODES]  # type: ignore[arg-type]
+
+
+def with_labels(request: AllocationRequest, **labels: str) -> AllocationRequest:
+    return AllocationRequest(request.user, request.server, request.profile, request.count, request.groups,
+                             tuple(sorted(labels.items())))
+
+
+NODE_CASES: dict[str, tuple[Policy, list[Node], list[Allocation], AllocationRequest, Grant | Refusal, str | None]] = {
+    "pack: the node with the fewest free that fit": (
+        EXCLUSIVE, NODES, [], ask("alice", 1), Grant(("n3-gpu-0",)), "n3",
+    ),
+    "pack: a node too small for the request is passed over": (
+        EXCLUSIVE, NODES, [], ask("alice", 3), Grant(("n1-gpu-0", "n1-gpu-1", "n1-gpu-2")), "n1",
+    ),
+    "pack: a busier node first once it has fewer free": (
+        EXCLUSIVE, NODES, [heldon("a1", "bob", "n2", "n2-gpu-0", "n2-gpu-1", "n2-gpu-2")], ask("alice", 1),
+        Grant(("n2-gpu-3",)), "n2",
+    ),
+    "spread: the node with the most free, ties to the lowest id": (
+        Policy(placement="spread"), NODES, [], ask("alice", 1), Grant(("n1-gpu-0",)), "n1",
+    ),
+    "spread: away from the busy node": (
+        Policy(placement="spread"), NODES, [heldon("a1", "bob", "n1", "n1-gpu-0")], ask("alice", 2),
+        Grant(("n2-gpu-0", "n2-gpu-1")), "n2",
+    ),
+    "labels: only nodes that carry them": (
+        EXCLUSIVE, NODES, [], with_labels(ask("alice", 1), gpu="h100"), Grant(("n2-gpu-0",)), "n2",
+    ),
+    "labels: a label without a value": (
+        Policy(placement="spread"), NODES, [], with_labels(ask("alice", 1), **{"large-memory": ""}),
+        Grant(("n2-gpu-0",)), "n2",
+    ),
+    "labels: all of them, on one node": (
+        EXCLUSIVE, NODES, [], with_labels(ask("alice", 1), gpu="a100", **{"large-memory": ""}),
+        Refusal("bad_request", "no node has the label(s) gpu=a100, large-memory= that profile 'cuda' asks for"),
+        None,
+    ),
+    "labels: more than the largest such node": (
+        EXCLUSIVE, NODES, [], with_labels(ask("alice", 5), gpu="a100"),
+        Refusal("bad_request", "5 GPU(s) requested, but a server runs on one node and the largest such node has 4"),
+        None,
+    ),
+    "more than any one node has is a bad request, not a wait": (
+        EXCLUSIVE, NODES, [], ask("alice", 5),
+        Refusal("bad_request", "a server runs on one node and the largest node has 4"), None,
+    ),
+    "enough free in all, but not on one node": (
+        EXCLUSIVE, NODES,
+        [heldon("a1", "bob", "n1", "n1-gpu-0", "n1-gpu-1", "n1-gpu-2"),
+         heldon("a2", "carol", "n2", "n2-gpu-0", "n2-gpu-1", "n2-gpu-2"),
+         heldon("a3", "dave", "n3", "n3-gpu-0")],
+        ask("alice", 2), Refusal("none_free", "3 free (7 of 10 in use), at most 1 on one node"), None,
+    ),
+    "a drained node gets nothing new": (
+        EXCLUSIVE, nodes(n3="drained"), [], ask("alice", 1), Grant(("n1-gpu-0",)), "n1",
+    ),
+    "a lost node is offered to no one": (
+        EXCLUSIVE, nodes(n1="lost", n2="lost"), [heldon("a1", "bob", "n3", "n3-gpu-0")], ask("alice", 2),
+        Refusal("none_free", "1 free (1 of 10 in use, 8 on nodes drained or down)"), None,
+    ),
+    "a node without an agent is offered to no one": (
+        EXCLUSIVE, nodes(n1="no-agent", n2="no-agent"), [], with_labels(ask("alice", 1), gpu="a100"),
+        Grant(("n3-gpu-0",)), "n3",
+    ),
+    "the limits count across nodes": (
+        Policy(max_gpus_per_user=2), NODES, [heldon("a1", "alice", "n1", "n1-gpu-0"),
+                                              Allocation("a2", "alice", "lab", "cuda", ("n2-gpu-0",), NOW, "n2")],
+        ask("alice", 1, server="third"), Refusal("over_user_limit", "limit is 2 per user and you already hold 2"),
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("policy, node_list, allocations, request_, expected, node", NODE_CASES.values(),
+                         ids=NODE_CASES.keys())
+def test_decide_across_nodes(policy, node_list, allocations, request_, expected, node):
+    decision = decide(request_, CLUSTER, allocations, policy, NOW, "new", nodes=node_list)
+    if isinstance(expected, Grant):
+        assert isinstance(decision, Granted), decision
+        assert decision.allocation.device_uuids == expected.uuids
+        assert decision.allocation.node == node
+        assert {d.node for d in CLUSTER if d.uuid in expected.uuids} == {node}
+    else:
+        assert isinstance(decision, Refused), decision
+        assert decision.code == expected.code
+        assert expected.says in decision.reason
+
+
+def test_decisions_do_not_depend_on_the_order_nodes_and_devices_come_in():
+    for policy in (EXCLUSIVE, Policy(placement="spread")):
+        outcomes = set()
+        for turn in range(6):
+            devices = CLUSTER[turn:] + CLUSTER[:turn]
+            node_list = NODES[turn % 3:] + NODES[:turn % 3]
+            held: list[Allocation] = []
+            for i in range(4):  # a few grants in a row, each seeing the ones before
+                d = decide(ask(f"u{i}", 2), devices, held, policy, NOW, f"a{i}", nodes=node_list)
+                assert isinstance(d, Granted)
+                held.append(d.allocation)
+            outcomes.add(tuple((a.node, a.device_uuids) for a in held))
+        assert len(outcomes) == 1
+
+
+def test_a_full_cluster_serves_everyone_once_on_distinct_node_device_pairs():
+    for policy in (EXCLUSIVE, Policy(placement="spread")):
+        held: list[Allocation] = []
+        for i in range(12):
+            d = decide(ask(f"user{i}", 1), CLUSTER, held, policy, NOW, f"a{i}", nodes=NODES)
+            if isinstance(d, Granted):
+                held.append(d.allocation)
+            else:
+                assert d.code == "none_free" and "0 free (10 of 10 in use)" in d.reason
+        pairs = [(a.node, a.device_uuids[0]) for a in held]
+        assert len(held) == 10 and len(set(pairs)) == 10
+        assert all(uuid.startswith(f"{node}-") for node, uuid in pairs)
+
+
+def test_devices_of_a_node_that_is_not_listed_are_offered_to_no_one():
+    decision = decide(ask("alice", 1), CLUSTER, [], EXCLUSIVE, NOW, "new", nodes=[Node("n3")])
+    assert isinstance(decision, Granted) and decision.allocation.node == "n3"
+    decision = decide(ask("alice", 3), CLUSTER, [], EXCLUSIVE, NOW, "new", nodes=[Node("n3")])
+    assert isinstance(decision, Refused) and decision.code == "none_free"
+
+
+def test_a_single_host_allocation_is_on_the_local_node():
+    decision = decide(ask("alice", 1), FOUR, [], EXCLUSIVE, NOW, "new")
+    assert isinstance(decision, Granted) and decision.allocation.node == LOCAL_NODE
+
+
+def test_placement_and_node_states_are_checked():
+    with pytest.raises(ValueError, match="placement must be one of pack, spread, not 'random'"):
+        Policy(placement="random")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="node state must be one of up, drained, lost, no-agent"):
+        Node("n1", state="gone")  # type: ignore[arg-type]

@@ -51,7 +51,7 @@ class StoreThatDecides:
         self.held = list(held)
         self.calls: list[str] = []
 
-    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset(), nodes=None):
         self.calls.append("allocate_many")
         decisions = []
         for r in requests:

@@ -152,6 +152,17 @@ def test_requests_carry_the_token_and_the_request_as_json():
                                 "groups": ["physics"]}
 
 
+def test_a_kind_of_node_travels_as_a_json_object():
+    async def scenario():
+        async with CannedMonitor({"api/allocations": json_answer(201, {"id": "a1", "devices": []})}) as monitor:
+            await client(monitor.url).allocate(
+                AllocationRequest("alice", "", "cuda", 1, node_labels=(("gpu", "a100"), ("large-memory", ""))))
+            return monitor.requests
+
+    [(_, _, _, body)] = run_async(scenario())
+    assert json.loads(body)["node_labels"] == {"gpu": "a100", "large-memory": ""}
+
+
 # ---- answers that are not the API's -------------------------------------------------------------
 
 ANSWERED = {

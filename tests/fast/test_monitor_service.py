@@ -22,6 +22,8 @@ GOOD = {
     "defaults": ({"user": "ada", "count": 1}, AllocationRequest("ada", "", "", 1)),
     # the allocator, not the parser, judges the number (400 with its own sentence)
     "negative count passes to the allocator": ({"user": "ada", "count": -1}, AllocationRequest("ada", "", "", -1)),
+    "a kind of node": ({"user": "ada", "count": 1, "node_labels": {"gpu": "a100", "large-memory": ""}},
+                       AllocationRequest("ada", "", "", 1, node_labels=(("gpu", "a100"), ("large-memory", "")))),
 }
 
 
@@ -49,6 +51,15 @@ BAD = {
     "escape in profile": (b'{"user": "a", "profile": "\\u001b[31m", "count": 1}', "'profile' contains a control"),
     "DEL in a group": (b'{"user": "a", "count": 1, "groups": ["ok", "g\\u007f"]}', "'groups' contains a control"),
     "tab in user": (b'{"user": "a\\tb", "count": 1}', "'user' contains a control"),
+    "node labels as a list": (b'{"user": "a", "count": 1, "node_labels": ["gpu"]}',
+                              "'node_labels' must be a JSON object of strings, not list"),
+    "a node label's value a number": (b'{"user": "a", "count": 1, "node_labels": {"gpu": 100}}',
+                                      "field 'node_labels' must map at most 32 non-empty label names to strings"),
+    "an empty node label name": (b'{"user": "a", "count": 1, "node_labels": {"": "x"}}', "non-empty label names"),
+    "too many node labels": (json.dumps({"user": "a", "count": 1, "node_labels": {f"l{i}": "" for i in range(33)}}).encode(),
+                             "at most 32"),
+    "newline in a node label": (b'{"user": "a", "count": 1, "node_labels": {"gpu": "a\\nb"}}',
+                                "'node_labels' contains a control"),
 }
 
 
@@ -253,7 +264,7 @@ class StoreThatRefusesNUL:
     def __init__(self):
         self.batches = []
 
-    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset(), nodes=None):
         self.batches.append([r.user for r in requests])
         if any("\x00" in r.user for r in requests):
             raise ValueError("A string literal cannot contain NUL (0x00) characters.")
@@ -265,7 +276,7 @@ class StoreThatIsDown:
     def __init__(self):
         self.calls = 0
 
-    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset(), nodes=None):
         from sqlalchemy.exc import OperationalError
         self.calls += 1
         raise OperationalError("SELECT", {}, Exception("could not connect"))
@@ -280,7 +291,7 @@ def _batcher(store, soonest_reclaim=None):
         return fn(*args)
 
     return AllocationBatcher(types.SimpleNamespace(store=store, devices=[], policy=None, run=run, unavailable=frozenset(),
-                                                   soonest_reclaim=lambda: soonest_reclaim))
+                                                   nodes=None, soonest_reclaim=lambda: soonest_reclaim))
 
 
 def test_one_failing_request_does_not_fail_the_others_of_its_batch():
@@ -323,7 +334,7 @@ class StoreThatDecides:
     def __init__(self, devices, held=()):
         self.devices, self.held = devices, list(held)
 
-    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset()):
+    def allocate_many(self, requests, devices, policy, now=None, unavailable=frozenset(), nodes=None):
         from gpu_monitor.allocator import Granted, Policy, decide
 
         decisions = []

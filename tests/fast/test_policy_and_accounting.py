@@ -26,6 +26,7 @@ POLICIES = {
                share={"gpu": 3}),
         IdleReclaim(enabled=True, notice_after_minutes=5, stop_after_minutes=10),
     ),
+    "spread over nodes": ("placement: spread", Policy(placement="spread"), IdleReclaim()),
 }
 
 
@@ -41,6 +42,7 @@ BAD_POLICIES = {
     "negative limit": ("groups: {students: {max_gpus_per_user: -1}}", "at groups/students/max_gpus_per_user"),
     "unknown device kind": ("sharing: {tpu: exclusive}", "at sharing"),
     "sharing as a number": ("sharing: {gpu: 2}", "at sharing/gpu"),
+    "unknown placement": ("placement: random", "at placement: 'random' is not one of ['pack', 'spread']"),
     "shared zero": ("sharing: {gpu: {shared: 0}}", "at sharing/gpu"),
     "threshold over 1": ("idle_reclaim: {below_utilization: 5}", "at idle_reclaim/below_utilization"),
     "notice after stop": ("idle_reclaim: {notice_after_minutes: 20, stop_after_minutes: 10}",

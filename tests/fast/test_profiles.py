@@ -78,6 +78,10 @@ SCHEMA_ERRORS = {
     "unknown top-level key": ({"profile": []}, "(top level)"),
     "duplicate names": ({"profiles": [{"name": "a", "display_name": "A", "image": "i"}] * 2}, "must be unique: a"),
     "default not declared": ({"default_profile": "b", "profiles": [{"name": "a", "display_name": "A", "image": "i"}]}, "default_profile 'b'"),  # noqa: E501
+    "a node label's name with a space": ({"profiles": [{"name": "a", "display_name": "A", "image": "i",
+                                                         "node_labels": {"gpu model": "a100"}}]}, "profiles/0/node_labels"),
+    "a node label's value a number": ({"profiles": [{"name": "a", "display_name": "A", "image": "i",
+                                                     "node_labels": {"gpu": 100}}]}, "profiles/0/node_labels/gpu"),
     "negative gpu count": ({"profiles": [{"name": "a", "display_name": "A", "image": "i", "gpus": [-1]}]}, "profiles/0/gpus/0"),
 }
 
@@ -98,3 +102,10 @@ def test_unreadable_profile_files(tmp_path):
         load_profiles(str(tmp_path / "bad.yaml"))
     (tmp_path / "ok.yaml").write_text(yaml.safe_dump({"profiles": [{"name": "a", "display_name": "A", "image": "i"}]}))
     assert load_profiles(str(tmp_path / "ok.yaml")).default == "a"
+
+
+def test_a_profiles_node_labels_are_read_sorted():
+    profiles = parse_profiles({"profiles": [{"name": "a", "display_name": "A", "image": "i", "gpus": [0, 1],
+                                             "node_labels": {"large-memory": "", "gpu": "a100"}}]})
+    assert profiles.profiles[0].node_labels == (("gpu", "a100"), ("large-memory", ""))
+    assert parse_profiles({"profiles": [{"name": "a", "display_name": "A", "image": "i"}]}).profiles[0].node_labels == ()

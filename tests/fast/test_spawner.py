@@ -242,3 +242,32 @@ def test_the_root_filesystem_is_read_only_with_tmpfs_of_the_profiles_size():
     size = int(2.5 * 1024**3)
     assert spawner.extra_host_config["tmpfs"] == {
         "/tmp": f"rw,exec,nosuid,nodev,size={size},mode=1777", "/var/tmp": f"rw,exec,nosuid,nodev,size={size},mode=1777"}
+
+
+def test_a_profile_whose_kind_of_node_no_node_is_is_offered_without_gpus_and_logged_once(spawner, monkeypatch, caplog):
+    from gpuhub.monitor_client import Devices
+
+    profiles = parse_profiles({"profiles": [
+        {"name": "cuda", "display_name": "CUDA", "image": "gpuhub/cuda", "gpus": [0, 1]},
+        {"name": "big", "display_name": "Big", "image": "gpuhub/cuda", "gpus": [0, 1], "node_labels": {"gpu": "h100"}},
+        {"name": "a100", "display_name": "A100", "image": "gpuhub/cuda", "gpus": [0, 1], "node_labels": {"gpu": "a100"}},
+    ]})
+    devices = Devices(host=Host("nvml"), total=2, free=2,
+                      rows=({"uuid": "GPU-a", "node": "n1", "free": True}, {"uuid": "GPU-b", "node": "n1", "free": True}),
+                      nodes=({"id": "n1", "labels": {"gpu": "a100"}, "state": "up"},))
+
+    class Monitor:
+        async def devices(self):
+            return devices
+
+    monkeypatch.setattr(GPUDockerSpawner, "monitor", property(lambda self: Monitor()))
+    monkeypatch.setattr(GPUDockerSpawner, "_warned_no_node", set())
+    spawner.profiles, spawner.monitor_url = profiles, "http://monitor.invalid/services/gpu-monitor/"
+    for _ in range(2):
+        form = run_async(spawner._render_options_form(spawner))
+    assert 'name="gpus-cuda"><option value="0">0</option><option value="1">1</option></select>' in form
+    assert 'name="gpus-a100"><option value="0">0</option><option value="1">1</option></select>' in form
+    assert 'name="gpus-big"><option value="0">0</option></select>' in form
+    warnings = [r.getMessage() for r in caplog.records if "no node has" in r.getMessage()]
+    assert warnings == ["profile 'big' asks for node label(s) gpu=h100, which no node has: it is offered without "
+                        "GPUs (label a node, or set GPUHUB_NODE_LABELS on a single host)"]

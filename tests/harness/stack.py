@@ -53,6 +53,8 @@ TEST_ENV = {
     "GPUHUB_MONITOR_RECONCILE_SECONDS": "3",
     "GPUHUB_MONITOR_GRACE_SECONDS": "5",
     "GPUHUB_CPU_SLICES": "2",
+    # what kind of node the test host is, for profiles' and requests' node_labels
+    "GPUHUB_NODE_LABELS": "cpu=pocl",
     "GPUHUB_MONITOR_FLUSH_SECONDS": "2",
     # one origin, as the tests' URLs are written; per-user subdomains (the default without
     # DOMAIN) are tested by turning them on: tests/docker/test_subdomains.py

@@ -62,10 +62,24 @@
       }
       document.getElementById("allocations-empty").hidden = list.allocations.length > 0;
     }
+    const nodeState = {};
+    const nodesBody = document.getElementById("nodes-body");
+    nodesBody.replaceChildren();
+    for (const n of data.nodes) {
+      nodeState[n.id] = n.state;
+      const name = n.id + (n.hostname && n.hostname !== n.id ? " (" + n.hostname + ")" : "");
+      const labels = Object.keys(n.labels).sort().map((k) => (n.labels[k] ? k + "=" + n.labels[k] : k)).join(", ");
+      nodesBody.append(el("tr", { "data-node": n.id, "data-state": n.state },
+        el("td", {}, name), el("td", { class: "state" }, n.state + (n.reason ? ": " + n.reason : "")),
+        el("td", {}, labels), el("td", {}, n.free + " of " + n.total)));
+    }
     const body = document.getElementById("devices-body");
     body.replaceChildren();
     for (const d of data.devices) {
-      const state = d.mine ? "yours" : d.free ? "free" : d.allocatable ? "in use" : "split (MIG)";
+      // as dashboard.py's device_state
+      const node = nodeState[d.node] || "no-agent";
+      const state = d.mine ? "yours" : d.free ? "free" : !d.allocatable ? "split (MIG)" :
+        node !== "up" && !d.holders ? "node " + node : "in use";
       const memory = d.memory_used_bytes == null ? "–" :
         gib(d.memory_used_bytes) + (d.memory_total_bytes ? " / " + gib(d.memory_total_bytes) : "");
       const row = el("tr", { "data-uuid": d.uuid, "data-state": state },
