@@ -1,9 +1,12 @@
-"""`python -m gpu_monitor`: the monitor service (compose service `gpu-monitor`).
+"""`python -m gpu_monitor`: the monitor service (compose service `gpu-monitor`);
+`python -m gpu_monitor agent`: a node's agent alone (a Swarm's `gpu-monitor-agent`, one per node).
 
-Reads its settings, finds the devices (NVML, or CPU slices where there is no NVIDIA driver),
-brings the allocation schema up to date, starts sampling and reconciliation, and serves the
-API under /services/gpu-monitor/. A wrong setting or a missing driver (with backend `nvml`)
-stops it with one line that says what to fix.
+The service reads its settings, brings the schema up to date, runs the agent of its own node
+(finds the devices: NVML, or CPU slices where there is no NVIDIA driver; samples them; reports
+them to the inventory), reads every node's inventory back, reconciles, and serves the API under
+/services/gpu-monitor/. The agent alone does the middle part for its node, and needs only the
+database. A wrong setting or a missing driver (with backend `nvml`) stops either with one line
+that says what to fix.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -21,17 +25,20 @@ from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .contract import ACCESS_SCOPE, SERVICE_NAME
-from .devices import LOCAL_NODE, Backend, BackendUnavailable, Device, Node
+from .devices import Backend, BackendUnavailable, Device
 from .env import ConfigError
 from .hubauth import MonitorHubOAuth
 from .idle import reclaim_scope_problem
+from .inventory import Inventory
+from .jobs.agent import Agent
 from .jobs.idle_reclaimer import HubUnreachable, IdleReclaimer, token_scopes
+from .jobs.inventory_refresher import InventoryRefresher
 from .jobs.usage_recorder import UsageRecorder
 from .monitor import HostInfo, Monitor
 from .policy import load_policy
 from .sampler import Sampler
 from .settings import Settings, load_settings
-from .store import AllocationStore
+from .store import AllocationStore, session_options
 
 log = logging.getLogger("gpu_monitor")
 
@@ -55,11 +62,14 @@ def choose_backend(settings: Settings) -> tuple[Backend, list[Device], HostInfo]
     return slices, slices.discover(), HostInfo("cpu-slices")
 
 
+def database_url(settings: Settings) -> sa.URL:
+    return sa.URL.create("postgresql+psycopg2", username=settings.db_user,
+                         password=settings.read_db_password(), host=settings.db_host, port=5432,
+                         database=settings.db_name, query={"connect_timeout": "10"})
+
+
 def open_store(settings: Settings) -> AllocationStore:
-    url = sa.URL.create("postgresql+psycopg2", username=settings.db_user,
-                        password=settings.read_db_password(), host=settings.db_host, port=5432,
-                        database=settings.db_name, query={"connect_timeout": "10"})
-    store = AllocationStore.from_url(url, pool_size=10, max_overflow=10)
+    store = AllocationStore.from_url(database_url(settings), pool_size=10, max_overflow=10)
     deadline = time.monotonic() + DB_WAIT_SECONDS
     while True:
         try:
@@ -102,11 +112,13 @@ async def serve(settings: Settings) -> None:
     store = open_store(settings)
     sampler = Sampler(backend, settings.sample_seconds)
     sampler.start()
-    monitor = Monitor(devices, host, sampler, store, policy.allocation,
-                      nodes=[Node(LOCAL_NODE, labels=settings.node_labels)])
+    inventory = Inventory(store.engine)
+    agent = make_agent(settings, inventory, host, devices, sampler)
+    await agent.register()
+    monitor = Monitor([], host, store, policy.allocation, nodes=[])
+    refresher = InventoryRefresher(monitor, inventory, settings.sample_seconds, settings.node_timeout_seconds)
+    await refresher.refresh()  # the API starts knowing the devices
     usage = UsageRecorder(monitor, settings.flush_seconds)
-    if settings.node_labels:
-        log.info("node labels: %s", ", ".join(f"{k}={v}" for k, v in sorted(settings.node_labels.items())))
     log.info("policy from %s: %s; idle reclaim %s", settings.policy_file, policy.allocation,
              "on" if policy.idle_reclaim.enabled else "off")
     prefix = settings.service_prefix
@@ -124,12 +136,14 @@ async def serve(settings: Settings) -> None:
     app = make_app(monitor, hub_auth, prefix, cookie_secret=os.urandom(32))
     server = app.listen(settings.port, xheaders=True, max_body_size=MAX_READ_BYTES,
                         max_buffer_size=MAX_BUFFER_BYTES)
-    log.info("serving %s on port %d (backend %s, %d device(s))", prefix, settings.port, host.backend, len(devices))
+    log.info("serving %s on port %d (this node: %s, backend %s, %d device(s))", prefix, settings.port,
+             settings.node_name, host.backend, len(devices))
     reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
                             token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)
     idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
                          interval=min(30.0, settings.reconcile_seconds))
-    tasks = [asyncio.create_task(reconciler.run_forever()), asyncio.create_task(usage.run_forever()),
+    tasks = [asyncio.create_task(agent.run_forever()), asyncio.create_task(refresher.run_forever()),
+             asyncio.create_task(reconciler.run_forever()), asyncio.create_task(usage.run_forever()),
              asyncio.create_task(idle.run_forever())]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -150,11 +164,60 @@ async def serve(settings: Settings) -> None:
     store.dispose()
 
 
-def main() -> int:
+def make_agent(settings: Settings, inventory: Inventory, host: HostInfo, devices: list[Device],
+               sampler: Sampler) -> Agent:
+    if settings.node_labels:
+        log.info("node %s labels: %s", settings.node_name,
+                 ", ".join(f"{k}={v}" for k, v in sorted(settings.node_labels.items())))
+    return Agent(inventory, settings.node_name, socket.gethostname(), settings.node_labels, host, devices,
+                 sampler.states, settings.sample_seconds)
+
+
+async def run_agent(settings: Settings) -> None:
+    """A node's agent alone: its devices into the inventory the monitor's API reads, and their
+    readings every sampling interval. Waits for the database and for the monitor to have made
+    the schema."""
+    backend, devices, host = choose_backend(settings)
+    for d in devices:
+        log.info("device %d: %s %s (%s)", d.index, d.kind, d.uuid, d.name)
+    engine = sa.create_engine(database_url(settings), pool_size=2, pool_pre_ping=True,
+                              connect_args=session_options())
+    sampler = Sampler(backend, settings.sample_seconds)
+    sampler.start()
+    agent = make_agent(settings, Inventory(engine), host, devices, sampler)
+    deadline = time.monotonic() + DB_WAIT_SECONDS
+    while True:
+        try:
+            await agent.register()
+            break
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting for PostgreSQL at %s and the monitor's schema: %s", settings.db_host,
+                     str(e.orig).strip().splitlines()[0])
+            await asyncio.sleep(2)
+    task = asyncio.create_task(agent.run_forever())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    task.cancel()
+    sampler.stop()
+    backend.close()
+    engine.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["agent"]):
+        print("usage: python -m gpu_monitor [agent]", file=sys.stderr)
+        return 2
     try:
         settings = load_settings()
-        asyncio.run(serve(settings))
+        asyncio.run(run_agent(settings) if args == ["agent"] else serve(settings))
     except ConfigError as e:
         print(f"gpu-monitor: configuration error: {e}", file=sys.stderr)
         return 1

@@ -87,6 +87,16 @@ def names(value: str) -> frozenset[str]:
     return frozenset(item.strip() for item in value.split(",") if item.strip())
 
 
+NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def node_name(value: str) -> str:
+    """A node's id: Swarm's node id, or a name of letters, digits and . _ - (at most 64)."""
+    if not NODE_NAME.fullmatch(value):
+        raise Invalid(f"{value!r} is not a node name (letters, digits and . _ -, at most 64, e.g. gpu-2)")
+    return value
+
+
 LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,126}")
 
 

@@ -1,7 +1,8 @@
 """The service's shared state: what the HTTP handlers and the background jobs both work on.
 
-`Monitor` holds the devices, the host's facts (`HostInfo`), the sampler, the store, the
-allocation policy, the thread pool that every blocking call goes through, the allocation
+`Monitor` holds the nodes, their devices and the devices' last states (as the agents reported
+them: jobs/inventory_refresher.py replaces them every interval), the host's facts (`HostInfo`),
+the store, the allocation policy, the thread pool that every blocking call goes through, the allocation
 batcher, the devices reconciliation found in use without an allocation (`unavailable`) and the
 health of the database. It speaks no HTTP (handlers/ do) and runs no loop (jobs/ do): handlers
 import this module, jobs import it too, and it imports neither.
@@ -21,7 +22,7 @@ from .allocator import Allocation, Policy
 from .batcher import AllocationBatcher
 from .devices import LOCAL_NODE, Device, Node
 from .idle import Notices
-from .sampler import DeviceState, Sampler
+from .sampler import DeviceState
 from .store import HEALTH_TIMEOUT_SECONDS, AllocationStore
 
 T = TypeVar("T")
@@ -43,18 +44,18 @@ class HostInfo:
 
 
 class Monitor:
-    """What the handlers and the jobs share: devices, sampler, store, policy, the thread pool,
-    the allocation batcher and the idle notices."""
+    """What the handlers and the jobs share: nodes, devices and their states, store, policy, the
+    thread pool, the allocation batcher and the idle notices."""
 
-    def __init__(self, devices: list[Device], host: HostInfo, sampler: Sampler,
-                 store: AllocationStore, policy: Policy, workers: int = 8,
-                 nodes: list[Node] | None = None) -> None:
-        self.devices = devices
-        # the hosts the devices are on: this one alone until nodes report from a Swarm
+    def __init__(self, devices: list[Device], host: HostInfo, store: AllocationStore, policy: Policy,
+                 workers: int = 8, nodes: list[Node] | None = None,
+                 states: dict[str, DeviceState] | None = None) -> None:
+        # the hosts the devices are on (a single host: this one), replaced together by `set_inventory`
         self.nodes = nodes if nodes is not None else [Node(LOCAL_NODE)]
+        self.devices = devices
         self.by_uuid = {d.uuid: d for d in devices}
+        self._states = states or {}
         self.host = host
-        self.sampler = sampler
         self.store = store
         self.policy = policy
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="gpu-monitor")
@@ -69,6 +70,15 @@ class Monitor:
         # the health check's own thread: a pool full of waiting allocations must not delay it
         self._health_executor = ThreadPoolExecutor(1, thread_name_prefix="gpu-monitor-health")
         self._health: asyncio.Future[Any] | None = None
+
+    def set_inventory(self, nodes: list[Node], devices: list[Device], states: dict[str, DeviceState]) -> None:
+        """What the agents reported last (jobs/inventory_refresher.py), all at once: readers on the
+        event loop never see nodes of one round with devices of another."""
+        self.nodes, self.devices, self.by_uuid, self._states = nodes, devices, {d.uuid: d for d in devices}, states
+
+    def states(self) -> dict[str, DeviceState]:
+        """Each device's last reading and cumulative counters, as its node's agent reported them."""
+        return self._states
 
     async def database_health(self) -> tuple[bool, str]:
         """(ok, sentence) about PostgreSQL, within HEALTH_TIMEOUT_SECONDS and a little more.
@@ -116,7 +126,7 @@ class Monitor:
                 "devices": devices, "created_at": a.created_at, "node": a.node}
 
     def devices_json(self, allocations: list[Allocation], viewer: str | None) -> dict[str, Any]:
-        states: dict[str, DeviceState] = self.sampler.states()
+        states = self._states
         holders: dict[str, list[Allocation]] = {}
         for a in allocations:
             for uuid in a.device_uuids:

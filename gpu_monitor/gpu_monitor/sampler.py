@@ -105,7 +105,10 @@ class CounterDeltas:
     """How much each device's cumulative counters grew since the previous `take()`: (busy
     seconds, sampled seconds). The first call for a device only sets its starting point (0, 0).
     Each periodic reader (usage writes, idle checks) keeps its own, so they never disturb each
-    other."""
+    other.
+
+    Counters that went down belong to a new sampler (its node's agent restarted and counts from
+    0 again): all they hold grew since then."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[float, float]] = {}
@@ -113,7 +116,10 @@ class CounterDeltas:
     def take(self, states: dict[str, DeviceState]) -> dict[str, tuple[float, float]]:
         grown = {}
         for uuid, state in states.items():
-            busy0, sampled0 = self._last.get(uuid, (state.busy_seconds, state.sampled_seconds))
-            self._last[uuid] = (state.busy_seconds, state.sampled_seconds)
-            grown[uuid] = (state.busy_seconds - busy0, state.sampled_seconds - sampled0)
+            busy, sampled = state.busy_seconds, state.sampled_seconds
+            busy0, sampled0 = self._last.get(uuid, (busy, sampled))
+            if busy < busy0 or sampled < sampled0:  # a restarted agent's counters
+                busy0 = sampled0 = 0.0
+            self._last[uuid] = (busy, sampled)
+            grown[uuid] = (busy - busy0, sampled - sampled0)
         return grown

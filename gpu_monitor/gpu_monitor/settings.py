@@ -14,7 +14,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .contract import SERVICE_PREFIX
-from .env import ConfigError, Setting, deployment_name, labels, number, one_of, read_secret_file, switch, text, url, whole_number
+from .env import (
+    ConfigError,
+    Setting,
+    deployment_name,
+    labels,
+    node_name,
+    number,
+    one_of,
+    read_secret_file,
+    switch,
+    text,
+    url,
+    whole_number,
+)
 
 BACKENDS = ("auto", "nvml", "cpu-slices")
 M = ("gpu-monitor",)
@@ -43,10 +56,12 @@ HUB_API_URL = Setting("GPUHUB_HUB_API_URL", url, "http://hub:8081/hub/api", M)
 TOKEN_FILE = Setting("GPUHUB_MONITOR_TOKEN_FILE", text, "/srv/gpuhub/monitor-secrets/api_token", M)
 DOCKER_URL = Setting("GPUHUB_MONITOR_DOCKER_URL", text, "unix:///var/run/docker.sock", M)
 NODE_LABELS = Setting("GPUHUB_NODE_LABELS", labels, lambda environ: {}, M)
+NODE_NAME = Setting("GPUHUB_NODE_NAME", node_name, "local", M)
+NODE_TIMEOUT_SECONDS = Setting("GPUHUB_NODE_TIMEOUT_SECONDS", number(1), 30.0, M)
 
 SETTINGS = (DOMAIN, DEPLOYMENT, USER_SUBDOMAINS, POLICY_FILE, DB_PASSWORD_FILE, DB_HOST, BACKEND, CPU_SLICES,
             SAMPLE_SECONDS, RECONCILE_SECONDS, GRACE_SECONDS, FLUSH_SECONDS, HUB_API_URL, TOKEN_FILE, DOCKER_URL,
-            NODE_LABELS)
+            NODE_LABELS, NODE_NAME, NODE_TIMEOUT_SECONDS)
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,10 @@ class Settings:
     user_subdomains: bool
     # what kind of node this host is, for profiles' node_labels (a Swarm node's own labels later)
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    # this node's id in the inventory ("local" on a single host; Swarm's node id on a swarm)
+    node_name: str = "local"
+    # a node whose agent has not reported for this long is lost: its devices are offered to no one
+    node_timeout_seconds: float = 30.0
     port: int = 8000
     service_prefix: str = SERVICE_PREFIX
     db_name: str = "jupyterhub"
@@ -87,7 +106,7 @@ class Settings:
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
     """Read and check every setting; raise ConfigError on the first problem."""
-    return Settings(
+    settings = Settings(
         backend=BACKEND.read(environ),
         cpu_slices=CPU_SLICES.read(environ),
         sample_seconds=SAMPLE_SECONDS.read(environ),
@@ -103,7 +122,15 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         deployment=DEPLOYMENT.read(environ),
         user_subdomains=USER_SUBDOMAINS.read(environ),
         node_labels=NODE_LABELS.read(environ),
+        node_name=NODE_NAME.read(environ),
+        node_timeout_seconds=NODE_TIMEOUT_SECONDS.read(environ),
     )
+    if settings.node_timeout_seconds < 2 * settings.sample_seconds:
+        raise ConfigError(NODE_TIMEOUT_SECONDS.name, (
+            f"{settings.node_timeout_seconds:g} s is less than twice GPUHUB_MONITOR_SAMPLE_SECONDS "
+            f"({settings.sample_seconds:g} s): agents report once per sample, so every node would be lost "
+            "between two reports"))
+    return settings
 
 
 __all__ = ["ConfigError", "Settings", "SETTINGS", "load_settings"]

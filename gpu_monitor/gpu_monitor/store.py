@@ -147,6 +147,42 @@ device_history_table = sa.Table(
     sa.Column("utilization_ratio", sa.Double),
     sa.Column("memory_used_bytes", sa.Double),
 )
+# What each node's agent reports (revision 0004; gpu_monitor/inventory.py reads and writes them).
+nodes_table = sa.Table(
+    "nodes",
+    metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("hostname", sa.Text, nullable=False),
+    sa.Column("labels", postgresql.JSONB, nullable=False),
+    sa.Column("backend", sa.Text, nullable=False),
+    sa.Column("driver_version", sa.Text),
+    sa.Column("cuda_driver_version", sa.Text),
+    sa.Column("agent_started_at", sa.Double, nullable=False),
+    sa.Column("seen_at", sa.Double, nullable=False),
+)
+devices_table = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("uuid", sa.Text, primary_key=True),
+    sa.Column("node", sa.Text, sa.ForeignKey(nodes_table.c.id, ondelete="CASCADE"), nullable=False),
+    sa.Column("index", sa.Integer, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("memory_total_bytes", sa.BigInteger),
+    sa.Column("parent_uuid", sa.Text),
+    sa.Column("docker_device_id", sa.Text),
+    sa.Column("cpuset", sa.Text),
+    sa.Column("attributes", postgresql.JSONB, nullable=False),
+    sa.Column("sampled_at", sa.Double),
+    sa.Column("utilization_ratio", sa.Double),
+    sa.Column("memory_used_bytes", sa.BigInteger),
+    sa.Column("temperature_celsius", sa.Double),
+    sa.Column("power_watts", sa.Double),
+    sa.Column("sample_errors", postgresql.ARRAY(sa.Text), nullable=False, server_default=sa.text("'{}'")),
+    sa.Column("busy_seconds", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Column("sampled_seconds", sa.Double, nullable=False, server_default=sa.text("0")),
+    sa.Index("devices_node", "node"),
+)
 _columns = (
     allocations_table.c.id,
     allocations_table.c.user_name,

@@ -51,7 +51,7 @@ def test_devices_are_cpu_slices_on_this_host(stack):
     assert len({d["uuid"] for d in slices}) == 2
     # one host: one node, named local, labelled by GPUHUB_NODE_LABELS
     assert {d["node"] for d in data["devices"]} == {"local"}
-    assert data["nodes"] == [{"id": "local", "hostname": "", "labels": {"cpu": "pocl"}, "state": "up", "reason": "",
+    assert data["nodes"] == [{"id": "local", "hostname": "gpu-monitor", "labels": {"cpu": "pocl"}, "state": "up", "reason": "",
                               "total": 2, "free": 2}]
 
 
@@ -349,3 +349,93 @@ def test_a_running_container_whose_allocation_was_released_is_adopted_again(stac
     finally:
         stack.stop_server("bob")
     wait_for(lambda: allocations(stack) == [], 10, what="released")
+
+
+AGENT = "gpuhub-test-agent"
+
+
+def start_agent(stack, node: str, hostname: str, *labels: str, slices: int = 1) -> None:
+    """A second node's agent (`python -m gpu_monitor agent`, as a Swarm's global service runs it)
+    in a container beside the stack: `slices` CPU slices of this host, reporting to the stack's
+    PostgreSQL over its database network. Its slices' UUIDs come from its host name and cores."""
+    subprocess.run(["docker", "rm", "-f", AGENT], capture_output=True)
+    subprocess.run(["docker", "run", "-d", "--name", AGENT, "--hostname", hostname, "--network", f"{PROJECT}_db",
+                    "-v", f"{PROJECT}_db-password:/run/gpuhub/db:ro", "--read-only", "--cap-drop", "ALL",
+                    "--cap-add", "DAC_READ_SEARCH", "--security-opt", "no-new-privileges",
+                    "-e", f"GPUHUB_NODE_NAME={node}", "-e", f"GPUHUB_CPU_SLICES={slices}",
+                    "-e", "GPUHUB_MONITOR_BACKEND=cpu-slices",
+                    "-e", "GPUHUB_MONITOR_SAMPLE_SECONDS=1", "-e", f"GPUHUB_NODE_LABELS={','.join(labels)}",
+                    "gpuhub/gpu-monitor:latest", "python3", "-m", "gpu_monitor", "agent"],
+                   check=True, capture_output=True, text=True)
+
+
+def node_view(stack, node: str) -> dict | None:
+    return next((n for n in devices(stack)["nodes"] if n["id"] == node), None)
+
+
+def test_a_second_nodes_agent_joins_its_node_is_lost_when_it_stops_and_back_when_it_starts(stack):
+    try:
+        start_agent(stack, "node-b", "agent-b", "zone=b")
+        up = wait_for(lambda: (n := node_view(stack, "node-b")) and n["state"] == "up" and n, timeout=60,
+                      what="node-b up")
+        assert (up["hostname"], up["labels"], up["total"], up["free"]) == ("agent-b", {"zone": "b"}, 1, 1)
+        data = devices(stack)
+        assert data["total"] == 3 and data["free"] == 3
+        slice_b = next(d for d in data["devices"] if d["node"] == "node-b")
+        # its readings travel through PostgreSQL: the utilisation of its cores is there
+        wait_for(lambda: next(d for d in devices(stack)["devices"] if d["uuid"] == slice_b["uuid"])["sampled_at"],
+                 timeout=30, what="node-b's slice sampled")
+        # a server asking for node-b's kind of node gets node-b's slice
+        r = monitor(stack, "POST", "api/allocations", json={"user": "x", "count": 1, "node_labels": {"zone": "b"}})
+        assert r.status_code == 201 and r.json()["node"] == "node-b", r.text
+        assert [d["uuid"] for d in r.json()["devices"]] == [slice_b["uuid"]]
+        held = r.json()["id"]
+
+        subprocess.run(["docker", "stop", "-t", "5", AGENT], check=True, capture_output=True)
+        stopped = time.monotonic()
+        lost = wait_for(lambda: (n := node_view(stack, "node-b")) and n["state"] == "lost" and n, timeout=30,
+                        what="node-b lost")
+        print(f"\nnode-b seen lost {time.monotonic() - stopped:.1f} s after its agent stopped (timeout 10 s)")
+        assert "no report from its agent for" in lost["reason"] and lost["free"] == 0
+        # its slice is offered to no one meanwhile; the allocation it holds stays held
+        r = monitor(stack, "POST", "api/allocations", json={"user": "y", "count": 1, "node_labels": {"zone": "b"}})
+        assert r.status_code == 503 and "1 on nodes drained or down" in r.json()["message"], r.text
+        assert held in {a["id"] for a in allocations(stack)}
+        # the local node's servers are not disturbed
+        assert node_view(stack, "local")["state"] == "up"
+
+        subprocess.run(["docker", "start", AGENT], check=True, capture_output=True)
+        wait_for(lambda: node_view(stack, "node-b")["state"] == "up", timeout=60, what="node-b up again")
+        # back, its slice is still held by the same allocation, not offered again
+        assert node_view(stack, "node-b")["free"] == 0
+        r = monitor(stack, "POST", "api/allocations", json={"user": "y", "count": 1, "node_labels": {"zone": "b"}})
+        assert r.status_code == 503, r.text
+        assert monitor(stack, "DELETE", f"api/allocations/{held}").status_code == 200
+    finally:
+        subprocess.run(["docker", "rm", "-f", AGENT], capture_output=True)
+        for a in allocations(stack):
+            monitor(stack, "DELETE", f"api/allocations/{a['id']}")
+        forget_node(stack, "node-b")
+
+
+def forget_node(stack, node: str) -> None:
+    stack.compose("exec", "-T", "db", "psql", "-U", "jupyterhub", "-d", "jupyterhub", "-tAc",
+                  f"DELETE FROM gpu_monitor.nodes WHERE id = '{node}'")
+
+
+def test_an_agent_reporting_a_device_another_node_has_is_refused_and_changes_nothing(stack):
+    before = devices(stack)
+    try:
+        # the monitor's host name and slices: the same CPU slice UUIDs as node local's
+        start_agent(stack, "node-copy", "gpu-monitor", slices=2)
+        wait_for(lambda: node_view(stack, "node-copy"), timeout=60, what="node-copy registered")
+        logs = wait_for(lambda: (out := subprocess.run(["docker", "logs", AGENT], capture_output=True, text=True))
+                        and "is already reported by node local" in out.stderr and out.stderr, timeout=30,
+                        what="the refusal in the agent's log")
+        assert "not offered from node node-copy" in logs
+        after = devices(stack)
+        assert node_view(stack, "node-copy")["total"] == 0
+        assert [(d["uuid"], d["node"]) for d in after["devices"]] == [(d["uuid"], d["node"]) for d in before["devices"]]
+    finally:
+        subprocess.run(["docker", "rm", "-f", AGENT], capture_output=True)
+        forget_node(stack, "node-copy")

@@ -8,6 +8,7 @@ loopback port Docker picks, removed at the end (and before the start, after a cr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import statistics
@@ -20,7 +21,10 @@ import sqlalchemy as sa
 from alembic import command
 
 from gpu_monitor.allocator import Allocation, AllocationRequest, Granted, Policy, Refused, decide
-from gpu_monitor.devices import LOCAL_NODE, Device, Node
+from gpu_monitor.devices import LOCAL_NODE, Device, Node, Sample
+from gpu_monitor.inventory import Inventory
+from gpu_monitor.monitor import HostInfo
+from gpu_monitor.sampler import DeviceState
 from gpu_monitor.store import SCHEMA, AllocationStore, alembic_config
 
 from ..aio import run_async
@@ -152,7 +156,7 @@ def test_migrate_creates_the_schema_once_even_when_monitors_start_together(datab
     try:
         assert stores[0].schema_revision() is None
         results = _migrate_together(stores)
-        revisions = ["0001", "0002", "0003"]
+        revisions = ["0001", "0002", "0003", "0004"]
         # exactly one monitor applied every revision; the others found nothing to do
         assert sorted(results, key=len) == [[]] * (len(stores) - 1) + [revisions]
         before = _table_oids(stores[0].engine)
@@ -160,7 +164,7 @@ def test_migrate_creates_the_schema_once_even_when_monitors_start_together(datab
         assert stores[0].migrate() == []
         assert _table_oids(stores[0].engine) == before
         assert sorted(before) == ["alembic_version", "allocation_history", "allocation_usage", "allocations",
-                                  "device_history"]
+                                  "device_history", "devices", "nodes"]
         assert stores[0].schema_revision() == revisions[-1]
     finally:
         for s in stores:
@@ -177,8 +181,8 @@ def test_the_revisions_make_the_schema_the_numbered_runner_made(database_url):
     store = AllocationStore.from_url(_fresh_database(database_url, "revisions"))
     try:
         assert numbered_steps.migrate(old) == [1, 2]
-        assert adopted.migrate() == ["0003"]
-        assert store.migrate() == ["0001", "0002", "0003"]
+        assert adopted.migrate() == ["0003", "0004"]
+        assert store.migrate() == ["0001", "0002", "0003", "0004"]
         made_by_revisions = _schema_dump("revisions")
         assert "CREATE TABLE gpu_monitor.allocation_usage" in made_by_revisions
         assert made_by_revisions == _schema_dump("numbered")
@@ -219,12 +223,13 @@ def test_a_database_the_numbered_runner_migrated_is_adopted_without_running_a_st
 
         # the new monitors start together: one adopts (stamps 0002, no step again) and upgrades,
         # the others find it done
-        assert sorted(_migrate_together(stores), key=len) == [[]] * (len(stores) - 1) + [["0003"]]
-        assert stores[0].schema_revision() == "0003"
+        assert sorted(_migrate_together(stores), key=len) == [[]] * (len(stores) - 1) + [["0003", "0004"]]
+        assert stores[0].schema_revision() == "0004"
         after = _table_oids(old)
-        # the same tables (no step ran again), the numbered runner's table gone, Alembic's made
+        # the same tables (no step ran again), the numbered runner's table gone, Alembic's and the
+        # later revisions' made
         assert "schema_version" not in after and "alembic_version" in after
-        assert {k: v for k, v in after.items() if k != "alembic_version"} == \
+        assert {k: v for k, v in after.items() if k not in ("alembic_version", "nodes", "devices")} == \
             {k: v for k, v in oids.items() if k != "schema_version"}
         # what the old monitor wrote, read back, on the single host's node
         assert stores[0].list() == [Allocation("a-alice", "alice", "", "cuda", ("GPU-0",), 10.0, node=LOCAL_NODE)]
@@ -235,7 +240,7 @@ def test_a_database_the_numbered_runner_migrated_is_adopted_without_running_a_st
         # an older monitor started now fails at its first step, and changes nothing
         with pytest.raises(sa.exc.ProgrammingError, match='relation "allocations" already exists'):
             numbered_steps.migrate(old)
-        assert _table_oids(old) == after and stores[0].schema_revision() == "0003"
+        assert _table_oids(old) == after and stores[0].schema_revision() == "0004"
         # allocating goes on where it was
         carol = stores[0].allocate(request("carol"), DEVICES, POLICY)
         assert isinstance(carol, Granted) and carol.allocation.device_uuids == ("GPU-1",)
@@ -253,8 +258,8 @@ def test_a_database_at_the_first_numbered_step_is_adopted_then_upgraded(database
         assert numbered_steps.migrate(old, numbered_steps.MIGRATIONS[:1]) == [1]
         with old.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO {SCHEMA}.allocations VALUES ('a1', 'alice', '', 'gpu', '{{GPU-0}}', 5)"))
-        assert store.migrate() == ["0002", "0003"]
-        assert store.schema_revision() == "0003"
+        assert store.migrate() == ["0002", "0003", "0004"]
+        assert store.schema_revision() == "0004"
         # revision 0002 ran, and gave the allocation its history row
         assert [(r["id"], r["started_at"], r["ended_at"]) for r in store.history(0, 10)] == [("a1", 5.0, None)]
     finally:
@@ -594,3 +599,43 @@ def test_adopting_holds_a_running_containers_allocation_again_unless_its_devices
     refusal = store.adopt(Allocation(a.id, a.user, a.server, a.profile, a.device_uuids, a.created_at), seats)
     assert refusal is not None and "held by another allocation" in refusal
     assert [x.user for x in store.list()] == ["bob"]
+
+
+# ---- the inventory: what each node's agent reports ----------------------------------------------
+
+
+def test_nodes_register_their_devices_report_readings_and_a_device_is_one_nodes(store):
+    inventory = Inventory(store.engine)
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {SCHEMA}.nodes"))
+    nvml = HostInfo("nvml", "580.65", (13, 0))
+    a = [Device("GPU-a0", 0, "gpu", "H100", 80 * 2**30, docker_device_id="GPU-a0", attributes={"mig": "off"}),
+         Device("MIG-a1", 1, "mig", "1g.10gb", 10 * 2**30, parent_uuid="GPU-a0", docker_device_id="MIG-a1")]
+    b = [Device("CPU-b0", 0, "cpu-slice", "cores 0-1", cpuset="0-1"), Device("GPU-a0", 1, "gpu", "H100")]
+    assert inventory.register("node-a", "gpu-a", {"gpu": "h100"}, nvml, a, started_at=1.0, now=2.0) == {}
+    # node-b claims node-a's GPU: refused, node-a keeps it, node-b's own device is registered
+    assert inventory.register("node-b", "cpu-b", {}, HostInfo("cpu-slices"), b, started_at=1.0, now=2.0) \
+        == {"GPU-a0": "node-a"}
+    state = DeviceState(Sample("GPU-a0", 3.0, 0.5, 2**30, 40.0, 300.0), busy_seconds=1.5, sampled_seconds=3.0)
+    unread = DeviceState(Sample("MIG-a1", 3.0, None, 2**29, errors=("utilization: not supported",)))
+    assert inventory.report("node-a", {"GPU-a0": state, "MIG-a1": unread}, now=3.0)
+    # node-b's report of the GPU it does not own changes nothing
+    assert inventory.report("node-b", {"GPU-a0": DeviceState(Sample("GPU-a0", 4.0, 0.99), 9.0, 9.0)}, now=4.0)
+    records, devices, states = inventory.read()
+    assert [(r.id, r.hostname, dict(r.labels), r.host, r.seen_at) for r in records] == [
+        ("node-a", "gpu-a", {"gpu": "h100"}, nvml, 3.0), ("node-b", "cpu-b", {}, HostInfo("cpu-slices"), 4.0)]
+    assert [(d.uuid, d.node) for d in devices] == [("GPU-a0", "node-a"), ("MIG-a1", "node-a"), ("CPU-b0", "node-b")]
+    assert devices[0] == dataclasses.replace(a[0], node="node-a") and devices[0].attributes == {"mig": "off"}
+    assert devices[2].cpuset == "0-1"
+    assert states == {"GPU-a0": state, "MIG-a1": unread}  # CPU-b0 not sampled yet
+    # node-a's agent restarts without its MIG instance: dropped; the GPU's counters start again
+    assert inventory.register("node-a", "gpu-a", {"gpu": "h100"}, nvml, a[:1], started_at=10.0, now=10.0) == {}
+    _, devices, states = inventory.read()
+    assert [d.uuid for d in devices] == ["GPU-a0", "CPU-b0"] and states == {}
+    # an operator removes node-b: its devices go with it, and its agent's next report says so
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {SCHEMA}.nodes WHERE id = 'node-b'"))
+    assert not inventory.report("node-b", {}, now=11.0)
+    assert [d.uuid for d in inventory.read()[1]] == ["GPU-a0"]
+    with store.engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {SCHEMA}.nodes"))

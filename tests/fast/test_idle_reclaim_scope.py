@@ -100,7 +100,7 @@ def test_the_api_reads_the_notices_the_reclaimer_wrote():
     from gpu_monitor.idle import Notice
     from gpu_monitor.monitor import HostInfo, Monitor
 
-    monitor = Monitor([], HostInfo("cpu-slices"), sampler=None, store=None, policy=Policy())  # type: ignore[arg-type]
+    monitor = Monitor([], HostInfo("cpu-slices"), store=None, policy=Policy())  # type: ignore[arg-type]
     try:
         assert monitor.notice("a1") is None and monitor.soonest_reclaim() is None
         monitor.notices.replace({"a1": Notice(idle_since=100.0, reclaim_at=700.0),

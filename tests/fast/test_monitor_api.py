@@ -95,7 +95,7 @@ async def _ask(monitor: Monitor, requests: list[tuple[str, str, str | None, byte
 
 
 def _monitor(store, host=NVML, devices=(GPU,)) -> Monitor:
-    return Monitor(list(devices), host, sampler=None, store=store, policy=Policy())  # type: ignore[arg-type]
+    return Monitor(list(devices), host, store=store, policy=Policy())  # type: ignore[arg-type]
 
 
 HOSTS = {

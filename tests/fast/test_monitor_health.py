@@ -33,7 +33,7 @@ class StoreWithHealth:
 
 
 async def _get(store, busy_since=None) -> tuple[int, dict, float]:
-    monitor = Monitor([], HostInfo("cpu-slices"), sampler=None, store=store, policy=Policy())  # type: ignore[arg-type]
+    monitor = Monitor([], HostInfo("cpu-slices"), store=store, policy=Policy())  # type: ignore[arg-type]
     monitor.busy_since = busy_since
     app = web.Application([(r"/api/health", HealthHandler)], monitor=monitor)
     server = app.listen(0, address="127.0.0.1")

@@ -53,8 +53,6 @@ def test_bad_node_labels_name_the_variable(value, words):
 
 
 def test_devices_and_allocations_carry_their_node_and_a_node_that_is_not_up_frees_nothing():
-    from types import SimpleNamespace
-
     from gpu_monitor.allocator import Allocation, Policy
     from gpu_monitor.devices import Device, Node
     from gpu_monitor.monitor import HostInfo, Monitor
@@ -62,8 +60,7 @@ def test_devices_and_allocations_carry_their_node_and_a_node_that_is_not_up_free
     devices = [Device("GPU-a", 0, "gpu", "A", node="n1"), Device("GPU-b", 1, "gpu", "B", node="n1"),
                Device("GPU-c", 0, "gpu", "C", node="n2")]
     nodes = [Node("n1", "gpu-1", {"gpu": "a100"}), Node("n2", "gpu-2", state="lost", reason="its engine does not answer")]
-    monitor = Monitor(devices, HostInfo("nvml"), SimpleNamespace(states=dict), None, Policy(), workers=1,  # type: ignore[arg-type]
-                      nodes=nodes)
+    monitor = Monitor(devices, HostInfo("nvml"), None, Policy(), workers=1, nodes=nodes)  # type: ignore[arg-type]
     try:
         held = Allocation("a1", "ada", "", "cuda", ("GPU-a",), 1.0, node="n1")
         view = monitor.devices_json([held], viewer="ada")

@@ -55,6 +55,8 @@ TEST_ENV = {
     "GPUHUB_CPU_SLICES": "2",
     # what kind of node the test host is, for profiles' and requests' node_labels
     "GPUHUB_NODE_LABELS": "cpu=pocl",
+    # a node whose agent stops is lost after this (its agent reports every second)
+    "GPUHUB_NODE_TIMEOUT_SECONDS": "10",
     "GPUHUB_MONITOR_FLUSH_SECONDS": "2",
     # one origin, as the tests' URLs are written; per-user subdomains (the default without
     # DOMAIN) are tested by turning them on: tests/docker/test_subdomains.py

@@ -12,7 +12,7 @@ class MetricsHandler(MonitorHandler):
         self.require_scope(SCOPE_READ_ALL)
         m = self.monitor
         allocations = await m.run(m.store.list)
-        collector = MonitorCollector(lambda: m.devices, m.sampler.states, lambda: allocations)
+        collector = MonitorCollector(lambda: m.devices, m.states, lambda: allocations)
         body = await m.run(render, collector)
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(body)

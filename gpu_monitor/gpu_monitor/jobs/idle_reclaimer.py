@@ -84,7 +84,7 @@ class IdleReclaimer:
 
     def activity(self) -> dict[str, float | None]:
         """Each device's mean utilisation since the previous call (None: not measured)."""
-        states = self.monitor.sampler.states()
+        states = self.monitor.states()
         result: dict[str, float | None] = {}
         for uuid, (busy, sampled) in self._grown.take(states).items():
             measured = sampled > 0 and states[uuid].last.utilization_ratio is not None

@@ -43,7 +43,7 @@ class UsageRecorder:
     async def flush(self) -> None:
         m = self.monitor
         allocations = await m.run(m.store.list)
-        usage, points = self.deltas(m.sampler.states(), allocations, time.time())
+        usage, points = self.deltas(m.states(), allocations, time.time())
         await m.run(m.store.record_usage, usage, points)
 
     async def run_forever(self) -> None:
