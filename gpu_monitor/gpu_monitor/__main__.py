@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import time
+from functools import partial
 
 import sqlalchemy as sa
 
@@ -32,7 +33,7 @@ from .idle import reclaim_scope_problem
 from .inventory import Inventory
 from .jobs.agent import Agent
 from .jobs.idle_reclaimer import HubUnreachable, IdleReclaimer, token_scopes
-from .jobs.inventory_refresher import InventoryRefresher
+from .jobs.inventory_refresher import InventoryRefresher, read_swarm_nodes
 from .jobs.usage_recorder import UsageRecorder
 from .monitor import HostInfo, Monitor
 from .policy import load_policy
@@ -116,7 +117,9 @@ async def serve(settings: Settings) -> None:
     agent = make_agent(settings, inventory, host, devices, sampler)
     await agent.register()
     monitor = Monitor([], host, store, policy.allocation, nodes=[])
-    refresher = InventoryRefresher(monitor, inventory, settings.sample_seconds, settings.node_timeout_seconds)
+    docker_client = docker.DockerClient(base_url=settings.docker_url)
+    refresher = InventoryRefresher(monitor, inventory, settings.sample_seconds, settings.node_timeout_seconds,
+                                   partial(read_swarm_nodes, docker_client) if settings.swarm else None)
     await refresher.refresh()  # the API starts knowing the devices
     usage = UsageRecorder(monitor, settings.flush_seconds)
     log.info("policy from %s: %s; idle reclaim %s", settings.policy_file, policy.allocation,
@@ -138,8 +141,9 @@ async def serve(settings: Settings) -> None:
                         max_buffer_size=MAX_BUFFER_BYTES)
     log.info("serving %s on port %d (this node: %s, backend %s, %d device(s))", prefix, settings.port,
              settings.node_name, host.backend, len(devices))
-    reconciler = Reconciler(monitor, docker.DockerClient(base_url=settings.docker_url), settings.hub_api_url,
-                            token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment)
+    reconciler = Reconciler(monitor, docker_client, settings.hub_api_url,
+                            token, settings.reconcile_seconds, settings.grace_seconds, settings.deployment,
+                            settings.node_name)
     idle = IdleReclaimer(monitor, policy.idle_reclaim, settings.hub_api_url, token,
                          interval=min(30.0, settings.reconcile_seconds))
     tasks = [asyncio.create_task(agent.run_forever()), asyncio.create_task(refresher.run_forever()),

@@ -46,17 +46,63 @@ class NodeRecord:
     seen_at: float  # the agent's last report
 
 
-def node_states(records: Sequence[NodeRecord], now: float, timeout: float) -> list[Node]:
-    """Each node, up while its agent reported within `timeout` seconds, lost otherwise. Pure."""
+@dataclass(frozen=True)
+class SwarmNode:
+    """A node as Swarm's managers see it (`docker node ls`): on a swarm, the node's agent reports
+    under Swarm's node id."""
+
+    id: str
+    hostname: str
+    labels: Mapping[str, str]
+    availability: str  # active, pause or drain (the operator's `docker node update --availability`)
+    status: str  # ready, down, disconnected or unknown (Swarm's heartbeat)
+    message: str = ""
+
+
+def node_states(records: Sequence[NodeRecord], now: float, timeout: float,
+                swarm: Sequence[SwarmNode] | None = None) -> list[Node]:
+    """Each node's state, from its agent's heartbeat and, on a swarm, what Swarm says of it. Pure.
+
+    - lost: Swarm reports the node down (its engine stopped, its network cut), or, without
+      Swarm, its agent has not reported for `timeout` seconds;
+    - drained: the operator drained or paused it; what it holds stays held until released,
+      nothing new goes there (whether its agent still reports or not: a drain stops it too);
+    - no-agent: Swarm has the node ready and active but no agent reports from it (never, or
+      not within `timeout`: the agent is down);
+    - up: otherwise.
+    A node's labels are its agent's (GPUHUB_NODE_LABELS) with Swarm's node labels over them.
+    """
+    swarm_by_id = {n.id: n for n in swarm} if swarm is not None else None
     nodes = []
-    for r in sorted(records, key=lambda r: r.id):
+    for r in records:
         silent = now - r.seen_at
-        if silent > timeout:
-            nodes.append(Node(r.id, r.hostname, dict(r.labels), "lost",
+        quiet = silent > timeout
+        s = swarm_by_id.get(r.id) if swarm_by_id is not None else None
+        labels = {**r.labels, **(s.labels if s else {})}
+        hostname = s.hostname if s else r.hostname
+        if s is not None and s.status != "ready":
+            nodes.append(Node(r.id, hostname, labels, "lost",
+                              f"Swarm reports it {s.status}" + (f" ({s.message})" if s.message else "")))
+        elif s is not None and s.availability != "active":
+            # before the heartbeat: draining a node stops the agent's task there too
+            nodes.append(Node(r.id, hostname, labels, "drained",
+                              f"{'drained' if s.availability == 'drain' else 'paused'} in Swarm: what it holds stays "
+                              "held until released, new servers go elsewhere"))
+        elif quiet and s is not None:
+            nodes.append(Node(r.id, hostname, labels, "no-agent",
+                              f"its monitor agent has not reported for {silent:.0f} s (more than {timeout:g} s)"))
+        elif quiet:
+            nodes.append(Node(r.id, hostname, labels, "lost",
                               f"no report from its agent for {silent:.0f} s (more than {timeout:g} s)"))
         else:
-            nodes.append(Node(r.id, r.hostname, dict(r.labels)))
-    return nodes
+            nodes.append(Node(r.id, hostname, labels))
+    known = {r.id for r in records}
+    for s in swarm or ():
+        if s.id not in known:
+            nodes.append(Node(s.id, s.hostname, dict(s.labels), "lost" if s.status != "ready" else "no-agent",
+                              f"Swarm reports it {s.status}" if s.status != "ready"
+                              else "no monitor agent has reported from this node"))
+    return sorted(nodes, key=lambda n: n.id)
 
 
 def _cuda(host: HostInfo) -> str | None:

@@ -58,10 +58,11 @@ DOCKER_URL = Setting("GPUHUB_MONITOR_DOCKER_URL", text, "unix:///var/run/docker.
 NODE_LABELS = Setting("GPUHUB_NODE_LABELS", labels, lambda environ: {}, M)
 NODE_NAME = Setting("GPUHUB_NODE_NAME", node_name, "local", M)
 NODE_TIMEOUT_SECONDS = Setting("GPUHUB_NODE_TIMEOUT_SECONDS", number(1), 30.0, M)
+SWARM = Setting("GPUHUB_SWARM", switch, False, M)
 
 SETTINGS = (DOMAIN, DEPLOYMENT, USER_SUBDOMAINS, POLICY_FILE, DB_PASSWORD_FILE, DB_HOST, BACKEND, CPU_SLICES,
             SAMPLE_SECONDS, RECONCILE_SECONDS, GRACE_SECONDS, FLUSH_SECONDS, HUB_API_URL, TOKEN_FILE, DOCKER_URL,
-            NODE_LABELS, NODE_NAME, NODE_TIMEOUT_SECONDS)
+            NODE_LABELS, NODE_NAME, NODE_TIMEOUT_SECONDS, SWARM)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,8 @@ class Settings:
     node_name: str = "local"
     # a node whose agent has not reported for this long is lost: its devices are offered to no one
     node_timeout_seconds: float = 30.0
+    # on a swarm, read Swarm's node list from the manager's engine (drained, down, no agent)
+    swarm: bool = False
     port: int = 8000
     service_prefix: str = SERVICE_PREFIX
     db_name: str = "jupyterhub"
@@ -124,6 +127,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         node_labels=NODE_LABELS.read(environ),
         node_name=NODE_NAME.read(environ),
         node_timeout_seconds=NODE_TIMEOUT_SECONDS.read(environ),
+        swarm=SWARM.read(environ),
     )
     if settings.node_timeout_seconds < 2 * settings.sample_seconds:
         raise ConfigError(NODE_TIMEOUT_SECONDS.name, (

@@ -88,7 +88,8 @@ def test_no_secret_in_any_command_line_environment_or_log(stack):
 @pytest.mark.security
 def test_the_monitor_reaches_docker_only_to_list_and_remove_stopped_containers(stack):
     """The monitor holds no Docker socket; its filtered API (monitor-docker) answers what the
-    reconciler needs (list, remove a stopped container unforced) and refuses everything else,
+    reconciler needs (list, remove a stopped container unforced) and the inventory's Swarm node
+    list, and refuses everything else,
     inspect and every spelling of a forced removal included, before the daemon sees it."""
     mounts = subprocess.run(["docker", "inspect", f"{PROJECT}-gpu-monitor-1", "--format", "{{json .Mounts}}"],
                             capture_output=True, text=True, check=True).stdout
@@ -108,6 +109,9 @@ def test_the_monitor_reaches_docker_only_to_list_and_remove_stopped_containers(s
                                             running, stopped).stdout)
         print(f"\nthe monitor's Docker API: {statuses}")
         assert [statuses.pop(k) for k in ("ping", "version", "list")] == [200, 200, 200]
+        # Swarm's node list (the monitor reads which nodes are drained or down) goes through:
+        # this engine is no swarm manager, so the daemon itself answers 503
+        assert statuses.pop("swarm nodes") == 503
         allowed = [statuses.pop(k) for k in ("removal of a running one", "removal of a running one, as docker-py",
                                               "removal of a stopped one, as docker-py")]
         let_through = {name: status for name, status in statuses.items() if status != 403}

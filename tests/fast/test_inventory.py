@@ -105,3 +105,64 @@ def test_the_node_timeout_must_outlast_two_reports_and_names_are_checked():
 def test_the_command_line_is_the_service_or_the_agent(capsys):
     assert main(["agents"]) == 2
     assert "usage: python -m gpu_monitor [agent]" in capsys.readouterr().err
+
+
+def swarm_node(node: str, availability: str = "active", status: str = "ready", **labels: str):
+    from gpu_monitor.inventory import SwarmNode
+
+    return SwarmNode(node, f"swarm-{node}", labels, availability, status)
+
+
+SWARM_CASES = {
+    "ready and reporting: up, Swarm's name and labels over the agent's": (
+        record("a", 100.0, gpu="a100", zone="1"), swarm_node("a", zone="2"),
+        ("up", "", "swarm-a", {"gpu": "a100", "zone": "2"})),
+    "drained: keeps what it holds, gets nothing new": (
+        record("a", 100.0), swarm_node("a", availability="drain"), ("drained", "drained in Swarm", "swarm-a", {})),
+    "paused counts as drained": (
+        record("a", 100.0), swarm_node("a", availability="pause"), ("drained", "paused in Swarm", "swarm-a", {})),
+    "Swarm says down: lost, whatever the agent said last": (
+        record("a", 100.0), swarm_node("a", status="down"), ("lost", "Swarm reports it down", "swarm-a", {})),
+    "ready but the agent is silent: no agent": (
+        record("a", 50.0), swarm_node("a"), ("no-agent", "its monitor agent has not reported for 50 s", "swarm-a", {})),
+    "drained, its agent stopped by the drain: still drained": (
+        record("a", 10.0), swarm_node("a", availability="drain"), ("drained", "drained in Swarm", "swarm-a", {})),
+    "a down node that is also drained is lost": (
+        record("a", 100.0), swarm_node("a", availability="drain", status="down"), ("lost", "down", "swarm-a", {})),
+}
+
+
+@pytest.mark.parametrize("rec, swarm, expected", SWARM_CASES.values(), ids=SWARM_CASES.keys())
+def test_what_swarm_says_of_a_node_decides_its_state(rec, swarm, expected):
+    [node] = node_states([rec], now=100.0, timeout=30, swarm=[swarm])
+    state, reason, hostname, labels = expected
+    assert (node.state, node.hostname, dict(node.labels)) == (state, hostname, labels)
+    assert reason in node.reason
+
+
+def test_a_swarm_node_without_an_agent_is_listed_with_no_devices_to_offer():
+    nodes = node_states([record("a", 100.0)], now=100.0, timeout=30,
+                        swarm=[swarm_node("a"), swarm_node("c", gpu="h100"), swarm_node("b", status="down")])
+    assert [(n.id, n.state, n.reason) for n in nodes] == [
+        ("a", "up", ""), ("b", "lost", "Swarm reports it down"),
+        ("c", "no-agent", "no monitor agent has reported from this node")]
+    assert nodes[2].labels == {"gpu": "h100"}
+
+
+def test_swarm_nodes_are_read_from_the_engines_node_list():
+    from types import SimpleNamespace
+
+    from gpu_monitor.inventory import SwarmNode
+    from gpu_monitor.jobs.inventory_refresher import read_swarm_nodes
+
+    # the fields of `GET /nodes` the monitor reads, as Docker 20.10 answers (abridged); the
+    # real list is read on the test swarm (tests/swarm)
+    answer = [{"ID": "8ag3kd0qcwzdc35yeuvt4kh5b", "Description": {"Hostname": "gpu-1"},
+               "Spec": {"Labels": {"gpu": "a100"}, "Role": "worker", "Availability": "drain"},
+               "Status": {"State": "ready", "Addr": "10.99.0.12"}},
+              {"ID": "x1", "Description": {"Hostname": "gpu-2"}, "Spec": {"Role": "worker", "Availability": "active"},
+               "Status": {"State": "down", "Message": "heartbeat failure"}}]
+    docker = SimpleNamespace(api=SimpleNamespace(nodes=lambda: answer))
+    assert read_swarm_nodes(docker) == [
+        SwarmNode("8ag3kd0qcwzdc35yeuvt4kh5b", "gpu-1", {"gpu": "a100"}, "drain", "ready"),
+        SwarmNode("x1", "gpu-2", {}, "active", "down", "heartbeat failure")]

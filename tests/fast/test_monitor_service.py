@@ -191,6 +191,34 @@ def test_another_deployments_stopped_container_is_never_removed():
     assert docker.entries == [theirs]
 
 
+def test_the_reconciler_plans_only_for_its_own_nodes_allocations():
+    import types
+
+    from gpu_monitor.allocator import Allocation
+    from gpu_monitor.jobs.reconciler import Reconciler
+
+    # no container anywhere, long past the grace: this engine's node's allocation goes; the
+    # other node's containers run on an engine this reconciler cannot see, so its stays
+    here = Allocation("a-here", "ada", "", "cuda", ("GPU-0",), 0.0, node="local")
+    there = Allocation("a-there", "bob", "", "cuda", ("GPU-9",), 0.0, node="gpu-2")
+    released = []
+
+    async def run(fn, *args):
+        return fn(*args)
+
+    store = types.SimpleNamespace(list=lambda: [here, there], release=lambda id: released.append(id) or True)
+    monitor = types.SimpleNamespace(run=run, store=store, seats=dict, unavailable=frozenset())
+    reconciler = Reconciler(monitor, ListOnlyDocker([]), "http://hub.invalid", "x", interval=60,  # type: ignore[arg-type]
+                            grace_seconds=0, deployment="gpuhub", node="local")
+
+    async def no_opinion():
+        return None
+
+    reconciler.hub_servers = no_opinion  # type: ignore[method-assign]
+    run_async(reconciler.once())
+    assert released == ["a-here"]
+
+
 def test_settings_defaults_and_values():
     s = load_settings({})
     assert (s.backend, s.cpu_slices, s.reconcile_seconds, s.grace_seconds) == ("auto", 2, 60.0, 120.0)

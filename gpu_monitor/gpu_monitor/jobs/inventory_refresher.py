@@ -1,29 +1,63 @@
 """`InventoryRefresher`: every interval, the nodes, devices and readings the agents wrote
-(inventory.py) become the monitor's (`Monitor.set_inventory`), each node up or lost by its
-heartbeat (`inventory.node_states`)."""
+(inventory.py) become the monitor's (`Monitor.set_inventory`), each node's state decided by
+`inventory.node_states` from its agent's heartbeat and, on a swarm (GPUHUB_SWARM), from Swarm's
+node list (`read_swarm_nodes`: drained, down, or ready without an agent)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
-from ..inventory import Inventory, node_states
+from ..inventory import Inventory, SwarmNode, node_states
 from ..monitor import Monitor
 from .loops import every
 
 log = logging.getLogger("gpu_monitor.inventory")
 
 
+def read_swarm_nodes(docker: Any) -> list[SwarmNode]:
+    """Swarm's nodes (`GET /nodes` of a manager's engine; docker-py's low-level client)."""
+    nodes = []
+    for n in docker.api.nodes():
+        spec, status = n.get("Spec") or {}, n.get("Status") or {}
+        nodes.append(SwarmNode(n["ID"], (n.get("Description") or {}).get("Hostname", ""), spec.get("Labels") or {},
+                               spec.get("Availability", "active"), status.get("State", "unknown"),
+                               status.get("Message", "")))
+    return nodes
+
+
 class InventoryRefresher:
-    def __init__(self, monitor: Monitor, inventory: Inventory, interval: float, node_timeout: float) -> None:
+    def __init__(self, monitor: Monitor, inventory: Inventory, interval: float, node_timeout: float,
+                 swarm_nodes: Callable[[], list[SwarmNode]] | None = None) -> None:
         self.monitor, self.inventory = monitor, inventory
         self.interval, self.node_timeout = interval, node_timeout
+        self.swarm_nodes = swarm_nodes
         self._states: dict[str, str] = {}  # node id -> state last seen, to log changes once
+        self._swarm_error: str | None = None
+
+    async def _swarm(self) -> list[SwarmNode] | None:
+        """Swarm's node list, or None (heartbeats alone decide) when there is no swarm to ask
+        or its manager does not answer: a manager's hiccup must not take every node away."""
+        if self.swarm_nodes is None:
+            return None
+        try:
+            nodes = await self.monitor.run(self.swarm_nodes)
+        except Exception as e:  # noqa: BLE001 - said once, then heartbeats decide
+            if self._swarm_error != str(e):
+                log.warning("Swarm's node list is not available (%s); node states follow the agents' reports alone", e)
+            self._swarm_error = str(e)
+            return None
+        if self._swarm_error is not None:
+            log.info("Swarm's node list is available again")
+            self._swarm_error = None
+        return nodes
 
     async def refresh(self) -> None:
         m = self.monitor
         records, devices, states = await m.run(self.inventory.read)
-        nodes = node_states(records, time.time(), self.node_timeout)
+        nodes = node_states(records, time.time(), self.node_timeout, await self._swarm())
         for node in nodes:
             before = self._states.get(node.id)
             if before != node.state:

@@ -18,6 +18,11 @@ under its lock), then removals of stopped containers (checked stopped through th
 DELETE without force: Docker refuses to remove a container that started meanwhile). The
 devices of running containers that hold no allocation and could not be adopted are handed to
 the allocator as unavailable (`Monitor.unavailable`) until a round finds them gone.
+
+One engine's containers say nothing about another node's: the reconciler plans only for the
+allocations of its own node (`node`, GPUHUB_NODE_NAME), and an adopted allocation is on it.
+Allocations on other nodes are left alone here (reconciling them against Swarm's tasks comes
+with the Swarm spawner).
 """
 
 from __future__ import annotations
@@ -25,11 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from ..contract import LABEL_ALLOCATION, LABEL_DEPLOYMENT, LABEL_DEVICES, LABEL_PROFILE, LABEL_SERVER, LABEL_USER
+from ..devices import LOCAL_NODE
 from ..monitor import Monitor
 from ..reconcile import ContainerView, Plan, plan
 from .loops import every
@@ -59,8 +66,9 @@ def container_view(attrs: dict[str, Any]) -> ContainerView:
 
 class Reconciler:
     def __init__(self, monitor: Monitor, docker: Any, hub_api_url: str, api_token: str,
-                 interval: float, grace_seconds: float, deployment: str) -> None:
+                 interval: float, grace_seconds: float, deployment: str, node: str = LOCAL_NODE) -> None:
         self.monitor = monitor
+        self.node = node  # the node whose engine `docker` is: only its allocations are planned for
         self.deployment = deployment
         self.docker = docker
         self.hub_api_url = hub_api_url
@@ -133,7 +141,7 @@ class Reconciler:
         m = self.monitor
         containers = await m.run(self._containers)
         hub = await self.hub_servers()
-        allocations = await m.run(m.store.list)
+        allocations = [a for a in await m.run(m.store.list) if a.node == self.node]
         seats = m.seats()
         result = plan(allocations, containers, hub, now=time.time(), grace_seconds=self.grace_seconds, seats=seats)
         for step in result.release:
@@ -144,7 +152,8 @@ class Reconciler:
                 log.warning("reconcile: released %s: %s", step.target, step.reason)
         unavailable = set(result.unavailable)
         for adoption in result.adopt:
-            refusal = await m.run(m.store.adopt, adoption.allocation, seats)
+            adopted = replace(adoption.allocation, node=self.node)
+            refusal = await m.run(m.store.adopt, adopted, seats)
             if refusal is None:
                 log.warning("reconcile: adopted %s for %s: %s", adoption.allocation.id, adoption.target,
                             adoption.reason)
