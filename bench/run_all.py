@@ -58,7 +58,7 @@ QUICK = {  # smoke-test arguments: seconds instead of the better part of an hour
     "images": [PY, "-m", "bench.image_sizes", "--no-compressed", "--layers", "0", "--tag", "latest"],
     "footprint": [PY, "-m", "bench.footprint", "--reps", "1", "--servers", "2"],
     "monitor": [PY, "-m", "bench.monitor_api", "--requests", "30", "--rounds", "1", "--no-docs"],
-    "cluster": [PY, "-m", "bench.cluster_allocator", "--nodes", "5", "--held", "20", "--rounds", "1", "--requests", "10",
+    "cluster": [PY, "-m", "bench.cluster_allocator", "--nodes", "10", "--held", "20", "--rounds", "1", "--requests", "10",
                 "--reads", "5", "--no-docs"],
     "spawn": [PY, "-m", "bench.spawn_latency", "--reps", "1"],
     "burst": [PY, "-m", "bench.login_burst", "--users", "5"],
