@@ -287,7 +287,8 @@ def main() -> int:
         "",
         f"`POST api/allocations`, {c} concurrent requests (distinct users, one device each) per round, each "
         "round's grants released before the next. ms, p50 / p99 / max; *server* is the monitor's own request "
-        f"time from its access log; goal: p99 ≤ {GOAL_MS:g} ms at the monitor.",
+        f"time from its access log; goal: p99 ≤ {GOAL_MS:g} ms at the monitor (a round's p99 of {c} requests is its "
+        "slowest).",
         "",
         "| round | client | server | round's wall time | goal (server p99) |",
         "| --- | --- | --- | --- | --- |",
