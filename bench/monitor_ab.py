@@ -33,22 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.monitor_api import CALL, pct, run_in_hub, server_times, shareable_slices
+from bench.monitor_api import ACTIONS, pct, run_in_hub, server_times, shareable_slices
 from tests.harness.stack import TEST_ENV, Stack, start_stack
 
-CLIENT = CALL + r'''
-def burst(tag):
-    def ask(i):
-        return call("POST", "api/allocations", {"user": f"ab-{tag}-{i}", "count": 1, "profile": "opencl"})
-    t = time.perf_counter()
-    with ThreadPoolExecutor(cfg["concurrency"]) as pool:
-        results = list(pool.map(ask, range(cfg["concurrency"])))
-    wall = time.perf_counter() - t
-    assert all(s == 201 for s, _, _ in results), [(s, d[:200]) for s, d, _ in results if s != 201][:3]
-    for _, d, _ in results:
-        call("DELETE", "api/allocations/" + json.loads(d)["id"])
-    return [t for _, _, t in results], wall
-
+CLIENT = ACTIONS + r'''
 burst(f"{cfg['turn']}-warm")
 start = time.time()
 times, walls = [], []

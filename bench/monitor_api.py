@@ -72,38 +72,53 @@ def call(method, path, body=None):
     return status, data, time.perf_counter() - t
 '''
 
-CLIENT = CALL + r'''
-out = {}
-# 200 allocations held while reading
-held = []
-for i in range(cfg["held"]):
-    s, d, _ = call("POST", "api/allocations", {"user": f"bench-held-{i}", "count": 1, "profile": "opencl"})
-    assert s == 201, (s, d)
-    held.append(json.loads(d)["id"])
-for path in ("metrics", "api/devices"):
+# What the clients do with `call` (this script's, bench/monitor_ab.py's and
+# bench/cluster_allocator.py's): hold allocations, time sequential GETs, and bursts of
+# cfg["concurrency"] concurrent grants (distinct users), each burst's grants released after it.
+ACTIONS = CALL + r'''
+def hold(n):
+    held = []
+    for i in range(n):
+        s, d, _ = call("POST", "api/allocations", {"user": f"bench-held-{i}", "count": 1, "profile": "opencl"})
+        assert s == 201, (s, d)
+        held.append(json.loads(d)["id"])
+    return held
+
+def release(ids):
+    for a in ids:
+        call("DELETE", f"api/allocations/{a}")
+
+def get_times(path, n):
     call("GET", path)  # warm up
     times = []
-    for _ in range(cfg["requests"]):
+    for _ in range(n):
         s, d, t = call("GET", path)
         assert s == 200, (s, d[:200])
         times.append(t)
-    out[path] = {"times": times, "bytes": len(d)}
-for a in held:
-    call("DELETE", f"api/allocations/{a}")
+    return {"times": times, "bytes": len(d)}
 
-alloc, wall = [], []
-alloc_start = time.time()
-for r in range(cfg["rounds"]):
+def burst(tag):
     def ask(i):
-        return call("POST", "api/allocations", {"user": f"bench-{r}-{i}", "count": 1, "profile": "opencl"})
+        return call("POST", "api/allocations", {"user": f"bench-{tag}-{i}", "count": 1, "profile": "opencl"})
     t = time.perf_counter()
     with ThreadPoolExecutor(cfg["concurrency"]) as pool:
         results = list(pool.map(ask, range(cfg["concurrency"])))
-    wall.append(time.perf_counter() - t)
-    assert all(s == 201 for s, _, _ in results), [s for s, _, _ in results]
-    alloc.extend(t for _, _, t in results)
-    for _, d, _ in results:
-        call("DELETE", "api/allocations/" + json.loads(d)["id"])
+    wall = time.perf_counter() - t
+    assert all(s == 201 for s, _, _ in results), [(s, d[:200]) for s, d, _ in results if s != 201][:3]
+    release(json.loads(d)["id"] for _, d, _ in results)
+    return [t for _, _, t in results], wall
+'''
+
+CLIENT = ACTIONS + r'''
+held = hold(cfg["held"])  # held while reading
+out = {path: get_times(path, cfg["requests"]) for path in ("metrics", "api/devices")}
+release(held)
+alloc, wall = [], []
+alloc_start = time.time()
+for r in range(cfg["rounds"]):
+    times, w = burst(r)
+    alloc.extend(times)
+    wall.append(w)
 out["allocate"] = {"times": alloc, "wall": wall, "start": alloc_start}
 print(json.dumps(out))
 '''
@@ -113,14 +128,21 @@ print(json.dumps(out))
 LAUNCHER = "import json, sys; first, code = sys.stdin.read().split(chr(10), 1); cfg = json.loads(first); exec(code)"
 
 
-def shareable_slices() -> dict[str, str]:
-    """Settings (over the test stack's) under which the monitor's two CPU slices can be held by
-    many allocations at once (a policy file with cpu-slice: {shared: 128}), at slower timings."""
-    policy = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
-    policy.write_text("sharing: {cpu-slice: {shared: 128}}\n")
-    policy.chmod(0o644)
-    return {"GPUHUB_POLICY": str(policy), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
+def policy_settings(policy: str) -> dict[str, str]:
+    """Settings (over the test stack's) under which the monitor reads `policy` (YAML, written to a
+    temporary policy file) and runs at slower timings than the tests': allocations held without a
+    container stay held for a benchmark's length."""
+    path = Path(tempfile.mkdtemp(prefix="gpuhub-bench-policy-")) / "gpu-policy.yaml"
+    path.write_text(policy)
+    path.chmod(0o644)
+    return {"GPUHUB_POLICY": str(path), "GPUHUB_MONITOR_SAMPLE_SECONDS": "5",
             "GPUHUB_MONITOR_RECONCILE_SECONDS": "60", "GPUHUB_MONITOR_GRACE_SECONDS": "120"}
+
+
+def shareable_slices() -> dict[str, str]:
+    """Settings under which the monitor's two CPU slices can be held by many allocations at once
+    (a policy file with cpu-slice: {shared: 128}), at slower timings."""
+    return policy_settings("sharing: {cpu-slice: {shared: 128}}\n")
 
 
 def run_in_hub(stack: Stack, cfg: dict, client: str, timeout: float) -> subprocess.CompletedProcess:

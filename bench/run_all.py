@@ -44,6 +44,9 @@ STEPS: list[tuple[str, list[str], str, str]] = [
      "5. cold start; 7. idle footprint with 0 and 20 servers", "below"),
     ("monitor", [PY, "-m", "bench.monitor_api"],
      "4. the GPU monitor's scrape and allocation latency, sampling cost", "docs/monitor.md"),
+    ("cluster", [PY, "-m", "bench.cluster_allocator"],
+     "4. the GPU monitor's allocation latency with 100 nodes (99 simulated) × 8 devices and 500 allocations held; "
+     "inventory read cost", "below"),
     ("spawn", [PY, "-m", "bench.spawn_latency", "--docs"],
      "1. spawn latency per step, gpuhub per profile and the reference, interleaved", "below"),
     ("burst", [PY, "-m", "bench.login_burst", "--users", "50,100", "--docs"],
@@ -55,6 +58,8 @@ QUICK = {  # smoke-test arguments: seconds instead of the better part of an hour
     "images": [PY, "-m", "bench.image_sizes", "--no-compressed", "--layers", "0", "--tag", "latest"],
     "footprint": [PY, "-m", "bench.footprint", "--reps", "1", "--servers", "2"],
     "monitor": [PY, "-m", "bench.monitor_api", "--requests", "30", "--rounds", "1", "--no-docs"],
+    "cluster": [PY, "-m", "bench.cluster_allocator", "--nodes", "10", "--held", "20", "--rounds", "1", "--requests", "10",
+                "--reads", "5", "--no-docs"],
     "spawn": [PY, "-m", "bench.spawn_latency", "--reps", "1"],
     "burst": [PY, "-m", "bench.login_burst", "--users", "5"],
     "proxy": [PY, "-m", "bench.proxy_compare", "--quick"],
