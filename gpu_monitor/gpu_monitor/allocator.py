@@ -179,108 +179,147 @@ def decide(
 
     `new_id` names the allocation if a new one is granted; `now` becomes its `created_at`.
     `nodes`: the hosts the devices are on (`Device.node`); None: each is up, without labels.
-    A device whose node is not among `nodes` is offered to no one.
+    A device whose node is not among `nodes` is offered to no one. (A batch of requests is
+    decided on one `Ledger`, which this builds for a single one.)
     """
-    count = request.count
-    # bool is an int to Python, but "gpus": true is a mistake, not one GPU.
-    if not isinstance(count, int) or isinstance(count, bool):
-        return Refused(f"the number of GPUs must be a whole number, not {count!r}", "bad_request")
-    if not request.user:
-        return Refused("an allocation needs a user name", "bad_request")
-    if count < 1:
-        return Refused(
-            f"the number of GPUs must be at least 1, not {count}; a server without GPUs "
-            "needs no allocation",
-            "bad_request",
-        )
-    if count > MAX_COUNT:  # checked before formatting: str() of a 5000-digit int raises
-        return Refused(f"the number of GPUs must be at most {MAX_COUNT}", "bad_request")
+    return Ledger(devices, allocations, policy, unavailable, nodes).decide(request, now, new_id)
 
-    for held in allocations:
-        if (held.user, held.server) == (request.user, request.server):
+
+class Ledger:
+    """Who holds what, counted once from the devices and allocations and kept up to date as
+    grants are recorded: a batch of requests is decided one after another on one ledger, each
+    seeing the grants of those before it (`record`), at a cost that grows with the number of
+    nodes, not with devices times allocations. `decide()` gives the same answers as building a
+    new ledger for every request (tests/fast/test_allocator.py checks both ways)."""
+
+    def __init__(self, devices: Sequence[Device], allocations: Sequence[Allocation], policy: Policy,
+                 unavailable: frozenset[str] = frozenset(), nodes: Sequence[Node] | None = None) -> None:
+        self.policy = policy
+        self.nodes = list(nodes) if nodes is not None else [Node(n) for n in sorted({d.node for d in devices})]
+        self.usable = _allocatable(devices)
+        self.by_uuid = {d.uuid: d for d in self.usable}
+        self.offering = {n.id for n in self.nodes if n.state == "up"}
+        self.usable_on: Counter[str] = Counter(d.node for d in self.usable)
+        self.holders: Counter[str] = Counter(uuid for a in allocations for uuid in a.device_uuids)
+        self.held: dict[tuple[str, str], Allocation] = {(a.user, a.server): a for a in allocations}
+        self.user_total: Counter[str] = Counter()
+        self.user_profile: Counter[tuple[str, str]] = Counter()
+        for a in allocations:
+            self.user_total[a.user] += len(a.device_uuids)
+            self.user_profile[(a.user, a.profile)] += len(a.device_uuids)
+        # per node that offers devices: those with a free seat, in no particular order
+        self.free_on: dict[str, list[Device]] = {}
+        for d in self.usable:
+            if d.node in self.offering and self._has_seat(d) and d.uuid not in unavailable:
+                self.free_on.setdefault(d.node, []).append(d)
+
+    def _has_seat(self, d: Device) -> bool:
+        return self.holders[d.uuid] < self.policy.seats(d.kind)
+
+    def record(self, allocation: Allocation) -> None:
+        """A grant now held: its devices' seats taken, its holder's counts grown."""
+        self.held[(allocation.user, allocation.server)] = allocation
+        self.user_total[allocation.user] += len(allocation.device_uuids)
+        self.user_profile[(allocation.user, allocation.profile)] += len(allocation.device_uuids)
+        for uuid in allocation.device_uuids:
+            self.holders[uuid] += 1
+            d = self.by_uuid.get(uuid)
+            if d is not None and not self._has_seat(d) and d in self.free_on.get(d.node, ()):
+                self.free_on[d.node].remove(d)
+
+    def decide(self, request: AllocationRequest, now: float, new_id: str) -> Decision:
+        """As `decide()` (the module's rules), on what this ledger holds now. Records nothing."""
+        count = request.count
+        # bool is an int to Python, but "gpus": true is a mistake, not one GPU.
+        if not isinstance(count, int) or isinstance(count, bool):
+            return Refused(f"the number of GPUs must be a whole number, not {count!r}", "bad_request")
+        if not request.user:
+            return Refused("an allocation needs a user name", "bad_request")
+        if count < 1:
+            return Refused(
+                f"the number of GPUs must be at least 1, not {count}; a server without GPUs "
+                "needs no allocation",
+                "bad_request",
+            )
+        if count > MAX_COUNT:  # checked before formatting: str() of a 5000-digit int raises
+            return Refused(f"the number of GPUs must be at most {MAX_COUNT}", "bad_request")
+
+        held = self.held.get((request.user, request.server))
+        if held is not None:
             return _repeat(request, held)
 
-    if nodes is None:
-        nodes = [Node(node_id) for node_id in sorted({d.node for d in devices})]
-    usable = _allocatable(devices)
-    if request.node_labels:
-        wanted = dict(request.node_labels)
-        kind = {n.id for n in nodes if n.has_labels(wanted)}
-        if not kind:
-            return Refused(f"no node has the label(s) {_labels(wanted)}"
-                           + (f" that profile {request.profile!r} asks for" if request.profile else ""),
-                           "bad_request")
-        usable = [d for d in usable if d.node in kind]
-    per_node = Counter(d.node for d in usable)
-    largest = max(per_node.values(), default=0)
-    if count > largest:
-        if len(per_node) <= 1 and not request.node_labels:
-            return Refused(f"{count} GPU(s) requested, but this host has {largest} in all", "bad_request")
-        return Refused(
-            f"{count} GPU(s) requested, but a server runs on one node and the largest"
-            f"{' such' if request.node_labels else ''} node has {largest}",
-            "bad_request",
-        )
+        kind = set(self.usable_on)
+        if request.node_labels:
+            wanted = dict(request.node_labels)
+            kind = {n.id for n in self.nodes if n.has_labels(wanted)}
+            if not kind:
+                return Refused(f"no node has the label(s) {_labels(wanted)}"
+                               + (f" that profile {request.profile!r} asks for" if request.profile else ""),
+                               "bad_request")
+        sizes = [self.usable_on[n] for n in kind if self.usable_on[n]]
+        largest = max(sizes, default=0)
+        if count > largest:
+            if len(sizes) <= 1 and not request.node_labels:
+                return Refused(f"{count} GPU(s) requested, but this host has {largest} in all", "bad_request")
+            return Refused(
+                f"{count} GPU(s) requested, but a server runs on one node and the largest"
+                f"{' such' if request.node_labels else ''} node has {largest}",
+                "bad_request",
+            )
 
-    mine = [a for a in allocations if a.user == request.user]
-    profile_limit = policy.max_gpus_per_profile.get(request.profile)
-    if profile_limit is not None:
-        in_profile = sum(len(a.device_uuids) for a in mine if a.profile == request.profile)
-        if in_profile + count > profile_limit:
-            return Refused(
-                f"{count} GPU(s) requested, but profile {request.profile!r} allows "
-                f"{profile_limit} per user and you already hold {in_profile} with it",
-                "over_profile_limit",
-            )
-    group_limits = {g: policy.max_gpus_per_group[g] for g in request.groups if g in policy.max_gpus_per_group}
-    if group_limits:
-        group, group_limit = max(group_limits.items(), key=lambda item: (item[1], item[0]))
-        held_by_me = sum(len(a.device_uuids) for a in mine)
-        if held_by_me + count > group_limit:
-            return Refused(
-                f"{count} GPU(s) requested, but your group {group!r} allows {group_limit} per "
-                f"user and you already hold {held_by_me}",
-                "over_group_limit",
-            )
-    if policy.max_gpus_per_user is not None:
-        held_by_me = sum(len(a.device_uuids) for a in mine)
-        if held_by_me + count > policy.max_gpus_per_user:
+        refusal = self._over_a_limit(request)
+        if refusal is not None:
+            return refusal
+
+        free_on = {n: there for n, there in self.free_on.items() if n in kind and there}
+        fitting = [n for n, there in free_on.items() if len(there) >= count]
+        if not fitting:
+            usable = sum(sizes)
+            offered = sum(self.usable_on[n] for n in kind if n in self.offering)
+            free = sum(len(there) for there in free_on.values())
+            away = usable - offered
+            figures = (f"{free} free ({offered - free} of {usable} in use"
+                       + (f", {away} on nodes drained or down" if away else "") + ")")
+            if free >= count:  # enough in all, but no node has that many
+                figures += f", at most {max(len(t) for t in free_on.values())} on one node"
+            return Refused(f"{count} GPU(s) requested, {figures}; try again when one is released", "none_free")
+        if self.policy.placement == "spread":
+            node = min(fitting, key=lambda n: (-len(free_on[n]), n))
+        else:
+            node = min(fitting, key=lambda n: (len(free_on[n]), n))
+        chosen = sorted(free_on[node], key=lambda d: (self.holders[d.uuid], d.index, d.uuid))[:count]
+        return Granted(Allocation(id=new_id, user=request.user, server=request.server, profile=request.profile,
+                                  device_uuids=tuple(d.uuid for d in chosen), created_at=now, node=node),
+                       existing=False)
+
+    def _over_a_limit(self, request: AllocationRequest) -> Refused | None:
+        count, policy = request.count, self.policy
+        profile_limit = policy.max_gpus_per_profile.get(request.profile)
+        if profile_limit is not None:
+            in_profile = self.user_profile[(request.user, request.profile)]
+            if in_profile + count > profile_limit:
+                return Refused(
+                    f"{count} GPU(s) requested, but profile {request.profile!r} allows "
+                    f"{profile_limit} per user and you already hold {in_profile} with it",
+                    "over_profile_limit",
+                )
+        held_by_me = self.user_total[request.user]
+        group_limits = {g: policy.max_gpus_per_group[g] for g in request.groups if g in policy.max_gpus_per_group}
+        if group_limits:
+            group, group_limit = max(group_limits.items(), key=lambda item: (item[1], item[0]))
+            if held_by_me + count > group_limit:
+                return Refused(
+                    f"{count} GPU(s) requested, but your group {group!r} allows {group_limit} per "
+                    f"user and you already hold {held_by_me}",
+                    "over_group_limit",
+                )
+        if policy.max_gpus_per_user is not None and held_by_me + count > policy.max_gpus_per_user:
             return Refused(
                 f"{count} GPU(s) requested, but the limit is {policy.max_gpus_per_user} per "
                 f"user and you already hold {held_by_me}",
                 "over_user_limit",
             )
-
-    holders = Counter(uuid for a in allocations for uuid in a.device_uuids)
-    offering = {n.id for n in nodes if n.state == "up"}
-    offered = [d for d in usable if d.node in offering]
-    free = [d for d in offered if holders[d.uuid] < policy.seats(d.kind) and d.uuid not in unavailable]
-    free_on: dict[str, list[Device]] = {}
-    for d in free:
-        free_on.setdefault(d.node, []).append(d)
-    fitting = [node for node, there in free_on.items() if len(there) >= count]
-    if not fitting:
-        away = len(usable) - len(offered)
-        figures = (f"{len(free)} free ({len(offered) - len(free)} of {len(usable)} in use"
-                   + (f", {away} on nodes drained or down" if away else "") + ")")
-        if len(free) >= count:  # enough in all, but no node has that many
-            figures += f", at most {max(len(t) for t in free_on.values())} on one node"
-        return Refused(f"{count} GPU(s) requested, {figures}; try again when one is released", "none_free")
-    if policy.placement == "spread":
-        node = min(fitting, key=lambda n: (-len(free_on[n]), n))
-    else:
-        node = min(fitting, key=lambda n: (len(free_on[n]), n))
-    chosen = sorted(free_on[node], key=lambda d: (holders[d.uuid], d.index, d.uuid))[:count]
-    allocation = Allocation(
-        id=new_id,
-        user=request.user,
-        server=request.server,
-        profile=request.profile,
-        device_uuids=tuple(d.uuid for d in chosen),
-        created_at=now,
-        node=node,
-    )
-    return Granted(allocation, existing=False)
+        return None
 
 
 def with_free_at(refused: Refused, free_at: float) -> Refused:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -160,9 +161,10 @@ class Monitor:
                 "sampled_seconds": state.sampled_seconds if state else 0.0,
             })
         allocatable_total = sum(1 for r in rows if r["allocatable"])
+        node_total: Counter[str] = Counter(str(r["node"]) for r in rows if r["allocatable"])
+        node_free: Counter[str] = Counter(str(r["node"]) for r in rows if r["free"])
         nodes = [{"id": n.id, "hostname": n.hostname, "labels": dict(n.labels), "state": n.state, "reason": n.reason,
-                  "total": sum(1 for r in rows if r["node"] == n.id and r["allocatable"]),
-                  "free": sum(1 for r in rows if r["node"] == n.id and r["free"])} for n in self.nodes]
+                  "total": node_total[n.id], "free": node_free[n.id]} for n in self.nodes]
         return {"host": self.host.to_json(), "total": allocatable_total, "free": free, "nodes": nodes,
                 "devices": rows}
 

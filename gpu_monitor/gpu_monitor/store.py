@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from .allocator import Allocation, AllocationRequest, Decision, Granted, Policy, decide
+from .allocator import Allocation, AllocationRequest, Decision, Granted, Ledger, Policy
 from .devices import LOCAL_NODE, Device, Node
 from .reconcile import adoption_refusal
 
@@ -439,19 +439,12 @@ class AllocationStore:
         try:
             decisions: builtins.list[Decision] = []
             new_rows: builtins.list[tuple[Allocation, AllocationRequest]] = []
+            # counted once for the batch; each grant recorded for the requests after it
+            ledger = Ledger(devices, held, policy, unavailable, nodes)
             for request in requests:
-                decision = decide(
-                    request,
-                    devices,
-                    held,
-                    policy,
-                    now=time.time() if now is None else now,
-                    new_id=str(uuid.uuid4()),
-                    unavailable=unavailable,
-                    nodes=nodes,
-                )
+                decision = ledger.decide(request, now=time.time() if now is None else now, new_id=str(uuid.uuid4()))
                 if isinstance(decision, Granted) and not decision.existing:
-                    held.append(decision.allocation)
+                    ledger.record(decision.allocation)
                     new_rows.append((decision.allocation, request))
                 decisions.append(decision)
             conn.exec_driver_sql(*_insert_and_commit(new_rows))

@@ -12,6 +12,7 @@ from gpu_monitor.allocator import (
     AllocationRequest,
     Decision,
     Granted,
+    Ledger,
     Policy,
     Refused,
     decide,
@@ -528,3 +529,33 @@ def test_placement_and_node_states_are_checked():
         Policy(placement="random")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="node state must be one of up, drained, lost, no-agent"):
         Node("n1", state="gone")  # type: ignore[arg-type]
+
+
+def test_a_batch_on_one_ledger_decides_as_a_fresh_decision_for_each_request():
+    # What the store does (one Ledger per transaction, each grant recorded) against what the
+    # rules say (decide() anew on everything held), over a long mixed run: the same answers.
+    import random
+
+    rng = random.Random(14)
+    mig_cluster = CLUSTER + [Device("n1-gpu-0-mig", 9, "mig", "1g", parent_uuid="n1-gpu-0", node="n1")]
+    for policy in (EXCLUSIVE, Policy(placement="spread", share={"gpu": 2}, max_gpus_per_user=3,
+                                     max_gpus_per_group={"students": 1})):
+        node_list = nodes(n3="drained")
+        held: list[Allocation] = []
+        outcomes = set()
+        ledger = Ledger(mig_cluster, held, policy, frozenset({"n2-gpu-3"}), node_list)
+        for i in range(200):
+            groups = tuple(rng.sample(["students", "staff"], rng.randrange(3)))
+            request = AllocationRequest(f"u{rng.randrange(12)}", rng.choice(["", "lab"]), rng.choice(["cuda", "cl"]),
+                                        rng.choice([1, 1, 1, 2, 3, 5]), groups,
+                                        rng.choice([(), (("gpu", "a100"),), (("gpu", "h100"),)]))
+            fresh = decide(request, mig_cluster, held, policy, NOW, f"a{i}", frozenset({"n2-gpu-3"}), node_list)
+            batched = ledger.decide(request, NOW, f"a{i}")
+            assert batched == fresh, (i, request)
+            outcomes.add("existing" if isinstance(fresh, Granted) and fresh.existing else
+                         "granted" if isinstance(fresh, Granted) else fresh.code)
+            if isinstance(fresh, Granted) and not fresh.existing:
+                held.append(fresh.allocation)
+                ledger.record(fresh.allocation)
+        # the run went through grants, repeats and the refusals the state allows
+        assert {"granted", "existing", "conflict", "none_free", "bad_request"} <= outcomes, outcomes
