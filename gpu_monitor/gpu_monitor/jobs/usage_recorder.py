@@ -27,17 +27,20 @@ class UsageRecorder:
         minute = now - now % 60
         usage: dict[str, list[float]] = {}
         points = []
+        holding: dict[str, list[Allocation]] = {}  # device -> its holders, built once per round
+        for a in allocations:
+            for uuid in a.device_uuids:
+                holding.setdefault(uuid, []).append(a)
         for uuid, (busy, sampled) in self._grown.take(states).items():
             state = states[uuid]
             if sampled <= 0:
                 continue
             points.append((uuid, minute, busy / sampled if state.last.utilization_ratio is not None else None,
                            None if state.last.memory_used_bytes is None else float(state.last.memory_used_bytes)))
-            for a in allocations:
-                if uuid in a.device_uuids:
-                    total = usage.setdefault(a.id, [0.0, 0.0])
-                    total[0] += busy
-                    total[1] += sampled
+            for a in holding.get(uuid, ()):
+                total = usage.setdefault(a.id, [0.0, 0.0])
+                total[0] += busy
+                total[1] += sampled
         return [(a, hour, b, s) for a, (b, s) in usage.items()], points
 
     async def flush(self) -> None:
