@@ -96,7 +96,7 @@ def test_a_generic_gpu_resource_places_a_service_on_the_gpu_node(swarm, services
     (FAKE_GPU_UUIDS[1], FAKE_GPU_UUIDS[1]),
     ("void", "void"),  # what gpuhub gives CPU-only servers
     (None, "<unset>"),
-])
+], ids=["a-gpu-uuid", "void", "unset"])
 def test_the_gpu_node_runs_containers_through_nvidias_runtime_with_their_devices(swarm, services, debian,
                                                                                   visible, recorded):
     env = [] if visible is None else ["--env", f"NVIDIA_VISIBLE_DEVICES={visible}"]
