@@ -8,6 +8,12 @@ runtime that records what each container asked for (tests/standins/nvidia-runtim
 registry (Debian's docker-registry) serves images to the nodes, as a cluster's would: the host's
 daemon pushes to it on loopback, the nodes pull from it over the bridge.
 
+Measured with Docker 20.10 on this kernel, and relied on by the tests: a service's virtual IP
+needs IPVS, which the kernel lacks, so services that others connect to use `--endpoint-mode
+dnsrr`; a service spec cannot choose a runtime, so the GPU node makes the stand-in its default;
+Swarm tells a container the generic resources it assigned in DOCKER_RESOURCE_NVIDIA-GPU and sets
+no NVIDIA_VISIBLE_DEVICES (gpuhub must set that itself).
+
 Everything it makes is named or commented `gpuhub-sw`, so that `cleanup_leftovers` (run by
 `start`) removes what a killed earlier run left and `stop` leaves nothing behind. Needs root.
 The recipe and its traps: /work/shared/ENVIRONMENT.md, "A multi-node Docker Swarm on one machine".
