@@ -4,6 +4,8 @@
 - docker (`-m docker`): builds the images and runs the real stack with Docker Compose.
 - browser (`-m browser`): Playwright driving Debian's Chromium through the real stack.
 - gpu (`tests/gpu/`, `-m gpu`): needs an NVIDIA GPU; skipped, and said so, elsewhere.
+- swarm (`tests/swarm/`, `-m swarm`): a Docker Swarm of three engines on this machine, one of them
+  a simulated GPU node, with a registry (tests/harness/swarm.py); needs root and dockerd, no GPU.
 
 `pytest` alone runs the fast tier (see pyproject.toml, [tool.pytest.ini_options]). `bin/test` runs every tier.
 
