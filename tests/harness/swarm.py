@@ -361,12 +361,22 @@ class Swarm:
         return ["nsenter", f"--net=/run/netns/{node.netns}", "unshare", "--uts",
                 "sh", "-c", 'hostname "$0" && exec "$@"', node.hostname, *dockerd]
 
+    def stop_engine(self, node: Node) -> None:
+        """Stop one node's dockerd, as when its host goes down: its containers stop with it, and
+        the managers see the node down once its heartbeat runs out."""
+        terminate(pid_from(node.pidfile, "dockerd"))
+
+    def start_engine(self, node: Node) -> None:
+        """Start a stopped node's dockerd again, on the same data: it is the same swarm node."""
+        self._start_daemon(node)
+        self._wait_daemon(node)
+
     def _start_daemon(self, node: Node) -> None:
-        node.dir.mkdir()
+        node.dir.mkdir(exist_ok=True)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
         if node.gpu:
             env[STANDIN_RECORDS_ENV] = str(self.runtime_records_file)
-        with open(node.log, "wb") as log:
+        with open(node.log, "ab") as log:
             subprocess.Popen(self._daemon_command(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              env=env, start_new_session=True)
 
