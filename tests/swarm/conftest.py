@@ -2,9 +2,11 @@
 engines on this machine (tests/harness/swarm.py). Needs root and dockerd; no GPU.
 
 Fixtures:
-- `swarm` (session): the running `Swarm`, torn down at the end; the daemons' and registry's logs
-  go to test-artifacts/<test name>/ when a test using it fails.
-- `debian` (session): debian:bookworm-slim pushed to the swarm's registry; its reference for the nodes.
+- `swarm` (module): the running `Swarm`, torn down after each module (not at the session's end:
+  the docker tier's last test restarts the host's dockerd and needs it to be the only one; a new
+  swarm costs about 25 s); the daemons' and registry's logs go to test-artifacts/<test name>/ when
+  a test using it fails.
+- `debian` (module): debian:bookworm-slim pushed to the swarm's registry; its reference for the nodes.
 - `services`: a factory `services(name_prefix, *docker_service_create_args) -> name` whose
   services (and `services.network(...)` networks) are removed after the test.
 """
@@ -17,7 +19,7 @@ import pytest
 from ..harness.swarm import Swarm, unique, wait_until
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def swarm():
     if os.geteuid() != 0:
         pytest.skip("the swarm tier needs root (network namespaces, a bridge, iptables, extra dockerd)")
@@ -27,7 +29,7 @@ def swarm():
         yield started
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def debian(swarm):
     return swarm.push("debian:bookworm-slim")
 
