@@ -123,7 +123,10 @@ def subdomains(stack):
 
 @pytest.fixture(autouse=True)
 def _logs_on_failure(request):
+    """A failed test's stack or swarm logs (their `dump_logs`), kept in test-artifacts/."""
     yield
     report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "stack" in request.fixturenames:
-        request.getfixturevalue("stack").dump_logs(request.node.name)
+    if report is not None and report.failed:
+        for name in ("stack", "swarm"):
+            if name in request.fixturenames:
+                request.getfixturevalue(name).dump_logs(request.node.name)

@@ -149,12 +149,7 @@ async def serve(settings: Settings) -> None:
     tasks = [asyncio.create_task(agent.run_forever()), asyncio.create_task(refresher.run_forever()),
              asyncio.create_task(reconciler.run_forever()), asyncio.create_task(usage.run_forever()),
              asyncio.create_task(idle.run_forever())]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
+    await until_stopped()
     for task in tasks:
         task.cancel()
     try:
@@ -166,6 +161,16 @@ async def serve(settings: Settings) -> None:
     backend.close()
     monitor.close()
     store.dispose()
+
+
+async def until_stopped() -> None:
+    """Return on SIGTERM (docker stop) or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
 
 
 def make_agent(settings: Settings, inventory: Inventory, host: HostInfo, devices: list[Device],
@@ -201,12 +206,7 @@ async def run_agent(settings: Settings) -> None:
                      str(e.orig).strip().splitlines()[0])
             await asyncio.sleep(2)
     task = asyncio.create_task(agent.run_forever())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
+    await until_stopped()
     task.cancel()
     sampler.stop()
     backend.close()

@@ -34,6 +34,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .stack import wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 # short: the daemons' unix sockets live under it (a socket path holds at most 107 bytes)
 WORKDIR = Path("/tmp/gpuhub-sw")
@@ -66,19 +68,9 @@ def run(*args: str, check: bool = True, timeout: float = 60, **kwargs) -> subpro
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    """`predicate()`'s first truthy value, polled until `timeout` seconds pass (then TimeoutError)."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except Exception as e:  # noqa: BLE001 - reported if the deadline passes
-            last_error = e
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"{what}: not within {timeout:.0f}s (last error: {last_error!r})")
-        time.sleep(interval)
+    """`predicate()`'s first truthy value, polled until `timeout` seconds pass (then TimeoutError):
+    the stack harness's `wait_for`, with `what` before `interval` as this module's calls give it."""
+    return wait_for(predicate, timeout, interval=interval, what=what)
 
 
 def tail(path: Path, lines: int = 30) -> str:

@@ -78,10 +78,3 @@ def services(swarm):
     finally:
         made.remove_all()
 
-
-@pytest.fixture(autouse=True)
-def _swarm_logs_on_failure(request):
-    yield
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed and "swarm" in request.fixturenames:
-        request.getfixturevalue("swarm").dump_logs(request.node.name)
