@@ -139,7 +139,9 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     }
 
     # --- spawner ------------------------------------------------------------------------------
-    c.JupyterHub.spawner_class = "gpuhub.spawner.GPUDockerSpawner"
+    # on a swarm, each server is a service on the node of its devices (gpuhub.swarm_spawner)
+    c.JupyterHub.spawner_class = (
+        "gpuhub.swarm_spawner.GPUSwarmSpawner" if settings.swarm else "gpuhub.spawner.GPUDockerSpawner")
     c.GPUDockerSpawner.profiles = profiles
     # config/templates/options_form.html, if the site made one (a missing directory is skipped)
     c.GPUDockerSpawner.additional_options_form_template_paths = [settings.form_templates_dir]
@@ -158,7 +160,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.DockerSpawner.remove = True
     c.DockerSpawner.volumes = {f"{settings.deployment}-home-{{username}}": "/home/jovyan"}
     c.DockerSpawner.notebook_dir = "/home/jovyan"
-    c.DockerSpawner.pull_policy = "ifnotpresent"
+    # on a swarm each node pulls the image from the registry it names
+    c.DockerSpawner.pull_policy = "skip" if settings.swarm else "ifnotpresent"
     c.Spawner.default_url = "/lab"
     # A burst of logins: servers start a few at a time (each then answers in seconds instead of
     # all of them late), so the queue's wait is part of start_timeout (bench/login_burst.py).

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpu_monitor.env import ConfigError, Invalid, Setting, names, one_of, port, read_secret_file, switch, text, url, whole_number
-from gpu_monitor.settings import DB_HOST, DB_PASSWORD_FILE, DEPLOYMENT, DOMAIN, POLICY_FILE, USER_SUBDOMAINS
+from gpu_monitor.settings import DB_HOST, DB_PASSWORD_FILE, DEPLOYMENT, DOMAIN, POLICY_FILE, SWARM, USER_SUBDOMAINS
 
 from .providers import PROVIDER_SETTINGS, PROVIDERS, OAuthSettings
 
@@ -77,7 +77,7 @@ SETTINGS = (
     AUTHENTICATOR, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET_FILE, *PROVIDER_SETTINGS,
     ALLOWED_USERS, ALLOWED_GROUPS, ALLOW_ALL, ADMIN_USERS, DOMAIN, LISTEN, HTTPS_PORT, ACME_DNS_PROVIDER,
     USER_SUBDOMAINS, API_TOKEN_FILE, PROFILES_FILE, USER_NETWORK, USERS_SUBNET, USERS_IP_RANGE, USERS_HUB_IP,
-    USERS_PROXY_IP, SERVER_TO_SERVER, DEPLOYMENT, POLICY_FILE, CULL_IDLE_SECONDS, START_CONCURRENCY,
+    USERS_PROXY_IP, SERVER_TO_SERVER, DEPLOYMENT, POLICY_FILE, CULL_IDLE_SECONDS, START_CONCURRENCY, SWARM,
     SECRETS_DIR, CERTS_DIR, DB_HOST, DB_NAME, DB_USER, DB_PASSWORD_FILE, PROXY_API_URL, TRAEFIK_RULES_FILE,
     MONITOR_URL, MONITOR_SECRETS_DIR, FORM_TEMPLATES_DIR,
 )
@@ -150,6 +150,8 @@ class Settings:
     cull_idle_seconds: int  # jupyterhub-idle-culler's --timeout; 0: not run
     # servers starting at once (GPUDockerSpawner.start_concurrency); 0: no limit
     start_concurrency: int
+    # servers as Swarm services on their devices' node (gpuhub.swarm_spawner)
+    swarm: bool
     # labels every user container (org.gpuhub.deployment): the GPU monitor counts only its own
     deployment: str
     # every user server on a host of its own (gpuhub.subdomains)
@@ -297,6 +299,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         policy_file=POLICY_FILE.read(environ),
         cull_idle_seconds=CULL_IDLE_SECONDS.read(environ),
         start_concurrency=START_CONCURRENCY.read(environ),
+        swarm=SWARM.read(environ),
         deployment=DEPLOYMENT.read(environ),
         user_subdomains=_user_subdomains(environ),
     )

@@ -477,20 +477,28 @@ class GPUDockerSpawner(DockerSpawner):
         if isinstance(answer, Refusal):
             raise web.HTTPError(503 if answer.status >= 500 else 400, f"No GPU for this server: {answer.message}")
         self.allocation_id = answer.id
-        host_config, env = allocation_container_settings(answer.allocation)
-        self.extra_host_config = {**self.extra_host_config, **host_config}
-        self.environment = {**self.environment, **env}
+        self._apply_allocation(answer.allocation)
         labels = self.extra_create_kwargs.setdefault("labels", {})
         labels[LABEL_ALLOCATION] = answer.id
         labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in answer.devices)
         names = ", ".join(d.get("name") or d["uuid"] for d in answer.devices)
         self._report(25, f"Allocated: {names}")
 
+    def _apply_allocation(self, allocation: dict[str, Any]) -> None:
+        """Give the container-to-be exactly the allocated devices."""
+        host_config, env = allocation_container_settings(allocation)
+        self.extra_host_config = {**self.extra_host_config, **host_config}
+        self.environment = {**self.environment, **env}
+
+    # how an administrator checks and removes this server's Docker object by hand
+    _check_command = "docker ps -a -f name="
+    _remove_command = "docker rm -f"
+
     def _still_running_message(self, allocation_id: str) -> str:
         return (
-            f"This server's previous container {self.object_name} is still running (it did not stop), "
+            f"This server's previous {self.object_type} {self.object_name} is still running (it did not stop), "
             f"holding the devices of allocation {allocation_id}, so the server cannot start again. "
-            f"Ask an administrator to remove it (docker rm -f {self.object_name}); its devices are "
+            f"Ask an administrator to remove it ({self._remove_command} {self.object_name}); its devices are "
             "then released within a few minutes.")
 
     async def _release_leftover(self) -> None:
@@ -538,10 +546,11 @@ class GPUDockerSpawner(DockerSpawner):
         self.allocation_id = allocation_id
         self._allocation_outlives_server = True
         self.log.warning(
-            "%s: keeping allocation %s (%s): its container %s may still use the devices. The GPU "
-            "monitor releases them once the container is gone; check it with `docker ps -a -f name=%s` "
-            "and remove it with `docker rm -f %s` if it does not stop.",
-            self._log_name, allocation_id, why, self.object_name, self.object_name, self.object_name)
+            "%s: keeping allocation %s (%s): its %s %s may still use the devices. The GPU "
+            "monitor releases them once it is gone; check it with `%s%s` "
+            "and remove it with `%s %s` if it does not stop.",
+            self._log_name, allocation_id, why, self.object_type, self.object_name,
+            self._check_command, self.object_name, self._remove_command, self.object_name)
 
     async def _container_gone(self) -> bool:
         """Whether Docker confirms that this server's container runs no process: it does not

@@ -44,6 +44,17 @@ def test_servers_and_homes_are_named_after_the_deployment(environ):
     assert c.GPUDockerSpawner.deployment == "gpuhub-test"
 
 
+def test_on_a_swarm_servers_are_services_and_each_node_pulls_their_image(environ):
+    assert configured(environ).DockerSpawner.pull_policy == "ifnotpresent"
+    c = configured({**environ, "GPUHUB_SWARM": "true"})
+    assert c.JupyterHub.spawner_class == "gpuhub.swarm_spawner.GPUSwarmSpawner"
+    assert c.DockerSpawner.pull_policy == "skip"
+    from gpuhub.spawner import GPUDockerSpawner
+    from gpuhub.swarm_spawner import GPUSwarmSpawner
+    # the GPUDockerSpawner section configures it too (a subclass)
+    assert issubclass(GPUSwarmSpawner, GPUDockerSpawner)
+
+
 def test_generic_oidc_login(environ):
     c = configured(environ)
     assert c.JupyterHub.authenticator_class.__name__ == "GenericOAuthenticator"

@@ -1,0 +1,265 @@
+"""GPUSwarmSpawner: GPUDockerSpawner's servers as Docker Swarm services, each on its devices' node.
+
+On a swarm (GPUHUB_SWARM=true) the GPU monitor decides the node with the devices (the allocation
+names it: Swarm's node id, which each node's agent reports under); this spawner only has Swarm
+run the server there. Everything GPUDockerSpawner does (profiles, validation, the monitor's
+allocation and its release only once nothing runs, the start queue, progress) is unchanged; what
+differs is the Docker object:
+
+- one replicated service per server, one replica, never restarted by Swarm (a server that
+  exits is stopped, as on one host), placed by a constraint `node.id==<the allocation's node>`;
+- DNS round robin as its endpoint (`dnsrr`): the hub and the proxy reach it by its service name
+  on the users' overlay network, with no virtual IP (which needs IPVS in the node's kernel);
+- GPUs and MIG instances: NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES with the allocated ids,
+  read by the NVIDIA runtime, which a GPU node makes its default runtime (a service cannot choose
+  one); and as many `NVIDIA-GPU` generic resources as devices, so that Swarm's own count of a
+  node's GPUs agrees with the monitor's. Swarm picks *which* of the node's advertised GPUs it
+  counts as taken (its DOCKER_RESOURCE_NVIDIA-GPU variable); the container gets the monitor's;
+- CPU slices: a CPU limit of the slice's cores (Swarm has no cpuset for services, so the slice is
+  a share of the node's CPU time, not its cores), PoCL told how many compute units it has;
+- the hardening of a container where Swarm can express it: no capabilities, a read-only root
+  filesystem, size-limited tmpfs for /tmp, /var/tmp and /dev/shm, the memory, CPU and process
+  limits. Docker 20.10's service API has no no-new-privileges and mounts a service's tmpfs
+  noexec; docs/scale-out.md says what that changes.
+- stopping: the service is scaled to no replica, its task waited for until Swarm reports it
+  ended (so no process can still use the devices), then removed; only then are the devices
+  released, as on one host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors
+from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
+from dockerspawner import SwarmSpawner
+from traitlets import Float, Unicode, default
+
+from .spawner import GPU_KINDS, GPUDockerSpawner, size_in_bytes
+
+# NVIDIA's name for GPUs advertised to Swarm (dockerd's node-generic-resources)
+SWARM_GPU_RESOURCE = "NVIDIA-GPU"
+
+# a task in one of these states has, or may still get, a running process
+TASK_ALIVE = frozenset({"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"})
+# ended, and never to run again
+TASK_ENDED = frozenset({"complete", "shutdown", "failed", "rejected", "remove", "orphaned"})
+
+
+@dataclass(frozen=True)
+class ServiceDevices:
+    """What a service needs to hold exactly the allocated devices on their node."""
+
+    constraints: list[str]
+    env: dict[str, str]
+    generic_resources: dict[str, int] = field(default_factory=dict)
+    nano_cpus: int | None = None
+
+
+def allocation_service_settings(allocation: dict[str, Any], gpu_resource: str = SWARM_GPU_RESOURCE) -> ServiceDevices:
+    """The placement, environment and resources of a server holding `allocation` on a swarm."""
+    devices = allocation["devices"]
+    node = allocation.get("node") or ""
+    if not node or not re.fullmatch(r"[A-Za-z0-9_.-]+", node):
+        # an allocation without a Swarm node id would let Swarm put the server anywhere
+        raise ValueError(f"allocation {allocation.get('id')} names no Swarm node ({node!r})")
+    env = {"GPUHUB_ALLOCATION": allocation["id"], "GPUHUB_DEVICES": ",".join(d["uuid"] for d in devices)}
+    gpus = [d.get("docker_device_id") or d["uuid"] for d in devices if d.get("kind") in GPU_KINDS]
+    slices = [d for d in devices if d.get("kind") == "cpu-slice"]
+    generic: dict[str, int] = {}
+    nano_cpus = None
+    if gpus:
+        env["NVIDIA_VISIBLE_DEVICES"] = env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        if gpu_resource:
+            generic[gpu_resource] = len(gpus)
+    else:
+        env["NVIDIA_VISIBLE_DEVICES"] = "void"
+        env["CUDA_VISIBLE_DEVICES"] = ""
+    if slices:
+        cores = sum(int(d.get("cores") or 0) for d in slices)
+        env["POCL_MAX_PTHREAD_COUNT"] = env["POCL_CPU_MAX_CU_COUNT"] = str(cores)
+        nano_cpus = cores * 10**9 if cores else None
+    return ServiceDevices([f"node.id=={node}"], env, generic, nano_cpus)
+
+
+def tmpfs_mounts(host_config: dict[str, Any]) -> list[Mount]:
+    """The container's tmpfs (GPUDockerSpawner's host config) as service mounts; /dev/shm too,
+    which a service cannot size otherwise."""
+    mounts = []
+    for path, options in (host_config.get("tmpfs") or {}).items():
+        size = next((o.split("=", 1)[1] for o in options.split(",") if o.startswith("size=")), None)
+        mounts.append(Mount(path, None, type="tmpfs", tmpfs_size=int(size) if size else None, tmpfs_mode=0o1777))
+    if host_config.get("shm_size"):
+        mounts.append(Mount("/dev/shm", None, type="tmpfs", tmpfs_size=size_in_bytes(str(host_config["shm_size"])),
+                            tmpfs_mode=0o1777))
+    return mounts
+
+
+def service_create_kwargs(*, name: str, image: str, env: dict[str, str], args: list[str], labels: dict[str, str],
+                          mounts: list[Mount], host_config: dict[str, Any], devices: ServiceDevices | None,
+                          network: str, mem_limit: int | None, cpu_limit: float | None,
+                          stop_grace_period: float) -> dict[str, Any]:
+    """The arguments of docker.APIClient.create_service for one server (pure; see the module)."""
+    container = ContainerSpec(
+        image=image, args=args, env={**env, **(devices.env if devices else {})}, labels=labels,
+        mounts=[*mounts, *tmpfs_mounts(host_config)],
+        read_only=bool(host_config.get("read_only")), cap_drop=host_config.get("cap_drop"),
+        stop_grace_period=int(stop_grace_period * 1e9))
+    nano = devices.nano_cpus if devices and devices.nano_cpus else None
+    if cpu_limit:
+        nano = min(nano, int(cpu_limit * 1e9)) if nano else int(cpu_limit * 1e9)
+    resources = Resources(cpu_limit=nano, mem_limit=mem_limit,
+                          generic_resources=(devices.generic_resources or None) if devices else None)
+    if host_config.get("pids_limit"):
+        # Limits.Pids (API 1.41, Docker 20.10); docker-py has no argument for it
+        resources.setdefault("Limits", {})["Pids"] = int(host_config["pids_limit"])
+    task = TaskTemplate(
+        container_spec=container, resources=resources,
+        # a server that exits stays stopped, as on one host: the hub sees it and releases its devices
+        restart_policy=RestartPolicy(condition="none"),
+        placement=Placement(constraints=devices.constraints if devices else None),
+        networks=[network] if network else None)
+    return {"name": name, "task_template": task, "labels": labels, "mode": ServiceMode("replicated", replicas=1),
+            "endpoint_spec": EndpointSpec(mode="dnsrr")}
+
+
+def task_problem(task: dict[str, Any]) -> str:
+    """What Swarm says about a task ("pending: no suitable node ..."), for messages."""
+    status = task.get("Status") or {}
+    text = status.get("Err") or status.get("Message") or ""
+    return f"{status.get('State', '?')}: {text}" if text else str(status.get("State", "?"))
+
+
+class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
+    swarm_gpu_resource = Unicode(
+        SWARM_GPU_RESOURCE,
+        config=True,
+        help="""The generic resource a GPU node advertises its GPUs as (dockerd's
+        node-generic-resources, NVIDIA's name NVIDIA-GPU); a GPU server asks Swarm for as many
+        as it holds. Empty: ask for none (nodes that advertise nothing).""",
+    )
+
+    task_end_timeout = Float(
+        60,
+        config=True,
+        help="""After a stop, how long to wait for Swarm to report the server's task ended. Not
+        ended by then: the service is left in place and its devices stay allocated (the state
+        remembers them; the next start or stop retries).""",
+    )
+
+    _check_command = "docker service ps "
+    _remove_command = "docker service rm"
+    _service_devices: ServiceDevices | None = None
+
+    @default("pull_policy")
+    def _default_pull_policy(self):
+        return "skip"  # each node pulls from the registry the image names
+
+    def _apply_allocation(self, allocation: dict[str, Any]) -> None:
+        try:
+            self._service_devices = allocation_service_settings(allocation, self.swarm_gpu_resource)
+        except ValueError as e:
+            raise RuntimeError(f"cannot place {self._log_name}'s server: {e}") from None
+
+    async def start(self):
+        self._service_devices = None
+        return await super().start()
+
+    async def create_object(self):
+        self._report(30, "Creating the server's Swarm service")
+        labels = self._render_templates(self.extra_create_kwargs.get("labels") or {})
+        host_config = self._render_templates(self.extra_host_config)
+        mounts = [
+            Mount(vol["bind"], source, type="bind" if source.startswith("/") else "volume",
+                  read_only=vol["mode"] == "ro")
+            for source, vol in self.volume_binds.items()
+        ]
+        kwargs = service_create_kwargs(
+            name=self.object_name, image=self.image, env=self.get_env(), args=await self.get_command(),
+            labels=labels, mounts=mounts, host_config=host_config, devices=self._service_devices,
+            network=self.network_name, mem_limit=self.mem_limit, cpu_limit=self.cpu_limit,
+            stop_grace_period=10)
+        return await self.docker("create_service", **kwargs)
+
+    async def start_object(self):
+        """Wait until Swarm runs the server's task; a task that ended instead is an error with
+        Swarm's reason. While it waits (pending for resources, pulling the image), the spawn
+        page says what Swarm says."""
+        said = ""
+        while True:
+            task = await self.get_task()
+            if task is None:
+                raise RuntimeError(f"Swarm has no task for service {self.object_name}")
+            state = (task.get("Status") or {}).get("State", "")
+            if state == "running":
+                return
+            if state in TASK_ENDED:
+                raise RuntimeError(f"Swarm could not start the server ({task_problem(task)})")
+            problem = task_problem(task)
+            if problem != said:
+                said = problem
+                self._report(40, f"Swarm: {problem}")
+            await asyncio.sleep(0.5)
+
+    async def _tasks(self) -> list[dict[str, Any]]:
+        return await self.docker("tasks", filters={"service": self.object_name})
+
+    async def _container_gone(self) -> bool:
+        """Whether Swarm confirms that no task of this server's service may still run: the
+        service does not exist, or every task has ended."""
+        try:
+            await self.docker("inspect_service", self.object_name)
+            tasks = await self._tasks()
+        except docker.errors.NotFound:
+            return True
+        except Exception as e:  # noqa: BLE001 - not knowing counts as "not gone"
+            self.log.warning("cannot tell whether %s's service %s is gone: %s", self._log_name, self.object_name, e)
+            return False
+        return all((t.get("Status") or {}).get("State") in TASK_ENDED for t in tasks)
+
+    async def stop_object(self):
+        """Scale the service to no replica and wait for Swarm to report its task ended."""
+        try:
+            service = await self.docker("inspect_service", self.object_name)
+            await self.docker("update_service", service["ID"], version=service["Version"]["Index"],
+                              mode=ServiceMode("replicated", replicas=0), fetch_current_spec=True)
+        except docker.errors.NotFound:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.task_end_timeout
+        while not await self._container_gone():
+            if loop.time() > deadline:
+                raise RuntimeError(f"Swarm has not ended {self.object_name}'s task after {self.task_end_timeout:.0f}s")
+            await asyncio.sleep(0.5)
+
+    async def remove_object(self):
+        if not await self._container_gone():
+            # removing it would hide a process that may still use the devices
+            self.log.warning("not removing %s's service %s: its task has not ended", self._log_name, self.object_name)
+            return
+        try:
+            await self.docker("remove_service", self.object_name)
+        except docker.errors.NotFound:
+            pass
+
+    async def _remove_container(self) -> None:
+        # after a failed start: the task ended first (scaled to none), then the service removed
+        try:
+            await self.stop_object()
+        except (RuntimeError, docker.errors.APIError) as e:
+            self.log.warning("could not stop %s's service %s after its failed start: %s", self._log_name,
+                             self.object_name, e)
+            return  # _container_gone() then keeps the devices
+        try:
+            await self.docker("remove_service", self.object_name)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as e:
+            self.log.warning("could not remove %s's service %s after its failed start: %s", self._log_name,
+                             self.object_name, e)
+        else:
+            self.log.info("removed %s's service %s after its failed start", self._log_name, self.object_name)
+        self.object_id = ""

@@ -1,0 +1,106 @@
+"""GPUSwarmSpawner's translation of an allocation and a profile into a Swarm service spec (the
+pure part; tests/swarm/test_swarm_stack.py runs it on a real swarm)."""
+
+import pytest
+
+from gpuhub.spawner import tmpfs_options
+from gpuhub.swarm_spawner import (
+    SWARM_GPU_RESOURCE,
+    TASK_ALIVE,
+    TASK_ENDED,
+    allocation_service_settings,
+    service_create_kwargs,
+    task_problem,
+)
+
+NODE = "k3x9q1r2c8vd0s7nq4m5z6w1a"
+
+
+def allocation(*devices, node=NODE):
+    return {"id": "a1", "node": node, "devices": list(devices)}
+
+
+GPU_A = {"uuid": "GPU-aaa", "kind": "gpu", "name": "H100"}
+GPU_B = {"uuid": "GPU-bbb", "kind": "gpu", "name": "H100"}
+MIG = {"uuid": "MIG-ccc", "kind": "mig", "docker_device_id": "MIG-ccc"}
+SLICE = {"uuid": "CPU-1", "kind": "cpu-slice", "cpuset": "2-3", "cores": 2}
+
+
+def test_gpus_go_to_their_node_by_uuid_and_count_as_swarms_generic_resources():
+    got = allocation_service_settings(allocation(GPU_A, GPU_B))
+    assert got.constraints == [f"node.id=={NODE}"]
+    assert got.env["NVIDIA_VISIBLE_DEVICES"] == got.env["CUDA_VISIBLE_DEVICES"] == "GPU-aaa,GPU-bbb"
+    assert got.env["GPUHUB_ALLOCATION"] == "a1" and got.env["GPUHUB_DEVICES"] == "GPU-aaa,GPU-bbb"
+    assert got.generic_resources == {SWARM_GPU_RESOURCE: 2}
+    assert got.nano_cpus is None
+
+
+def test_a_mig_instance_is_named_by_its_own_id_and_no_generic_resource_when_turned_off():
+    got = allocation_service_settings(allocation(MIG), gpu_resource="")
+    assert got.env["NVIDIA_VISIBLE_DEVICES"] == "MIG-ccc"
+    assert got.generic_resources == {}
+
+
+def test_a_cpu_slice_is_a_cpu_limit_of_its_cores_and_no_gpu():
+    got = allocation_service_settings(allocation(SLICE))
+    assert got.nano_cpus == 2 * 10**9
+    assert got.env["NVIDIA_VISIBLE_DEVICES"] == "void" and got.env["CUDA_VISIBLE_DEVICES"] == ""
+    assert got.env["POCL_CPU_MAX_CU_COUNT"] == got.env["POCL_MAX_PTHREAD_COUNT"] == "2"
+    assert got.generic_resources == {}
+
+
+@pytest.mark.parametrize("node", ["", None, "a b", "x==y"])
+def test_an_allocation_without_a_usable_node_is_refused_not_placed_anywhere(node):
+    with pytest.raises(ValueError, match="names no Swarm node"):
+        allocation_service_settings(allocation(GPU_A, node=node))
+
+
+def spec(devices=None, **host):
+    host_config = {"cap_drop": ["ALL"], "read_only": True, "pids_limit": 256,
+                   "tmpfs": {"/tmp": tmpfs_options("1G"), "/var/tmp": tmpfs_options("64M")}, **host}
+    return service_create_kwargs(
+        name="gpuhub-ada", image="registry:5000/gpuhub/singleuser-opencl:latest", env={"A": "1"},
+        args=["jupyterhub-singleuser"], labels={"org.gpuhub.user": "ada"}, mounts=[], host_config=host_config,
+        devices=devices, network="gpuhub-users", mem_limit=2 * 1024**3, cpu_limit=4.0, stop_grace_period=10)
+
+
+def test_the_service_runs_once_on_its_node_never_restarted_reached_by_dns_with_the_hardening():
+    got = spec(allocation_service_settings(allocation(GPU_A)))
+    task = got["task_template"]
+    container = task["ContainerSpec"]
+    assert got["name"] == "gpuhub-ada" and got["mode"] == {"replicated": {"Replicas": 1}}
+    assert got["endpoint_spec"]["Mode"] == "dnsrr"
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Placement"]["Constraints"] == [f"node.id=={NODE}"]
+    assert task["Networks"] == [{"Target": "gpuhub-users"}]
+    assert "NVIDIA_VISIBLE_DEVICES=GPU-aaa" in container["Env"] and "A=1" in container["Env"]
+    assert container["ReadOnly"] is True and container["CapabilityDrop"] == ["ALL"]
+    assert container["Labels"] == {"org.gpuhub.user": "ada"} == got["labels"]
+    tmpfs = {m["Target"]: m["TmpfsOptions"] for m in container["Mounts"]}
+    assert tmpfs == {"/tmp": {"SizeBytes": 1024**3, "Mode": 0o1777}, "/var/tmp": {"SizeBytes": 64 * 1024**2, "Mode": 0o1777}}
+    limits = task["Resources"]["Limits"]
+    assert limits == {"NanoCPUs": 4 * 10**9, "MemoryBytes": 2 * 1024**3, "Pids": 256}
+    assert task["Resources"]["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": SWARM_GPU_RESOURCE, "Value": 1}}]
+
+
+def test_a_slice_narrows_the_cpu_limit_and_shm_becomes_a_sized_tmpfs():
+    got = spec(allocation_service_settings(allocation(SLICE)), shm_size="256M")
+    container = got["task_template"]["ContainerSpec"]
+    assert got["task_template"]["Resources"]["Limits"]["NanoCPUs"] == 2 * 10**9
+    shm = next(m for m in container["Mounts"] if m["Target"] == "/dev/shm")
+    assert shm["TmpfsOptions"]["SizeBytes"] == 256 * 1024**2
+    assert "NVIDIA_VISIBLE_DEVICES=void" in container["Env"]
+
+
+def test_a_server_without_devices_has_no_constraint_and_no_gpu():
+    got = spec(None)
+    assert "Constraints" not in (got["task_template"].get("Placement") or {})
+    assert "Reservations" not in got["task_template"]["Resources"]
+
+
+def test_task_states_are_either_alive_or_ended_and_problems_name_swarms_reason():
+    assert not TASK_ALIVE & TASK_ENDED
+    assert task_problem({"Status": {"State": "pending", "Err": "no suitable node (insufficient resources on 2 nodes)"}}) \
+        == "pending: no suitable node (insufficient resources on 2 nodes)"
+    assert task_problem({"Status": {"State": "running"}}) == "running"
