@@ -15,6 +15,15 @@ set -eu
 
 fail() { echo "gpuhub proxy: configuration error: $1" >&2; exit 1; }
 
+# The API entrypoint binds to proxy-api's address, which Docker's DNS knows once this container
+# is on the network: at once with Compose, a moment after the task starts on Swarm.
+waited=0
+until getent hosts proxy-api >/dev/null 2>&1; do
+  waited=$((waited + 1))
+  [ "$waited" -lt 60 ] || fail "the network alias proxy-api does not resolve after 60 s (is the proxy on the edge network?)"
+  sleep 1
+done
+
 if [ -n "${DOMAIN:-}" ] && [ -z "${ACME_EMAIL:-}" ]; then
   fail "ACME_EMAIL: is required with DOMAIN=${DOMAIN} (Let's Encrypt needs a contact address); set both or neither"
 fi

@@ -157,7 +157,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.DockerSpawner.prefix = settings.deployment
     # A stopped server's container is removed; its home volume stays. Every start therefore
     # gets the current profile's settings instead of an old container's.
-    c.DockerSpawner.remove = True
+    if not settings.swarm:  # a service is always removed (SwarmSpawner has no such setting)
+        c.DockerSpawner.remove = True
     c.DockerSpawner.volumes = {f"{settings.deployment}-home-{{username}}": "/home/jovyan"}
     c.DockerSpawner.notebook_dir = "/home/jovyan"
     # on a swarm each node pulls the image from the registry it names

@@ -54,7 +54,11 @@ def main(environ=os.environ) -> int:
     for name in MONITOR_SECRETS:
         if ensure_secret(Path(settings.monitor_secrets_dir) / name):
             print(f"gpuhub init: created the GPU monitor's secret {name}")
-    if ensure_secret(settings.db_password_file, uid=POSTGRES_UID, gid=POSTGRES_UID):
+    password = Path(settings.db_password_file)
+    if password.exists() and not os.access(password, os.W_OK):
+        # given read-only (a Swarm secret, docker-compose.swarm.yml): used as it is
+        print(f"gpuhub init: the database password is {password} (read-only, kept as given)")
+    elif ensure_secret(password, uid=POSTGRES_UID, gid=POSTGRES_UID):
         print("gpuhub init: created the database password")
     write_pgpass(settings)
 

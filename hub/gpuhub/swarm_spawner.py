@@ -158,6 +158,12 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     def _default_pull_policy(self):
         return "skip"  # each node pulls from the registry the image names
 
+    @default("cmd")
+    def _default_cmd(self):
+        # DockerSpawner reads the image's CMD from the local engine, the manager's, which need not
+        # have the image: gpuhub's single-user images all run this (images/singleuser.Dockerfile)
+        return ["jupyterhub-singleuser"]
+
     def _apply_allocation(self, allocation: dict[str, Any]) -> None:
         try:
             self._service_devices = allocation_service_settings(allocation, self.swarm_gpu_resource)
@@ -177,8 +183,12 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                   read_only=vol["mode"] == "ro")
             for source, vol in self.volume_binds.items()
         ]
+        env = self.get_env()
+        # A service's tmpfs is noexec (no mount options before API 1.46), and PoCL loads the
+        # kernels it compiles from its cache: keep that cache in the home volume instead.
+        env["POCL_CACHE_DIR"] = f"{self.notebook_dir or '/home/jovyan'}/.cache/pocl"
         kwargs = service_create_kwargs(
-            name=self.object_name, image=self.image, env=self.get_env(), args=await self.get_command(),
+            name=self.object_name, image=self.image, env=env, args=await self.get_command(),
             labels=labels, mounts=mounts, host_config=host_config, devices=self._service_devices,
             network=self.network_name, mem_limit=self.mem_limit, cpu_limit=self.cpu_limit,
             stop_grace_period=10)

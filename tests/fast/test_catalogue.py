@@ -17,8 +17,9 @@ from gpuhub import settings as hub_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
-# the GPU override file reads variables too, or may one day
-COMPOSE_FILES_TEXT = COMPOSE_TEXT + (ROOT / "docker-compose.gpu.yml").read_text()
+# the GPU and Swarm override files read variables too
+COMPOSE_FILES_TEXT = COMPOSE_TEXT + (ROOT / "docker-compose.gpu.yml").read_text() + (
+    ROOT / "docker-compose.swarm.yml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 # the services whose variables gpuhub defines (db's are PostgreSQL's image's own)
 OURS = ("init", "hub", "hub-tools", "gpu-monitor", "proxy", "netpolicy", "demo-oidc")
@@ -44,7 +45,7 @@ def test_the_readme_table_is_generated_from_the_catalogue():
 def test_every_declared_setting_is_documented_and_nothing_else_is():
     declared, documented = set(catalogue.declared()), catalogue.documented()
     assert declared - documented == set(), "declared in a settings module but not in the catalogue"
-    read_by_compose = set(re.findall(r"\$\{([A-Z_0-9]+)", COMPOSE_TEXT))
+    read_by_compose = set(re.findall(r"\$\{([A-Z_0-9]+)", COMPOSE_FILES_TEXT))
     set_by_compose = set().union(*(environment(s) for s in OURS))
     assert documented - declared - read_by_compose - set_by_compose == set(), "documented, but nothing reads it"
 
