@@ -6,7 +6,10 @@ slices; the hub (GPUHUB_SWARM=true, gpuhub.swarm_spawner) starts each server as 
 the node of its devices. Tested through the hub's REST API behind Traefik: four servers with
 one device each land on the two workers, each on a distinct (node, device), and compute there
 on PoCL; a fifth is refused with the monitor's sentence; the GPU-simulating worker's runtime
-(the NVIDIA stand-in) is told `void` for a CPU server; a stop gives the devices back."""
+(the NVIDIA stand-in) is told `void` for a CPU server; a stop gives the devices back. Servers
+pack onto one node; a paused node (`docker node update --availability pause`) gets no new server
+while its running ones keep their task and devices; the hub restarted (a new task), every server
+on both workers runs on, on the same task, with the same allocation."""
 
 from __future__ import annotations
 
@@ -211,3 +214,69 @@ def test_four_servers_land_on_the_two_workers_each_on_its_own_device_and_a_fifth
     assert r.status_code in (201, 202), r.text
     for user in users[1:]:
         stack.stop(user)
+
+
+def running_task(stack: SwarmStack, user: str) -> str:
+    out = stack.swarm.docker(stack.swarm.manager, "service", "ps", "-q", "--filter", "desired-state=running",
+                             f"{STACK}-{user}").stdout.split()
+    assert len(out) == 1, out
+    return out[0]
+
+
+def held_by(stack: SwarmStack) -> dict[str, tuple[str, str]]:
+    """{user: (allocation id, node)} as the monitor holds them."""
+    return {a["user"]: (a["id"], a["node"]) for a in stack.monitor("api/allocations").json()["allocations"]}
+
+
+def test_servers_pack_and_a_paused_node_gets_no_new_server_while_its_running_ones_keep_their_devices(stack):
+    swarm = stack.swarm
+    first, second, third = "pk0", "pk1", "pk2"
+    try:
+        for user in (first, second):
+            assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
+        # pack (the policy's default): the second server joins the first one's node
+        node = stack.service_node(first)
+        assert stack.service_node(second) == node
+        task = running_task(stack, first)
+        swarm.docker(swarm.manager, "node", "update", "--availability", "pause", node)
+        try:
+            wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == node)["state"]
+                       == "drained", 30, "the paused node drained for the monitor")
+            r = stack.start(third, {"profile": "opencl", "gpus": 1})
+            assert r.status_code in (201, 202), r.text
+            assert stack.service_node(third) != node
+            # the paused node's servers run on, on the same task, with their devices
+            assert running_task(stack, first) == task
+            assert {held_by(stack)[u][1] for u in (first, second)} == {node}
+        finally:
+            swarm.docker(swarm.manager, "node", "update", "--availability", "active", node)
+    finally:
+        for user in (first, second, third):
+            if stack.api("GET", f"users/{user}").json().get("servers"):
+                stack.stop(user)
+
+
+def test_the_hub_restarted_every_server_on_every_worker_keeps_running_and_keeps_its_devices(stack):
+    swarm = stack.swarm
+    users = ("rs0", "rs1", "rs2")
+    try:
+        for user in users:
+            assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
+        tasks = {u: running_task(stack, u) for u in users}
+        held = held_by(stack)
+        assert len({held[u][1] for u in users}) == 2  # both workers
+        hub_task = swarm.docker(swarm.manager, "service", "ps", "-q", "--filter", "desired-state=running",
+                                f"{STACK}_hub").stdout.split()
+        swarm.docker(swarm.manager, "service", "update", "--detach", "--quiet", "--force", f"{STACK}_hub")
+        wait_until(lambda: swarm.docker(swarm.manager, "service", "ps", "-q", "--filter", "desired-state=running",
+                                        f"{STACK}_hub").stdout.split() not in ([], hub_task), 120, "a new hub task")
+        wait_until(lambda: _answers(stack), 180, "the restarted hub's API", interval=2)
+        for user in users:
+            assert stack.api("GET", f"users/{user}").json()["servers"][""]["ready"], user
+            assert running_task(stack, user) == tasks[user]
+        assert {u: held_by(stack)[u] for u in users} == {u: held[u] for u in users}
+    finally:
+        for user in users:
+            if stack.api("GET", f"users/{user}").json().get("servers"):
+                stack.stop(user)
+    assert not set(users) & set(held_by(stack))
