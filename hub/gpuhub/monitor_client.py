@@ -52,6 +52,14 @@ class Devices:
         """Does any node carry all of `labels`?"""
         return any(all((n.get("labels") or {}).get(k) == v for k, v in labels.items()) for n in self.nodes)
 
+    def largest_node(self, labels: Mapping[str, str]) -> int:
+        """The most devices one node with all of `labels` has (a server runs on one node): what a
+        spawn may ask for at most. Without node records (an older monitor), the total."""
+        if not self.nodes:
+            return 0 if labels else self.total
+        return max((int(n.get("total") or 0) for n in self.nodes
+                    if all((n.get("labels") or {}).get(k) == v for k, v in labels.items())), default=0)
+
 
 @dataclass(frozen=True)
 class Grant:

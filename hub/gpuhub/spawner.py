@@ -285,12 +285,11 @@ class GPUDockerSpawner(DockerSpawner):
                 notice = f"{devices.free} of {total} {what} free right now."
         template = form_templates(tuple(self.additional_options_form_template_paths)).get_template(
             OPTIONS_FORM_TEMPLATE)
-        # no more GPUs than the host has (0, no GPU, always), and none for a profile whose kind of
-        # node no node is
-        limit = {p.name: total for p in profiles.profiles}
+        # no more GPUs than one node (of the profile's kind) has: a server runs on one node; none
+        # for a profile whose kind of node no node is; 0 (no GPU) always
+        limit = {p.name: devices.largest_node(dict(p.node_labels)) if devices else 0 for p in profiles.profiles}
         for p in profiles.profiles:
             if p.node_labels and devices is not None and not devices.has_node(dict(p.node_labels)):
-                limit[p.name] = 0
                 self._warn_no_node(p)
         return template.render(
             notice=notice,

@@ -254,7 +254,7 @@ def test_a_profile_whose_kind_of_node_no_node_is_is_offered_without_gpus_and_log
     ]})
     devices = Devices(host=Host("nvml"), total=2, free=2,
                       rows=({"uuid": "GPU-a", "node": "n1", "free": True}, {"uuid": "GPU-b", "node": "n1", "free": True}),
-                      nodes=({"id": "n1", "labels": {"gpu": "a100"}, "state": "up"},))
+                      nodes=({"id": "n1", "labels": {"gpu": "a100"}, "state": "up", "total": 2},))
 
     class Monitor:
         async def devices(self):
@@ -271,3 +271,30 @@ def test_a_profile_whose_kind_of_node_no_node_is_is_offered_without_gpus_and_log
     warnings = [r.getMessage() for r in caplog.records if "no node has" in r.getMessage()]
     assert warnings == ["profile 'big' asks for node label(s) gpu=h100, which no node has: it is offered without "
                         "GPUs (label a node, or set GPUHUB_NODE_LABELS on a single host)"]
+
+
+def test_the_form_offers_no_more_gpus_than_one_node_of_the_profiles_kind_has(spawner, monkeypatch):
+    """A server runs on one node: two nodes of 2 and 4 GPUs offer at most 4, not 6; a profile
+    asking for the 2-GPU node's label at most 2."""
+    from gpuhub.monitor_client import Devices
+
+    profiles = parse_profiles({"profiles": [
+        {"name": "any", "display_name": "Any", "image": "gpuhub/cuda", "gpus": [0, 1, 2, 4, 6]},
+        {"name": "a100", "display_name": "A100", "image": "gpuhub/cuda", "gpus": [0, 1, 2, 4],
+         "node_labels": {"gpu": "a100"}},
+    ]})
+    devices = Devices(host=Host("nvml"), total=6, free=6, nodes=(
+        {"id": "n1", "labels": {"gpu": "a100"}, "state": "up", "total": 2},
+        {"id": "n2", "labels": {"gpu": "h100"}, "state": "up", "total": 4}))
+
+    class Monitor:
+        async def devices(self):
+            return devices
+
+    monkeypatch.setattr(GPUDockerSpawner, "monitor", property(lambda self: Monitor()))
+    spawner.profiles, spawner.monitor_url = profiles, "http://monitor.invalid/services/gpu-monitor/"
+    form = run_async(spawner._render_options_form(spawner))
+    options = "".join(f'<option value="{n}">{n}</option>' for n in (0, 1, 2, 4))
+    assert f'name="gpus-any">{options}</select>' in form
+    options = "".join(f'<option value="{n}">{n}</option>' for n in (0, 1, 2))
+    assert f'name="gpus-a100">{options}</select>' in form
