@@ -214,6 +214,32 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                 self._report(40, f"Swarm: {problem}")
             await asyncio.sleep(0.5)
 
+    async def poll(self):
+        """None while the server's task runs on a node Swarm reports up; otherwise why not. A
+        node that is down keeps its tasks `running` in the manager's view (it cannot say
+        otherwise): its servers are unreachable, and the hub is told they stopped. Their
+        devices stay allocated until Swarm confirms the task ended (_container_gone), which
+        it can only once the node is back: a node that was cut off, not stopped, may still run
+        them."""
+        task = await self.get_task()
+        if task is None:
+            return 0  # no service, or no task: nothing runs
+        if (task.get("Status") or {}).get("State") not in TASK_ALIVE:
+            return task_problem(task)
+        node_id = task.get("NodeID")
+        if not node_id:
+            return None  # pending: not placed yet
+        try:
+            node = await self.docker("inspect_node", node_id)
+        except docker.errors.APIError as e:
+            self.log.warning("cannot tell whether %s's node %s is up: %s", self._log_name, node_id, e)
+            return None
+        state = ((node.get("Status") or {}).get("State") or "").lower()
+        if state == "down":
+            hostname = (node.get("Description") or {}).get("Hostname") or node_id
+            return f"its node {hostname} is down"
+        return None
+
     async def _tasks(self) -> list[dict[str, Any]]:
         return await self.docker("tasks", filters={"service": self.object_name})
 

@@ -104,3 +104,38 @@ def test_task_states_are_either_alive_or_ended_and_problems_name_swarms_reason()
     assert task_problem({"Status": {"State": "pending", "Err": "no suitable node (insufficient resources on 2 nodes)"}}) \
         == "pending: no suitable node (insufficient resources on 2 nodes)"
     assert task_problem({"Status": {"State": "running"}}) == "running"
+
+
+def swarm_spawner(task, node_state="ready"):
+    """A GPUSwarmSpawner whose Docker answers are `task` (the service's one task) and a node."""
+    from types import SimpleNamespace
+
+    from gpuhub.profiles import parse_profiles
+    from gpuhub.swarm_spawner import GPUSwarmSpawner
+
+    class Spawner(GPUSwarmSpawner):
+        async def get_task(self):
+            return task
+
+        async def docker(self, method, *args, **kwargs):
+            assert method == "inspect_node"
+            return {"Status": {"State": node_state}, "Description": {"Hostname": "gpu-node-2"}}
+
+    profiles = parse_profiles({"profiles": [{"name": "m", "display_name": "M", "image": "gpuhub/min"}]})
+    return Spawner(user=SimpleNamespace(name="ada", id=1, url="/user/ada/"), profiles=profiles,
+                   _deprecated_db_session=None)
+
+
+@pytest.mark.parametrize(("task", "node_state", "status"), [
+    ({"NodeID": "n2", "Status": {"State": "running"}}, "ready", None),
+    ({"NodeID": "", "Status": {"State": "pending", "Err": "no suitable node"}}, "ready", None),
+    # a node that is down cannot report its tasks: the server is unreachable, and said so
+    ({"NodeID": "n2", "Status": {"State": "running"}}, "down", "its node gpu-node-2 is down"),
+    ({"NodeID": "n2", "Status": {"State": "failed", "Err": "task: non-zero exit (1)"}}, "ready",
+     "failed: task: non-zero exit (1)"),
+    (None, "ready", 0),
+])
+def test_poll_says_stopped_for_an_ended_task_and_for_a_task_on_a_node_that_is_down(task, node_state, status):
+    from ..aio import run_async
+
+    assert run_async(swarm_spawner(task, node_state).poll()) == status
