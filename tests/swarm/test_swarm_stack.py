@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -286,53 +285,3 @@ def test_the_hub_restarted_every_server_on_every_worker_keeps_running_and_keeps_
                 stack.stop(user)
     assert not set(users) & set(held_by(stack))
 
-
-def test_a_worker_lost_with_servers_on_it_they_are_shown_stopped_hold_their_devices_until_it_is_back(stack):
-    """The worker's engine stopped (its containers stop with it): Swarm reports the node down, the
-    monitor the node lost, the hub its servers stopped (its poll, every 30 s); their devices stay
-    allocated (Swarm cannot confirm their tasks ended while the node is away, and the node offers
-    nothing meanwhile); the other worker's server is untouched. The engine back: a start of
-    each releases its old allocation first (Swarm confirms the task ended); no device given twice."""
-    swarm = stack.swarm
-    a, b, c = "lost0", "lost1", "kept0"
-    for user in (a, b, c):
-        assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-    node = stack.service_node(a)
-    assert stack.service_node(b) == node and stack.service_node(c) != node  # pack: two per worker
-    worker = next(n for n in swarm.workers if swarm.node_ids[n.name] == node)
-    kept_task, held = running_task(stack, c), held_by(stack)
-    stopped = time.monotonic()
-    swarm.stop_engine(worker)
-    try:
-        wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == node)["state"]
-                   == "lost", 120, f"{worker.hostname} lost for the monitor")
-        lost_after = time.monotonic() - stopped
-        wait_until(lambda: not any(stack.api("GET", f"users/{u}").json()["servers"] for u in (a, b)), 180,
-                   f"the hub showing the servers on {worker.hostname} stopped", interval=2)
-        print(f"\n{worker.hostname}: lost for the monitor {lost_after:.1f} s, servers shown stopped "
-              f"{time.monotonic() - stopped:.1f} s after its engine stopped")
-        # their devices stay theirs while the node is away; the other worker's server runs on
-        assert {u: held_by(stack)[u] for u in (a, b, c)} == {u: held[u] for u in (a, b, c)}
-        assert stack.api("GET", f"users/{c}").json()["servers"][""]["ready"]
-        assert running_task(stack, c) == kept_task
-    finally:
-        swarm.start_engine(worker)
-    wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == node)["state"]
-               == "up", 180, f"{worker.hostname} up again")
-    try:
-        for user in (a, b):
-            # The old allocation is released before a new one is asked for: Swarm now confirms
-            # the old task ended. Whether the new server then answers is not asserted: on this
-            # harness a new server on the restarted engine was not reachable from the hub within
-            # its 60 s (found 2026-12-02, docs/scale-out.md), so the start may fail after that.
-            r = stack.api("POST", f"users/{user}/server", json={"profile": "opencl", "gpus": 1})
-            outcome = wait_until(lambda u=user: (s := stack.api("GET", f"users/{u}").json()["servers"].get("")) is None
-                                 and "gone" or s.get("ready") and "ready", 240, f"{user}'s start ended")
-            print(f"{user} started again: HTTP {r.status_code}, then {outcome}")
-            assert held[user][0] not in {i for i, _ in held_by(stack).values()}
-        devices = [d["uuid"] for al in stack.monitor("api/allocations").json()["allocations"] for d in al["devices"]]
-        assert len(devices) == len(set(devices))  # nothing given twice
-    finally:
-        for user in (a, b, c):
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
