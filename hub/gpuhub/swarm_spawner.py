@@ -285,17 +285,10 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         # after a failed start: the task ended first (scaled to none), then the service removed
         try:
             await self.stop_object()
+            await self.remove_object()
         except (RuntimeError, docker.errors.APIError) as e:
-            self.log.warning("could not stop %s's service %s after its failed start: %s", self._log_name,
-                             self.object_name, e)
-            return  # _container_gone() then keeps the devices
-        try:
-            await self.docker("remove_service", self.object_name)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as e:
-            self.log.warning("could not remove %s's service %s after its failed start: %s", self._log_name,
-                             self.object_name, e)
-        else:
-            self.log.info("removed %s's service %s after its failed start", self._log_name, self.object_name)
+            # _container_gone() then keeps the devices
+            self.log.warning("could not stop and remove %s's service %s after its failed start: %s",
+                             self._log_name, self.object_name, e)
+            return
         self.object_id = ""

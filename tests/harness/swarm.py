@@ -177,10 +177,10 @@ class Swarm:
         # the host's daemon treats registries on 127.0.0.0/8 as insecure (plain HTTP) by default
         return f"127.0.0.1:{self.registry_port}"
 
-    def push(self, image: str) -> str:
-        """`image` (on the host's daemon) pushed to the swarm's registry; the reference the nodes
-        pull it by. The host keeps no extra tag."""
-        name = image.split("/")[-1]
+    def push(self, image: str, name: str | None = None) -> str:
+        """`image` (on the host's daemon) pushed to the swarm's registry, as `name` (default: its
+        last path part); the reference the nodes pull it by. The host keeps no extra tag."""
+        name = name or image.split("/")[-1]
         if ":" not in name and "@" not in name:
             name += ":latest"
         pushed = f"{self.registry_for_host}/{name}"

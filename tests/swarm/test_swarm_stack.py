@@ -57,18 +57,6 @@ def _host(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True, timeout=900, **kwargs)
 
 
-def push_as(swarm: Swarm, image: str, name: str) -> str:
-    """`image` of the host's daemon pushed to the swarm's registry as `name`."""
-    target = f"{swarm.registry_for_host}/{name}"
-    _host("docker", "tag", image, target, check=True)
-    try:
-        result = _host("docker", "push", target)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    finally:
-        _host("docker", "rmi", target)
-    return f"{swarm.registry_for_nodes}/{name}"
-
-
 class SwarmStack:
     def __init__(self, swarm: Swarm, token: str):
         self.swarm, self.token = swarm, token
@@ -137,9 +125,9 @@ def stack(swarm, tmp_path_factory):
             _host("docker", "compose", "build", image if image != "docker-api-filter" else "monitor-docker",
                   cwd=ROOT, check=True)
     for image in IMAGES:
-        push_as(swarm, f"gpuhub/{image}:latest", f"gpuhub/{image}:latest")
+        swarm.push(f"gpuhub/{image}:latest", f"gpuhub/{image}:latest")
     for image in ("postgres:15", "traefik:v3.7"):
-        push_as(swarm, image, f"library/{image}")
+        swarm.push(image, f"library/{image}")
     registry = swarm.registry_for_nodes
     workdir = tmp_path_factory.mktemp("swarm-stack")
     operator = workdir / "secrets"
