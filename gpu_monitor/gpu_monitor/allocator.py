@@ -37,7 +37,9 @@ Rules, in the order they are checked:
    them; none does: a bad request naming them. A count larger than the largest such node could
    ever give is a bad request too. Only nodes in state "up" offer devices: a drained node keeps
    what it holds and gets nothing new, a lost node or one without an agent is offered to no one
-   (their devices count as neither free nor in use in the refusal's figures).
+   (their devices count as neither free nor in use in the refusal's figures). A request with
+   `node` (a server that must go back to the node holding its home) considers that node only;
+   a node no agent ever reported is a bad request.
 6. Capacity: a device of kind K can be held by `Policy.share[K]` allocations at once
    (default 1: exclusive). One allocation never holds the same device twice. A GPU whose MIG
    instances are listed among the devices is handed out only as those instances. A device in
@@ -110,6 +112,8 @@ class AllocationRequest:
     groups: tuple[str, ...] = ()  # the user's hub groups, for group limits and accounting
     # a kind of node (the profile's node_labels): only nodes with all of these labels
     node_labels: tuple[tuple[str, str], ...] = ()
+    # one node only (its Node.id): where the server's home volume is, on a swarm without shared homes
+    node: str = ""
 
 
 @dataclass(frozen=True)
@@ -256,9 +260,20 @@ class Ledger:
                 return Refused(f"no node has the label(s) {_labels(wanted)}"
                                + (f" that profile {request.profile!r} asks for" if request.profile else ""),
                                "bad_request")
+        if request.node:
+            if request.node not in {n.id for n in self.nodes}:
+                return Refused(f"node {request.node!r} is not known to the GPU monitor (no agent ever reported it)",
+                               "bad_request")
+            if request.node_labels and request.node not in kind:
+                return Refused(f"node {request.node} does not have the label(s) {_labels(dict(request.node_labels))}"
+                               + (f" that profile {request.profile!r} asks for" if request.profile else ""),
+                               "bad_request")
+            kind = {request.node}
         sizes = [self.usable_on[n] for n in kind if self.usable_on[n]]
         largest = max(sizes, default=0)
         if count > largest:
+            if request.node:
+                return Refused(f"{count} GPU(s) requested, but node {request.node} has {largest}", "bad_request")
             if len(sizes) <= 1 and not request.node_labels:
                 return Refused(f"{count} GPU(s) requested, but this host has {largest} in all", "bad_request")
             return Refused(

@@ -15,7 +15,7 @@ from .allocator import AllocationRequest
 MAX_BODY_BYTES = 4096  # an allocation request is a few dozen bytes
 MAX_NAME_LENGTH = 255
 REQUEST_FIELDS: dict[str, type] = {"user": str, "server": str, "profile": str, "count": int, "groups": list,
-                                   "node_labels": dict}
+                                   "node_labels": dict, "node": str}
 MAX_GROUPS = 256
 MAX_NODE_LABELS = 32
 # C0 controls and DEL: a NUL makes psycopg2 refuse the whole statement, the others have no
@@ -33,8 +33,8 @@ class BadRequest(Exception):
 
 def parse_allocation_request(body: bytes) -> AllocationRequest:
     """The body of `POST api/allocations`, strictly: a JSON object with `user` and `count`,
-    optionally `server` ("" = default server), `profile`, `groups` and `node_labels` (a kind of
-    node: {label: value}); nothing else."""
+    optionally `server` ("" = default server), `profile`, `groups`, `node_labels` (a kind of
+    node: {label: value}) and `node` (that node only); nothing else."""
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(f"the body is {len(body)} bytes; at most {MAX_BODY_BYTES} are accepted", 413)
     try:
@@ -78,4 +78,5 @@ def parse_allocation_request(body: bytes) -> AllocationRequest:
                          f"strings, each of at most {MAX_NAME_LENGTH} characters")
     return AllocationRequest(user=data["user"], server=data.get("server", ""),
                              profile=data.get("profile", ""), count=data["count"],
-                             groups=tuple(sorted(set(groups))), node_labels=tuple(sorted(labels.items())))
+                             groups=tuple(sorted(set(groups))), node_labels=tuple(sorted(labels.items())),
+                             node=data.get("node", ""))

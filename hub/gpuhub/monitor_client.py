@@ -118,6 +118,8 @@ class MonitorClient:
         labels = body.pop("node_labels")
         if labels:  # only when asked: a request without it reads as before
             body["node_labels"] = dict(labels)
+        if not body["node"]:
+            del body["node"]
         status, data = await self._request("POST", "api/allocations", body)
         if status in (200, 201):
             return Grant(allocation=data, existing=status == 200)

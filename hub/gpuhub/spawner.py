@@ -389,6 +389,7 @@ class GPUDockerSpawner(DockerSpawner):
         gpus = int(self.user_options.get("gpus", 0) or 0)
         self._report(10, f"Profile {profile}: checking image {self.image}")
         try:
+            await self._check_placement()
             # A missing image is pulled before the queue (a pull takes no turn: it is network,
             # not the CPU the turns share) and before _allocate reads its labels.
             await self.pull_image(self.image)
@@ -462,7 +463,8 @@ class GPUDockerSpawner(DockerSpawner):
         groups = tuple(sorted(g.name for g in getattr(self.user, "groups", None) or []))
         chosen = self.profiles.get(profile)
         request = AllocationRequest(user=self.user.name, server=self.name or "", profile=profile, count=gpus,
-                                    groups=groups, node_labels=chosen.node_labels if chosen else ())
+                                    groups=groups, node_labels=chosen.node_labels if chosen else (),
+                                    node=self._required_node())
         answer = await self.monitor.allocate(request)
         if isinstance(answer, Refusal) and answer.status == 409 and answer.allocation_id:
             # This very server still holds an allocation of another size (a crash lost it from
@@ -474,7 +476,8 @@ class GPUDockerSpawner(DockerSpawner):
             await self.monitor.release(leftover)
             answer = await self.monitor.allocate(request)
         if isinstance(answer, Refusal):
-            raise web.HTTPError(503 if answer.status >= 500 else 400, f"No GPU for this server: {answer.message}")
+            raise web.HTTPError(503 if answer.status >= 500 else 400,
+                                f"No GPU for this server: {answer.message}{self._refusal_note()}")
         self.allocation_id = answer.id
         self._apply_allocation(answer.allocation)
         labels = self.extra_create_kwargs.setdefault("labels", {})
@@ -482,6 +485,17 @@ class GPUDockerSpawner(DockerSpawner):
         labels[LABEL_DEVICES] = ",".join(d["uuid"] for d in answer.devices)
         names = ", ".join(d.get("name") or d["uuid"] for d in answer.devices)
         self._report(25, f"Allocated: {names}")
+
+    async def _check_placement(self) -> None:
+        """Refuse, with a sentence, a start that cannot be placed (nothing to check on one host)."""
+
+    def _required_node(self) -> str:
+        """The one node this server must run on ("": any); one host has one node."""
+        return ""
+
+    def _refusal_note(self) -> str:
+        """What to add to the monitor's refusal, for the person."""
+        return ""
 
     def _apply_allocation(self, allocation: dict[str, Any]) -> None:
         """Give the container-to-be exactly the allocated devices."""

@@ -8,8 +8,11 @@ differs is the Docker object:
 
 - one replicated service per server, one replica, never restarted by Swarm (a server that
   exits is stopped, as on one host), placed by a constraint `node.id==<the allocation's node>`;
-- DNS round robin as its endpoint (`dnsrr`): the hub and the proxy reach it by its service name
-  on the users' overlay network, with no virtual IP (which needs IPVS in the node's kernel);
+- reached at its task's address on the users' overlay network, not by its service name: the
+  hub's resolver (aiodns) keeps an answer for the TTL Docker's DNS gives (600 s), so a server
+  started again under the same name was looked for at its old task's address for minutes
+  (found 2026-12-02, docs/scale-out.md). The endpoint is DNS round robin (`dnsrr`), as no virtual
+  IP is used (one needs IPVS in the node's kernel);
 - GPUs and MIG instances: NVIDIA_VISIBLE_DEVICES / CUDA_VISIBLE_DEVICES with the allocated ids,
   read by the NVIDIA runtime, which a GPU node makes its default runtime (a service cannot choose
   one); and as many `NVIDIA-GPU` generic resources as devices, so that Swarm's own count of a
@@ -21,6 +24,12 @@ differs is the Docker object:
   filesystem, size-limited tmpfs for /tmp, /var/tmp and /dev/shm, the memory, CPU and process
   limits. Docker 20.10's service API has no no-new-privileges and mounts a service's tmpfs
   noexec; docs/scale-out.md says what that changes.
+- homes: a person's home is a named volume, which Swarm creates on the node the server runs on
+  and which stays there. The node is kept in the server's state (`home_node`) and the next start
+  goes back to it: the monitor is asked for devices on that node only, a server without GPUs is
+  constrained to it, and when it cannot take the server (down, paused or drained, or no free
+  device) the person is told that their files are there. A node that has left the swarm is
+  forgotten (the server then starts with a new home, and the log says so).
 - stopping: the service is scaled to no replica, its task waited for until Swarm reports it
   ended (so no process can still use the devices), then removed; only then are the devices
   released, as on one host.
@@ -36,6 +45,7 @@ from typing import Any
 import docker.errors
 from docker.types import ContainerSpec, EndpointSpec, Mount, Placement, Resources, RestartPolicy, ServiceMode, TaskTemplate
 from dockerspawner import SwarmSpawner
+from tornado import web
 from traitlets import Float, Unicode, default
 
 from .spawner import GPU_KINDS, GPUDockerSpawner, size_in_bytes
@@ -85,6 +95,11 @@ def allocation_service_settings(allocation: dict[str, Any], gpu_resource: str = 
     return ServiceDevices([f"node.id=={node}"], env, generic, nano_cpus)
 
 
+def home_placement(node: str) -> ServiceDevices | None:
+    """A server without devices whose home is on `node` ("": none yet): placed there."""
+    return ServiceDevices([f"node.id=={node}"], {}) if node else None
+
+
 def tmpfs_mounts(host_config: dict[str, Any]) -> list[Mount]:
     """The container's tmpfs (GPUDockerSpawner's host config) as service mounts; /dev/shm too,
     which a service cannot size otherwise."""
@@ -126,6 +141,15 @@ def service_create_kwargs(*, name: str, image: str, env: dict[str, str], args: l
             "endpoint_spec": EndpointSpec(mode="dnsrr")}
 
 
+def task_address(task: dict[str, Any], network: str) -> str:
+    """The task's IP address on `network` (by name), or "" when it has none there (yet)."""
+    for attachment in task.get("NetworksAttachments") or ():
+        if ((attachment.get("Network") or {}).get("Spec") or {}).get("Name") == network:
+            for address in attachment.get("Addresses") or ():
+                return address.split("/", 1)[0]
+    return ""
+
+
 def task_problem(task: dict[str, Any]) -> str:
     """What Swarm says about a task ("pending: no suitable node ..."), for messages."""
     status = task.get("Status") or {}
@@ -149,6 +173,13 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         ended by then: the service is left in place and its devices stay allocated (the state
         remembers them; the next start or stop retries).""",
     )
+
+    home_node = Unicode(
+        "",
+        help="""The Swarm node id holding this server's home volume: where it last ran (state, not
+        configuration; kept when the server stops).""",
+    )
+    _home_hostname = ""
 
     _check_command = "docker service ps "
     _remove_command = "docker service rm"
@@ -174,6 +205,39 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         self._service_devices = None
         return await super().start()
 
+    async def _check_placement(self) -> None:
+        """Refuse at once, with a sentence, when the node holding this server's home cannot take
+        it; forget a node that has left the swarm."""
+        if not self.home_node:
+            return
+        try:
+            node = await self.docker("inspect_node", self.home_node)
+        except docker.errors.NotFound:
+            self.log.warning("%s's home was on node %s, which has left the swarm: starting with a new home",
+                             self._log_name, self.home_node)
+            self._report(12, f"Your earlier home was on node {self.home_node}, which has left the cluster: "
+                             "this server starts with a new, empty home")
+            self.home_node = self._home_hostname = ""
+            return
+        self._home_hostname = (node.get("Description") or {}).get("Hostname") or self.home_node
+        state = ((node.get("Status") or {}).get("State") or "").lower()
+        availability = ((node.get("Spec") or {}).get("Availability") or "").lower()
+        paused = {"pause": "paused", "drain": "drained"}.get(availability, availability)
+        why = "down" if state != "ready" else "" if availability == "active" else f"{paused} by an administrator"
+        if why:
+            raise web.HTTPError(503, f"Your files are on node {self._home_hostname}, which is {why}: this server "
+                                     "can start only there (the cluster has no storage shared by every node). "
+                                     "Try again later, or ask an administrator.")
+
+    def _required_node(self) -> str:
+        return self.home_node
+
+    def _refusal_note(self) -> str:
+        if not self.home_node:
+            return ""
+        return (f". Your files are on node {self._home_hostname or self.home_node}, so this server can start only "
+                "there (the cluster has no storage shared by every node)")
+
     async def create_object(self):
         self._report(30, "Creating the server's Swarm service")
         labels = self._render_templates(self.extra_create_kwargs.get("labels") or {})
@@ -189,7 +253,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         env["POCL_CACHE_DIR"] = f"{self.notebook_dir or '/home/jovyan'}/.cache/pocl"
         kwargs = service_create_kwargs(
             name=self.object_name, image=self.image, env=env, args=await self.get_command(),
-            labels=labels, mounts=mounts, host_config=host_config, devices=self._service_devices,
+            labels=labels, mounts=mounts, host_config=host_config,
+            devices=self._service_devices or home_placement(self.home_node),
             network=self.network_name, mem_limit=self.mem_limit, cpu_limit=self.cpu_limit,
             stop_grace_period=10)
         return await self.docker("create_service", **kwargs)
@@ -205,6 +270,8 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                 raise RuntimeError(f"Swarm has no task for service {self.object_name}")
             state = (task.get("Status") or {}).get("State", "")
             if state == "running":
+                # the home volume now exists on that node: the next start goes back there
+                self.home_node = task.get("NodeID") or self.home_node
                 return
             if state in TASK_ENDED:
                 raise RuntimeError(f"Swarm could not start the server ({task_problem(task)})")
@@ -213,6 +280,14 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
                 said = problem
                 self._report(40, f"Swarm: {problem}")
             await asyncio.sleep(0.5)
+
+    async def get_ip_and_port(self):
+        """The running task's address on the users' network (see the module: not the name)."""
+        task = await self.get_task()
+        address = task_address(task or {}, self.network_name)
+        if not address:
+            raise RuntimeError(f"Swarm reports no address of {self.object_name}'s task on network {self.network_name}")
+        return address, self.port
 
     async def poll(self):
         """None while the server's task runs on a node Swarm reports up; otherwise why not. A
@@ -239,6 +314,18 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             hostname = (node.get("Description") or {}).get("Hostname") or node_id
             return f"its node {hostname} is down"
         return None
+
+    def get_state(self):
+        state = super().get_state()
+        if self.home_node:
+            state["home_node"] = self.home_node
+        return state
+
+    def load_state(self, state):
+        super().load_state(state)
+        self.home_node = state.get("home_node", "")
+
+    # clear_state (after every stop) keeps home_node: the volume stays on its node
 
     async def _tasks(self) -> list[dict[str, Any]]:
         return await self.docker("tasks", filters={"service": self.object_name})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import pytest
 
@@ -402,6 +402,10 @@ def with_labels(request: AllocationRequest, **labels: str) -> AllocationRequest:
                              tuple(sorted(labels.items())))
 
 
+def on_node(request: AllocationRequest, node: str) -> AllocationRequest:
+    return replace(request, node=node)
+
+
 NODE_CASES: dict[str, tuple[Policy, list[Node], list[Allocation], AllocationRequest, Grant | Refusal, str | None]] = {
     "pack: the node with the fewest free that fit": (
         EXCLUSIVE, NODES, [], ask("alice", 1), Grant(("n3-gpu-0",)), "n3",
@@ -458,6 +462,32 @@ NODE_CASES: dict[str, tuple[Policy, list[Node], list[Allocation], AllocationRequ
     "a node without an agent is offered to no one": (
         EXCLUSIVE, nodes(n1="no-agent", n2="no-agent"), [], with_labels(ask("alice", 1), gpu="a100"),
         Grant(("n3-gpu-0",)), "n3",
+    ),
+    "node: that node only, even against the policy's choice": (
+        EXCLUSIVE, NODES, [], on_node(ask("alice", 1), "n1"), Grant(("n1-gpu-0",)), "n1",
+    ),
+    "node: full, refused with that node's figures, though others have free devices": (
+        EXCLUSIVE, NODES, [heldon("a1", "bob", "n3", "n3-gpu-0", "n3-gpu-1")], on_node(ask("alice", 1), "n3"),
+        Refusal("none_free", "1 GPU(s) requested, 0 free (2 of 2 in use)"), None,
+    ),
+    "node: lost, nothing offered while it is away": (
+        EXCLUSIVE, nodes(n3="lost"), [], on_node(ask("alice", 1), "n3"),
+        Refusal("none_free", "0 free (0 of 2 in use, 2 on nodes drained or down)"), None,
+    ),
+    "node: more than it has is a bad request": (
+        EXCLUSIVE, NODES, [], on_node(ask("alice", 3), "n3"),
+        Refusal("bad_request", "3 GPU(s) requested, but node n3 has 2"), None,
+    ),
+    "node: one no agent reported": (
+        EXCLUSIVE, NODES, [], on_node(ask("alice", 1), "n9"),
+        Refusal("bad_request", "node 'n9' is not known to the GPU monitor"), None,
+    ),
+    "node: with a profile's labels it lacks": (
+        EXCLUSIVE, NODES, [], on_node(with_labels(ask("alice", 1), gpu="h100"), "n1"),
+        Refusal("bad_request", "node n1 does not have the label(s) gpu=h100 that profile 'cuda' asks for"), None,
+    ),
+    "node: with a profile's labels it has": (
+        EXCLUSIVE, NODES, [], on_node(with_labels(ask("alice", 1), gpu="a100"), "n1"), Grant(("n1-gpu-0",)), "n1",
     ),
     "the limits count across nodes": (
         Policy(max_gpus_per_user=2), NODES, [heldon("a1", "alice", "n1", "n1-gpu-0"),

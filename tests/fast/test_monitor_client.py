@@ -163,6 +163,17 @@ def test_a_kind_of_node_travels_as_a_json_object():
     assert json.loads(body)["node_labels"] == {"gpu": "a100", "large-memory": ""}
 
 
+def test_a_node_travels_only_when_asked_for():
+    async def scenario():
+        async with CannedMonitor({"api/allocations": json_answer(201, {"id": "a1", "devices": []})}) as monitor:
+            await client(monitor.url).allocate(AllocationRequest("alice", "", "cuda", 1, node="k3x9"))
+            await client(monitor.url).allocate(AllocationRequest("bob", "", "cuda", 1))
+            return monitor.requests
+
+    [(_, _, _, first), (_, _, _, second)] = run_async(scenario())
+    assert json.loads(first)["node"] == "k3x9" and "node" not in json.loads(second)
+
+
 # ---- answers that are not the API's -------------------------------------------------------------
 
 ANSWERED = {

@@ -24,6 +24,7 @@ GOOD = {
     "negative count passes to the allocator": ({"user": "ada", "count": -1}, AllocationRequest("ada", "", "", -1)),
     "a kind of node": ({"user": "ada", "count": 1, "node_labels": {"gpu": "a100", "large-memory": ""}},
                        AllocationRequest("ada", "", "", 1, node_labels=(("gpu", "a100"), ("large-memory", "")))),
+    "one node": ({"user": "ada", "count": 1, "node": "k3x9"}, AllocationRequest("ada", "", "", 1, node="k3x9")),
 }
 
 
@@ -51,6 +52,8 @@ BAD = {
     "escape in profile": (b'{"user": "a", "profile": "\\u001b[31m", "count": 1}', "'profile' contains a control"),
     "DEL in a group": (b'{"user": "a", "count": 1, "groups": ["ok", "g\\u007f"]}', "'groups' contains a control"),
     "tab in user": (b'{"user": "a\\tb", "count": 1}', "'user' contains a control"),
+    "node a number": (b'{"user": "a", "count": 1, "node": 3}', "'node' must be a string, not int"),
+    "NUL in node": (b'{"user": "a", "count": 1, "node": "n\\u0000"}', "'node' contains a control character"),
     "node labels as a list": (b'{"user": "a", "count": 1, "node_labels": ["gpu"]}',
                               "'node_labels' must be a JSON object of strings, not list"),
     "a node label's value a number": (b'{"user": "a", "count": 1, "node_labels": {"gpu": 100}}',

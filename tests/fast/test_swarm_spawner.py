@@ -1,6 +1,7 @@
 """GPUSwarmSpawner's translation of an allocation and a profile into a Swarm service spec (the
 pure part; tests/swarm/test_swarm_stack.py runs it on a real swarm)."""
 
+import docker.errors
 import pytest
 
 from gpuhub.spawner import tmpfs_options
@@ -9,7 +10,9 @@ from gpuhub.swarm_spawner import (
     TASK_ALIVE,
     TASK_ENDED,
     allocation_service_settings,
+    home_placement,
     service_create_kwargs,
+    task_address,
     task_problem,
 )
 
@@ -99,6 +102,23 @@ def test_a_server_without_devices_has_no_constraint_and_no_gpu():
     assert "Reservations" not in got["task_template"]["Resources"]
 
 
+def test_a_server_without_devices_goes_back_to_the_node_of_its_home():
+    got = spec(home_placement(NODE))
+    assert got["task_template"]["Placement"]["Constraints"] == [f"node.id=={NODE}"]
+    assert "NVIDIA_VISIBLE_DEVICES" not in str(got["task_template"]["ContainerSpec"].get("Env"))
+    assert home_placement("") is None
+
+
+def test_a_server_is_reached_at_its_tasks_address_on_the_users_network():
+    task = {"NetworksAttachments": [
+        {"Network": {"Spec": {"Name": "ingress"}}, "Addresses": ["10.0.0.7/24"]},
+        {"Network": {"Spec": {"Name": "gpuhub-users"}}, "Addresses": ["10.98.3.12/24"]},
+    ]}
+    assert task_address(task, "gpuhub-users") == "10.98.3.12"
+    assert task_address(task, "elsewhere") == ""
+    assert task_address({"Status": {"State": "pending"}}, "gpuhub-users") == ""
+
+
 def test_task_states_are_either_alive_or_ended_and_problems_name_swarms_reason():
     assert not TASK_ALIVE & TASK_ENDED
     assert task_problem({"Status": {"State": "pending", "Err": "no suitable node (insufficient resources on 2 nodes)"}}) \
@@ -106,7 +126,7 @@ def test_task_states_are_either_alive_or_ended_and_problems_name_swarms_reason()
     assert task_problem({"Status": {"State": "running"}}) == "running"
 
 
-def swarm_spawner(task, node_state="ready"):
+def swarm_spawner(task, node_state="ready", availability="active", node_exists=True):
     """A GPUSwarmSpawner whose Docker answers are `task` (the service's one task) and a node."""
     from types import SimpleNamespace
 
@@ -119,7 +139,10 @@ def swarm_spawner(task, node_state="ready"):
 
         async def docker(self, method, *args, **kwargs):
             assert method == "inspect_node"
-            return {"Status": {"State": node_state}, "Description": {"Hostname": "gpu-node-2"}}
+            if not node_exists:
+                raise docker.errors.NotFound("node not found")
+            return {"Status": {"State": node_state}, "Spec": {"Availability": availability},
+                    "Description": {"Hostname": "gpu-node-2"}}
 
     profiles = parse_profiles({"profiles": [{"name": "m", "display_name": "M", "image": "gpuhub/min"}]})
     return Spawner(user=SimpleNamespace(name="ada", id=1, url="/user/ada/"), profiles=profiles,
@@ -139,3 +162,39 @@ def test_poll_says_stopped_for_an_ended_task_and_for_a_task_on_a_node_that_is_do
     from ..aio import run_async
 
     assert run_async(swarm_spawner(task, node_state).poll()) == status
+
+
+@pytest.mark.parametrize(("node_state", "availability", "says"), [
+    ("down", "active", "Your files are on node gpu-node-2, which is down"),
+    ("ready", "pause", "Your files are on node gpu-node-2, which is paused by an administrator"),
+    ("ready", "drain", "which is drained by an administrator"),
+])
+def test_a_start_whose_home_node_cannot_take_it_is_refused_with_where_the_files_are(node_state, availability, says):
+    from tornado import web
+
+    from ..aio import run_async
+
+    spawner = swarm_spawner(None, node_state, availability)
+    spawner.load_state({"home_node": "n2"})
+    with pytest.raises(web.HTTPError) as refused:
+        run_async(spawner._check_placement())
+    assert refused.value.status_code == 503 and says in refused.value.log_message
+    assert spawner._required_node() == "n2"
+
+
+def test_the_home_node_is_kept_through_a_stop_and_forgotten_once_it_left_the_swarm():
+    from ..aio import run_async
+
+    spawner = swarm_spawner(None)
+    spawner.load_state({"home_node": "n2"})
+    spawner.clear_state()  # what the hub does after every stop
+    assert spawner.get_state()["home_node"] == "n2"
+    run_async(spawner._check_placement())  # up and active: nothing to refuse
+    assert spawner._refusal_note() == (". Your files are on node gpu-node-2, so this server can start only there "
+                                       "(the cluster has no storage shared by every node)")
+    gone = swarm_spawner(None, node_exists=False)
+    gone.load_state({"home_node": "n2"})
+    gone._progress_events, gone._progress_changed = [], __import__("asyncio").Event()
+    run_async(gone._check_placement())
+    assert gone._required_node() == "" and "home_node" not in gone.get_state()
+    assert "which has left the cluster" in gone._progress_events[-1]["message"]
