@@ -16,13 +16,12 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from ..harness.swarm import FAKE_GPU_UUIDS, GPU_RESOURCE, ROOT, Swarm, wait_until
+from ..harness.swarm import ROOT, Swarm, wait_until
 
 pytestmark = [
     pytest.mark.swarm,
@@ -32,8 +31,6 @@ pytestmark = [
 
 STACK = "gpuhub-swtest"
 POOL = ("gpuhub.pool", "workers")  # the workers' label; the test profile asks for it
-# the label tests/swarm/simulated-gpus.yml puts FakeNVML's agent on (the GPU-simulating node)
-SIMULATED_GPUS = ("gpuhub.simulated-gpus", "true")
 IMAGES = ("hub", "gpu-monitor", "docker-api-filter", "demo-oidc", "singleuser-opencl")
 PROFILES = f"""\
 default_profile: opencl
@@ -46,14 +43,6 @@ profiles:
     mem_limit: 1G
     shm_size: 64M
     node_labels: {{{{{POOL[0]}: {POOL[1]}}}}}
-  - name: simulated-gpu
-    display_name: The simulated GPU node's GPUs
-    image: {{registry}}/gpuhub/singleuser-opencl:latest
-    gpus: [1, 2]
-    cpu_limit: 1.0
-    mem_limit: 1G
-    shm_size: 64M
-    node_labels: {{{{{SIMULATED_GPUS[0]}: "{SIMULATED_GPUS[1]}"}}}}
 """
 
 # an OpenCL kernel compiled and run by PoCL in the server (the sum of 2 * 0..7)
@@ -288,155 +277,3 @@ def test_the_hub_restarted_every_server_on_every_worker_keeps_running_and_keeps_
             if stack.api("GET", f"users/{user}").json().get("servers"):
                 stack.stop(user)
     assert not set(users) & set(held_by(stack))
-
-
-
-def test_a_worker_lost_with_servers_on_it_they_are_shown_stopped_hold_their_devices_until_it_is_back(stack):
-    """The worker's engine stopped (its containers stop with it): Swarm reports the node down, the
-    monitor the node lost, the hub its servers stopped (its poll, every 30 s); their devices stay
-    allocated (Swarm cannot confirm their tasks ended while the node is away, and the node offers
-    nothing meanwhile); a start meanwhile is told the person's files are on that node; the other
-    worker's server is untouched. The engine back: each starts again there (its home), releasing
-    its old allocation first (Swarm confirms the task ended), and answers; no device given twice."""
-    swarm = stack.swarm
-    a, b, c = "lost0", "lost1", "kept0"
-    for user in (a, b, c):
-        assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-    node = stack.service_node(a)
-    assert stack.service_node(b) == node and stack.service_node(c) != node  # pack: two per worker
-    worker = next(n for n in swarm.workers if swarm.node_ids[n.name] == node)
-    kept_task, held = running_task(stack, c), held_by(stack)
-    stopped = time.monotonic()
-    swarm.stop_engine(worker)
-    try:
-        wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == node)["state"]
-                   == "lost", 120, f"{worker.hostname} lost for the monitor")
-        lost_after = time.monotonic() - stopped
-        wait_until(lambda: not any(stack.api("GET", f"users/{u}").json()["servers"] for u in (a, b)), 180,
-                   f"the hub showing the servers on {worker.hostname} stopped", interval=2)
-        print(f"\n{worker.hostname}: lost for the monitor {lost_after:.1f} s, servers shown stopped "
-              f"{time.monotonic() - stopped:.1f} s after its engine stopped")
-        # their devices stay theirs while the node is away; the other worker's server runs on
-        assert {u: held_by(stack)[u] for u in (a, b, c)} == {u: held[u] for u in (a, b, c)}
-        assert stack.api("GET", f"users/{c}").json()["servers"][""]["ready"]
-        assert running_task(stack, c) == kept_task
-        r = stack.api("POST", f"users/{a}/server", json={"profile": "opencl", "gpus": 1})
-        assert r.status_code == 503 and f"on node {worker.hostname}, which is down" in r.text, r.text
-    finally:
-        swarm.start_engine(worker)
-    wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == node)["state"]
-               == "up", 180, f"{worker.hostname} up again")
-    try:
-        for user in (a, b):
-            # Its home is there; the old allocation is released first (Swarm now confirms the old
-            # task ended), and the new server answers: the hub reaches it at its new task's
-            # address, not at the one its name had (found 2026-12-02: a cached DNS answer)
-            r = stack.start(user, {"profile": "opencl", "gpus": 1})
-            assert r.status_code in (201, 202), r.text
-            assert stack.service_node(user) == node
-            assert held[user][0] not in {i for i, _ in held_by(stack).values()}
-        devices = [d["uuid"] for al in stack.monitor("api/allocations").json()["allocations"] for d in al["devices"]]
-        assert len(devices) == len(set(devices))  # nothing given twice
-    finally:
-        for user in (a, b, c):
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
-
-
-def test_a_server_goes_back_to_the_node_holding_its_home_and_is_told_when_that_node_cannot_take_it(stack):
-    """Without storage every node shares, a home is a volume on the node the server ran on: the
-    next start goes there (with GPUs: the monitor is asked for that node's devices only; without:
-    the service is constrained to it), and when that node is full or paused the person is told
-    where their files are, though the other worker has free devices."""
-    swarm = stack.swarm
-    person, others, plain = "hm0", ("hf0", "hf1"), "hm1"
-    note = "(written before the restart)"
-    try:
-        assert stack.start(person, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-        home = stack.service_node(person)
-        stack.exec_in(person, "sh", "-c", f"echo '{note}' > /home/jovyan/note.txt")
-        stack.stop(person)
-        # the other worker alone is paused while two others start: they fill the home's node
-        other = next(swarm.node_ids[w.name] for w in swarm.workers if swarm.node_ids[w.name] != home)
-        swarm.docker(swarm.manager, "node", "update", "--availability", "pause", other)
-        try:
-            wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == other)[
-                "state"] == "drained", 30, "the other worker drained for the monitor")
-            for user in others:
-                assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-                assert stack.service_node(user) == home
-        finally:
-            swarm.docker(swarm.manager, "node", "update", "--availability", "active", other)
-        wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == other)[
-            "state"] == "up", 30, "the other worker up again")
-        hostname = next(n.hostname for n in swarm.nodes if swarm.node_ids[n.name] == home)
-        r = stack.start(person, {"profile": "opencl", "gpus": 1})
-        assert r.status_code == 503, r.text
-        assert "0 free (2 of 2 in use)" in r.text and f"Your files are on node {hostname}" in r.text, r.text
-        # its node paused: said before anything is asked of the monitor
-        stack.stop(others[0])
-        swarm.docker(swarm.manager, "node", "update", "--availability", "pause", home)
-        try:
-            r = stack.start(person, {"profile": "opencl", "gpus": 1})
-            assert r.status_code == 503 and f"on node {hostname}, which is paused" in r.text, r.text
-        finally:
-            swarm.docker(swarm.manager, "node", "update", "--availability", "active", home)
-        wait_until(lambda: next(n for n in stack.monitor("api/devices").json()["nodes"] if n["id"] == home)[
-            "state"] == "up", 30, "the home's node up again")
-        # room again on the home's node: back there, with the file
-        assert stack.start(person, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-        assert stack.service_node(person) == home
-        assert stack.exec_in(person, "cat", "/home/jovyan/note.txt").strip() == note
-        # a server without GPUs goes back to its home's node too
-        assert stack.start(plain, {"profile": "opencl", "gpus": 0}).status_code in (201, 202)
-        first = stack.service_node(plain)
-        stack.exec_in(plain, "sh", "-c", f"echo '{note}' > /home/jovyan/note.txt")
-        stack.stop(plain)
-        assert stack.start(plain, {"profile": "opencl", "gpus": 0}).status_code in (201, 202)
-        assert stack.service_node(plain) == first
-        assert stack.exec_in(plain, "cat", "/home/jovyan/note.txt").strip() == note
-    finally:
-        for user in (person, plain, *others):
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
-
-
-def test_a_gpu_server_on_the_simulated_gpu_node_reaches_nvidias_runtime_with_exactly_its_gpus(stack):
-    """The GPU path through Swarm: the GPU-simulating node's agent reads FakeNVML with the GPUs its
-    engine advertises (tests/swarm/simulated-gpus.yml, deployed as a site's override); a server
-    asking for both lands there, holds them as Swarm generic resources, and the node's runtime
-    (NVIDIA's, a stand-in here) is given exactly their UUIDs; a second person is refused."""
-    swarm = stack.swarm
-    node = swarm.node_ids[swarm.gpu_node.name]
-    user, second = "gp0", "gp1"
-    swarm.docker(swarm.manager, "node", "update", "--label-add", "=".join(SIMULATED_GPUS), node)
-    try:
-        stack.deploy("-f", str(ROOT / "tests" / "swarm" / "simulated-gpus.yml"),
-                     GPUHUB_FAKE_GPU_UUIDS=",".join(FAKE_GPU_UUIDS), GPUHUB_TESTS_DIR=str(ROOT / "tests"))
-        wait_until(lambda: sorted((d["uuid"], d["kind"]) for d in stack.monitor("api/devices").json()["devices"]
-                                  if d["node"] == node) == [(u, "gpu") for u in sorted(FAKE_GPU_UUIDS)],
-                   180, f"{swarm.gpu_node.hostname}'s agent reporting its simulated GPUs")
-        r = stack.start(user, {"profile": "simulated-gpu", "gpus": 2})
-        assert r.status_code in (201, 202), r.text
-        assert stack.service_node(user) == node
-        [allocation] = [a for a in stack.monitor("api/allocations").json()["allocations"] if a["user"] == user]
-        granted = [d["uuid"] for d in allocation["devices"]]
-        assert allocation["node"] == node and sorted(granted) == sorted(FAKE_GPU_UUIDS)
-        # Swarm counts them as taken, and the runtime was told exactly those, in the grant's order
-        service = swarm.docker(swarm.manager, "service", "inspect", "--format",
-                               "{{json .Spec.TaskTemplate.Resources.Reservations.GenericResources}}",
-                               f"{STACK}-{user}").stdout
-        assert f'"Kind":"{GPU_RESOURCE}","Value":2' in service, service
-        container = swarm.docker(swarm.gpu_node, "ps", "-q", "--no-trunc", "--filter",
-                                 f"label=com.docker.swarm.service.name={STACK}-{user}").stdout.strip()
-        seen = [r["NVIDIA_VISIBLE_DEVICES"] for r in swarm.runtime_records() if r["container"] == container]
-        assert seen == [",".join(granted)], seen
-        # both held: the next person waits, told so by the monitor
-        r = stack.start(second, {"profile": "simulated-gpu", "gpus": 1})
-        assert r.status_code == 503 and "0 free (2 of 2 in use)" in r.text, r.text
-        stack.stop(user)
-    finally:
-        for u in (user, second):
-            if stack.api("GET", f"users/{u}").json().get("servers"):
-                stack.stop(u)
-        swarm.docker(swarm.manager, "node", "update", "--label-rm", SIMULATED_GPUS[0], node, check=False)
