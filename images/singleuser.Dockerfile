@@ -29,11 +29,16 @@ COPY base/requirements.txt /tmp/requirements.txt
 # rfc3987-syntax (and its parser library lark) come with jupyter-events' jsonschema[format-nongpl]
 # only to check the "iri" string format; it builds a grammar when imported, ~0.7 s of every
 # server start, and jsonschema skips that one format check without it.
+# aiodns (and its pycares) come with jupyterhub only for aiohttp, which then resolves names with
+# c-ares; c-ares keeps an answer for the TTL Docker's DNS gives, 600 s. On a swarm the hub's name
+# is its task's address, so after the hub was restarted a server asked the old address whether a
+# login was valid for up to ten minutes. Without aiodns, aiohttp asks getaddrinfo each time
+# (found 2026-12-07; the hub and the monitor configure the same: gpu_monitor/gpu_monitor/dns.py).
 RUN --mount=type=secret,id=ca \
     if grep -qs "BEGIN CERTIFICATE" /run/secrets/ca; then export PIP_CERT=/run/secrets/ca; fi \
  && python3 -m venv /opt/jupyter \
  && pip install -r /tmp/requirements.txt \
- && pip uninstall -y rfc3987-syntax lark \
+ && pip uninstall -y rfc3987-syntax lark aiodns pycares \
  && rm /tmp/requirements.txt \
  && find /opt/jupyter -name __pycache__ -prune -exec rm -rf {} +
 # Site defaults for JupyterLab (no prompt about fetching news from the internet).

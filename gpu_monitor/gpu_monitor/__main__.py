@@ -21,12 +21,14 @@ import time
 from functools import partial
 
 import sqlalchemy as sa
+from jupyterhub.httpclient import JupyterHubHTTPClient
 
 from .app import MAX_BUFFER_BYTES, MAX_READ_BYTES, make_app
 from .backends.cpu_slices import CPUSliceBackend
 from .backends.nvml import NVMLBackend
 from .contract import ACCESS_SCOPE, SERVICE_NAME
 from .devices import Backend, BackendUnavailable, Device
+from .dns import connector_options
 from .env import ConfigError
 from .hubauth import MonitorHubOAuth
 from .idle import reclaim_scope_problem
@@ -103,6 +105,9 @@ async def serve(settings: Settings) -> None:
 
     from .jobs.reconciler import Reconciler
 
+    # HubOAuth asks the hub through JupyterHub's HTTP client (its one instance's options, set
+    # before its first request): names resolved afresh (gpu_monitor.dns)
+    JupyterHubHTTPClient.instance().connector_options = connector_options()
     policy = load_policy(settings.policy_file)
     token = settings.read_api_token()
     if policy.idle_reclaim.enabled:

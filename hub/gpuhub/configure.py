@@ -7,6 +7,8 @@ created (never from the command line), and the operator token from a file the op
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,11 +19,14 @@ import bcrypt
 from gpu_monitor.contract import ACCESS_SCOPE as MONITOR_ACCESS
 from gpu_monitor.contract import SCOPE_ALLOCATE, SCOPE_READ_ALL
 from gpu_monitor.contract import SERVICE_NAME as MONITOR_SERVICE
+from gpu_monitor.dns import connector_options as dns_connector_options
 from gpu_monitor.env import ConfigError, read_secret_file
 
 from . import cryptcheck
 from .auth import authenticator_config, warn_if_usernames_are_mutable
 from .logs import LOGGING_CONFIG
+from .monitor_client import MonitorClient
+from .profiles import Profiles
 from .settings import Settings
 from .siteconfig import SiteConfig, load_site_config
 from .subdomains import configure_subdomains
@@ -64,6 +69,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.JupyterHub.public_url = settings.public_url
     c.JupyterHub.hub_bind_url = "http://0.0.0.0:8081"
     c.JupyterHub.hub_connect_url = "http://hub:8081"
+    # the hub's requests to servers and services resolve names afresh (gpu_monitor.dns)
+    c.JupyterHubHTTPClient.connector_options = dns_connector_options()
     # Restarting the hub must not stop anyone's server: they are picked up again.
     c.JupyterHub.cleanup_servers = False
     c.JupyterHub.cleanup_proxy = False
@@ -149,6 +156,8 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.GPUDockerSpawner.deployment = settings.deployment
     c.GPUDockerSpawner.monitor_token = read_secret_file(
         "GPUHUB_SECRETS_DIR", str(secrets / "gpu_allocator_token"))
+    if check_crypt_key:  # the running hub (its config loads inside its event loop)
+        _check_profiles_have_nodes_at_start(settings, profiles, c.GPUDockerSpawner.monitor_token)
     c.DockerSpawner.network_name = settings.user_network
     c.DockerSpawner.use_internal_ip = True
     # Docker's names for servers and homes carry the deployment's name (GPUHUB_DEPLOYMENT, by
@@ -169,6 +178,26 @@ def configure(c: Any, settings: Settings, check_crypt_key: bool = False) -> None
     c.GPUDockerSpawner.start_concurrency = settings.start_concurrency
     c.Spawner.start_timeout = 300
     c.Spawner.http_timeout = 60
+
+
+def _check_profiles_have_nodes_at_start(settings: Settings, profiles: Profiles, token: str) -> None:
+    """A profile asking for a kind of node no node is gets a warning in the hub's log at start
+    (gpuhub.spawner.check_profiles_have_nodes, in the background: the monitor may come later)."""
+    if not settings.monitor_url or not any(p.node_labels for p in profiles.profiles):
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not the hub itself (a tool that reads the configuration)
+        return
+    from .spawner import check_profiles_have_nodes  # dockerspawner: only where the hub runs
+
+    client = MonitorClient(settings.monitor_url, token, 10.0)
+    task = loop.create_task(check_profiles_have_nodes(client, profiles, logging.getLogger("JupyterHub")))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()  # referenced until done
 
 
 def _services_and_roles(settings: Settings, site: SiteConfig, operator_token: str | None) -> tuple[list[dict], list[dict]]:

@@ -299,15 +299,8 @@ class GPUDockerSpawner(DockerSpawner):
             gpu_choices={p.name: [n for n in p.gpus if n <= limit[p.name] or n == 0] for p in profiles.profiles},
         )
 
-    _warned_no_node: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # shared: once per hub
-
     def _warn_no_node(self, profile: Profile) -> None:
-        key = (profile.name, profile.node_labels)
-        if key not in self._warned_no_node:
-            self._warned_no_node.add(key)
-            labels = ", ".join(f"{k}={v}" for k, v in profile.node_labels)
-            self.log.warning("profile %r asks for node label(s) %s, which no node has: it is offered without GPUs "
-                             "(label a node, or set GPUHUB_NODE_LABELS on a single host)", profile.name, labels)
+        warn_no_node(self.log, profile)
 
     def options_from_form(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         profile = (formdata.get("profile") or [""])[0]
@@ -683,3 +676,45 @@ class GPUDockerSpawner(DockerSpawner):
                 await asyncio.wait_for(self._progress_changed.wait(), timeout=1)
             except TimeoutError:
                 pass
+
+
+# ---- profiles whose kind of node no node is -------------------------------------------------
+
+_warned_no_node: set[tuple[str, tuple[tuple[str, str], ...]]] = set()  # once per hub and profile
+
+
+def warn_no_node(log: Any, profile: Profile) -> None:
+    """Log, once per hub, that `profile` asks for node labels no node has."""
+    key = (profile.name, profile.node_labels)
+    if key not in _warned_no_node:
+        _warned_no_node.add(key)
+        labels = ", ".join(f"{k}={v}" for k, v in profile.node_labels)
+        log.warning("profile %r asks for node label(s) %s, which no node has: it is offered without GPUs "
+                    "(label a node, or set GPUHUB_NODE_LABELS on a single host)", profile.name, labels)
+
+
+async def check_profiles_have_nodes(client: MonitorClient, profiles: Profiles, log: Any,
+                                    wait: float = 600.0, interval: float = 5.0) -> list[str]:
+    """At the hub's start: name in the log each profile whose `node_labels` no node has (the spawn
+    form offers it without GPUs; a spawn asking for GPUs gets a 400 saying so). The monitor may
+    answer after the hub starts (on a swarm nothing orders them) and its agents register their
+    nodes after it: asked every `interval` seconds until it knows at least one node, for at most
+    `wait` seconds. Returns the names warned about."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            devices = await client.devices()
+        except MonitorUnavailable as e:
+            devices, why = None, str(e)
+        else:
+            why = "it knows no node yet"
+        if devices is not None and devices.nodes:
+            missing = [p for p in profiles.profiles if p.node_labels and not devices.has_node(dict(p.node_labels))]
+            for profile in missing:
+                warn_no_node(log, profile)
+            return [p.name for p in missing]
+        if loop.time() >= deadline:
+            log.warning("could not check profiles' node_labels against the nodes at start: %s", why)
+            return []
+        await asyncio.sleep(interval)

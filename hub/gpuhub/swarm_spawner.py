@@ -171,7 +171,18 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
         config=True,
         help="""After a stop, how long to wait for Swarm to report the server's task ended. Not
         ended by then: the service is left in place and its devices stay allocated (the state
-        remembers them; the next start or stop retries).""",
+        remembers them; see release_retry_seconds).""",
+    )
+
+    release_retry_seconds = Float(
+        15,
+        config=True,
+        help="""When a stop could not confirm that the server's task ended (its node down or cut
+        off), how often the hub asks Swarm again; once Swarm reports it ended (the node is
+        back), the devices are released, without waiting for the person's next start. The GPU
+        monitor cannot do this for other nodes, as it does for its own: it would need Swarm's
+        task list, which holds every server's token. After a hub restart, the next start or
+        stop of the server does it.""",
     )
 
     home_node = Unicode(
@@ -184,6 +195,7 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
     _check_command = "docker service ps "
     _remove_command = "docker service rm"
     _service_devices: ServiceDevices | None = None
+    _release_retry: asyncio.Task | None = None
 
     @default("pull_policy")
     def _default_pull_policy(self):
@@ -342,6 +354,31 @@ class GPUSwarmSpawner(GPUDockerSpawner, SwarmSpawner):
             self.log.warning("cannot tell whether %s's service %s is gone: %s", self._log_name, self.object_name, e)
             return False
         return all((t.get("Status") or {}).get("State") in TASK_ENDED for t in tasks)
+
+    def _keep(self, allocation_id: str, why: str) -> None:
+        super()._keep(allocation_id, why)
+        if self._release_retry is None or self._release_retry.done():
+            self._release_retry = asyncio.get_running_loop().create_task(self._release_once_ended(allocation_id))
+
+    async def _release_once_ended(self, allocation_id: str) -> None:
+        """Every release_retry_seconds while `allocation_id` is kept for a task Swarm has not
+        reported ended: once it has, the devices released and the server's state saved without
+        them. A start or stop under way is left to do it. The service (no replica) stays until
+        the next start replaces it: removing it here could race that start's new one."""
+        while True:
+            await asyncio.sleep(self.release_retry_seconds)
+            if self.allocation_id != allocation_id or not self._allocation_outlives_server:
+                return  # a start or stop released it
+            if self.pending or not await self._container_gone():
+                continue
+            if self.allocation_id != allocation_id or self.pending:
+                continue  # a start or stop began while Swarm was asked
+            await self._release("its task ended once its node was back", allocation_id)
+            db = getattr(self.user, "db", None)
+            if self.orm_spawner is not None and db is not None:
+                self.orm_spawner.state = self.get_state()
+                db.commit()
+            return
 
     async def stop_object(self):
         """Scale the service to no replica and wait for Swarm to report its task ended."""

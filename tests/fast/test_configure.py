@@ -33,6 +33,8 @@ def test_hub_keeps_servers_and_uses_traefik_and_postgres(environ):
     assert c.DockerSpawner.network_name == "gpuhub-users"
     assert c.DockerSpawner.volumes == {"gpuhub-home-{username}": "/home/jovyan"}
     assert c.DockerSpawner.prefix == "gpuhub"  # servers gpuhub-<user>
+    # names resolved afresh by the hub's HTTP client (a replaced task's new address: gpu_monitor.dns)
+    assert type(c.JupyterHubHTTPClient.connector_options["resolver"]).__name__ == "SystemResolver"
 
 
 def test_servers_and_homes_are_named_after_the_deployment(environ):

@@ -1,6 +1,7 @@
 """GPUDockerSpawner's option handling and container settings, without Docker."""
 
 import asyncio
+import logging
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 from tornado import web
 
+import gpuhub.spawner
 from gpuhub.monitor_client import Host
 from gpuhub.profiles import parse_profiles
 from gpuhub.spawner import GPUDockerSpawner, allocation_container_settings, cuda_refusal
@@ -261,7 +263,7 @@ def test_a_profile_whose_kind_of_node_no_node_is_is_offered_without_gpus_and_log
             return devices
 
     monkeypatch.setattr(GPUDockerSpawner, "monitor", property(lambda self: Monitor()))
-    monkeypatch.setattr(GPUDockerSpawner, "_warned_no_node", set())
+    monkeypatch.setattr(gpuhub.spawner, "_warned_no_node", set())
     spawner.profiles, spawner.monitor_url = profiles, "http://monitor.invalid/services/gpu-monitor/"
     for _ in range(2):
         form = run_async(spawner._render_options_form(spawner))
@@ -271,6 +273,58 @@ def test_a_profile_whose_kind_of_node_no_node_is_is_offered_without_gpus_and_log
     warnings = [r.getMessage() for r in caplog.records if "no node has" in r.getMessage()]
     assert warnings == ["profile 'big' asks for node label(s) gpu=h100, which no node has: it is offered without "
                         "GPUs (label a node, or set GPUHUB_NODE_LABELS on a single host)"]
+
+
+def test_at_the_hubs_start_a_profile_whose_kind_of_node_no_node_is_is_named_once_the_monitor_knows_nodes(
+        monkeypatch, caplog):
+    """gpuhub.configure starts this in the hub's loop: the monitor not answering yet, then
+    answering without nodes (agents not registered yet), then with them: one warning, for the
+    profile no node fits, and the form does not repeat it."""
+    from gpuhub.monitor_client import Devices, MonitorUnavailable
+    from gpuhub.spawner import check_profiles_have_nodes
+
+    profiles = parse_profiles({"profiles": [
+        {"name": "cuda", "display_name": "CUDA", "image": "gpuhub/cuda", "gpus": [0, 1]},
+        {"name": "big", "display_name": "Big", "image": "gpuhub/cuda", "gpus": [0, 1], "node_labels": {"gpu": "h100"}},
+        {"name": "a100", "display_name": "A100", "image": "gpuhub/cuda", "gpus": [0, 1], "node_labels": {"gpu": "a100"}},
+    ]})
+    empty = Devices(host=Host("nvml"), total=0, free=0, rows=(), nodes=())
+    known = Devices(host=Host("nvml"), total=2, free=2, rows=(),
+                    nodes=({"id": "n1", "labels": {"gpu": "a100"}, "state": "up", "total": 2},))
+    answers = iter([MonitorUnavailable("the GPU monitor is not answering"), empty, known])
+
+    class Monitor:
+        async def devices(self):
+            answer = next(answers)
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    monkeypatch.setattr(gpuhub.spawner, "_warned_no_node", set())
+    log = logging.getLogger("JupyterHub")
+    assert run_async(check_profiles_have_nodes(Monitor(), profiles, log, interval=0)) == ["big"]
+    gpuhub.spawner.warn_no_node(log, profiles.profiles[1])  # what the form would log: nothing again
+    warnings = [r.getMessage() for r in caplog.records if "no node has" in r.getMessage()]
+    assert warnings == ["profile 'big' asks for node label(s) gpu=h100, which no node has: it is offered without "
+                        "GPUs (label a node, or set GPUHUB_NODE_LABELS on a single host)"]
+
+
+def test_at_the_hubs_start_a_monitor_that_never_knows_a_node_is_said_once_and_nothing_is_named(caplog):
+    from gpuhub.monitor_client import MonitorUnavailable
+    from gpuhub.spawner import check_profiles_have_nodes
+
+    profiles = parse_profiles({"profiles": [
+        {"name": "big", "display_name": "Big", "image": "gpuhub/cuda", "gpus": [0, 1], "node_labels": {"gpu": "h100"}},
+    ]})
+
+    class Monitor:
+        async def devices(self):
+            raise MonitorUnavailable("the GPU monitor is not answering")
+
+    assert run_async(check_profiles_have_nodes(Monitor(), profiles, logging.getLogger("JupyterHub"),
+                                               wait=0.05, interval=0.01)) == []
+    assert [r.getMessage() for r in caplog.records if "node_labels" in r.getMessage()] == [
+        "could not check profiles' node_labels against the nodes at start: the GPU monitor is not answering"]
 
 
 def test_the_form_offers_no_more_gpus_than_one_node_of_the_profiles_kind_has(spawner, monkeypatch):

@@ -198,3 +198,61 @@ def test_the_home_node_is_kept_through_a_stop_and_forgotten_once_it_left_the_swa
     run_async(gone._check_placement())
     assert gone._required_node() == "" and "home_node" not in gone.get_state()
     assert "which has left the cluster" in gone._progress_events[-1]["message"]
+
+
+def test_devices_kept_for_a_task_on_a_lost_node_are_released_once_swarm_reports_it_ended():
+    """A stop while the node was down kept the allocation (Swarm could not say the task ended);
+    the hub asks again every release_retry_seconds, and once Swarm says so, releases it and
+    saves the server's state without it; nothing is released before."""
+    import asyncio
+
+    from ..aio import run_async
+
+    answers = iter([False, False, True])  # Swarm: not ended, not ended (node away), ended (back)
+    released, committed = [], []
+    spawner = swarm_spawner(None)
+    spawner.release_retry_seconds = 0.01
+    spawner.orm_spawner = __import__("types").SimpleNamespace(state=None, server=None, name="")
+    spawner.user.db = __import__("types").SimpleNamespace(commit=lambda: committed.append(True))
+
+    async def container_gone():
+        return next(answers)
+
+    async def release(why, allocation_id=None):
+        released.append((why, allocation_id))
+        spawner.allocation_id, spawner._allocation_outlives_server = "", False
+
+    spawner._container_gone, spawner._release = container_gone, release
+
+    async def scenario():
+        spawner._keep("al-1", "the server stopped, but the container is still running")
+        assert spawner.get_state()["allocation_id"] == "al-1" and released == []
+        await asyncio.wait_for(spawner._release_retry, 5)
+
+    run_async(scenario())
+    assert released == [("its task ended once its node was back", "al-1")]
+    assert "allocation_id" not in spawner.orm_spawner.state and committed == [True]
+
+
+def test_a_kept_allocation_a_start_released_meanwhile_is_left_to_it():
+    import asyncio
+
+    from ..aio import run_async
+
+    spawner = swarm_spawner(None)
+    spawner.release_retry_seconds = 0.01
+    asked = []
+
+    async def container_gone():
+        asked.append(True)
+        return True
+
+    spawner._container_gone = container_gone
+
+    async def scenario():
+        spawner._keep("al-1", "the server stopped, but the container is still running")
+        spawner.allocation_id = "al-2"  # a start released al-1 and holds a new allocation
+        await asyncio.wait_for(spawner._release_retry, 5)
+
+    run_async(scenario())
+    assert spawner.allocation_id == "al-2" and asked == []
