@@ -40,14 +40,36 @@
 #
 # Settings (from docker-compose.yml): GPUHUB_USERS_SUBNET, GPUHUB_USERS_HUB_IP,
 # GPUHUB_USERS_PROXY_IP, GPUHUB_SERVER_TO_SERVER (true: no isolation, nothing to do).
+#
+# On a swarm (command `overlay`, one task on every node: docker-compose.swarm.yml) the users'
+# network is an overlay: none of the host's chains sees its traffic. On each node Docker keeps
+# the overlay in a network namespace of its own (/var/run/docker/netns/1-<network id>), where a
+# bridge (br0) joins the node's containers on it and the VXLAN port to the other nodes; frames
+# crossing that bridge go through that namespace's iptables FORWARD chain (br_netfilter's
+# bridge-nf-call-iptables is 1 there: checked). So the task, itself on the users' network and
+# given the node's namespace directory (read-only, at /netns), finds the namespace whose
+# bridge holds the users' subnet, and keeps rule set 1 above there, in chain GPUHUB-S2S jumped to
+# from FORWARD, with the hub's and the proxy's addresses as Swarm's DNS gives them now (tasks
+# get new addresses when replaced: looked up every GPUHUB_NETPOLICY_SECONDS). Every node drops
+# what crosses its own bridge, so a connection between servers on two nodes meets the rules
+# twice, and one on one node once. IPv6 in that namespace is dropped (the overlay has none).
+# The rules stay when the task stops (a server is not left open while the task is replaced);
+# they go with the namespace when the network is removed. Capabilities: NET_ADMIN and NET_RAW,
+# and SYS_ADMIN, which entering a network namespace (setns) needs. Egress from servers to private
+# networks (through each node's docker_gwbridge) is not covered on a swarm yet.
 set -eu
 
 say() { echo "gpuhub netpolicy: $*"; }
 fail() { echo "gpuhub netpolicy: error: $*" >&2; exit 1; }
 
-subnet=${GPUHUB_USERS_SUBNET:?GPUHUB_USERS_SUBNET is not set}
-hub=${GPUHUB_USERS_HUB_IP:?GPUHUB_USERS_HUB_IP is not set}
-proxy=${GPUHUB_USERS_PROXY_IP:?GPUHUB_USERS_PROXY_IP is not set}
+case "${1:-run}" in
+  overlay|overlay-check)  # the subnet and the addresses are found, not set (below)
+    subnet=overlay hub= proxy= ;;
+  *)
+    subnet=${GPUHUB_USERS_SUBNET:?GPUHUB_USERS_SUBNET is not set}
+    hub=${GPUHUB_USERS_HUB_IP:?GPUHUB_USERS_HUB_IP is not set}
+    proxy=${GPUHUB_USERS_PROXY_IP:?GPUHUB_USERS_PROXY_IP is not set} ;;
+esac
 interval=${GPUHUB_NETPOLICY_SECONDS:-5}
 # One set of chains per subnet, so that two stacks on one host (their subnets differ) keep apart.
 chain="GPUHUB-$(printf '%s' "$subnet" | md5sum | cut -c1-8)"
@@ -200,6 +222,144 @@ bridge_filtered() {
     && [ "$(cat /proc/sys/net/bridge/bridge-nf-call-ip6tables 2>/dev/null)" = 1 ]
 }
 
+# --- on a swarm: the users' overlay network (commands overlay and overlay-check) -------------
+netns_dir=${GPUHUB_NETNS_DIR:-/netns}
+s2s=GPUHUB-S2S
+
+# a dotted IPv4 address as a number
+ip_number() { echo "$1" | awk -F. '{printf "%d\n", (($1 * 256 + $2) * 256 + $3) * 256 + $4}'; }
+
+# in_subnet ADDRESS A.B.C.D/N: whether ADDRESS is in the subnet
+in_subnet() {
+  bits=${2#*/}
+  size=$(( 1 << (32 - bits) ))
+  [ $(( $(ip_number "$1") / size )) -eq $(( $(ip_number "${2%/*}") / size )) ]
+}
+
+# the addresses NAME has now, one per line (Swarm's DNS: a dnsrr service's tasks)
+addresses() { getent ahostsv4 "$1" 2>/dev/null | awk '{print $1}' | sort -u; }
+
+# the subnet (A.B.C.D/N, network address) of this task's interface that holds ADDRESS
+own_subnet() {
+  ip -4 -o addr show 2>/dev/null | awk '{print $4}' | while read -r cidr; do
+    if in_subnet "$1" "$cidr"; then
+      bits=${cidr#*/}; size=$(( 1 << (32 - bits) )); n=$(( $(ip_number "${cidr%/*}") / size * size ))
+      echo "$(( n >> 24 & 255 )).$(( n >> 16 & 255 )).$(( n >> 8 & 255 )).$(( n & 255 ))/$bits"
+      break
+    fi
+  done
+}
+
+# the overlay's namespace file on this node: Docker names it 1-<network id> (a container's own
+# is named after its sandbox), and its bridge (br0) has an address in SUBNET, the gateway.
+# (Every function here keeps to `if`: under `set -e` a loop whose last test fails ends the script.)
+overlay_netns() {
+  for ns in "$netns_dir"/1-*; do
+    [ -e "$ns" ] || continue
+    for cidr in $(nsenter --net="$ns" ip -4 -o addr show 2>/dev/null | awk '$2 ~ /^br/ {print $4}'); do
+      if in_subnet "${cidr%/*}" "$1"; then
+        echo "$ns"
+        return 0
+      fi
+    done
+  done
+}
+
+# the rules of chain GPUHUB-S2S for SUBNET, the hub's addresses HUBS and the proxy's PROXIES
+wanted_overlay() {
+  echo "-A $s2s -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+  for a in $2 $3; do echo "-A $s2s -s $a/32 -j ACCEPT"; done
+  for a in $2; do echo "-A $s2s -d $a/32 -p tcp -m tcp --dport 8081 -j ACCEPT"; done
+  for a in $3; do echo "-A $s2s -d $a/32 -p tcp -m multiport --dports 80,443 -j ACCEPT"; done
+  echo "-A $s2s -j DROP"
+}
+
+# in_ns NS COMMAND...: COMMAND in the overlay's namespace
+in_ns() { ns=$1; shift; nsenter --net="$ns" "$@"; }
+
+# the iptables variant for NS (ipt, ip6t): the one that holds our chain already, else the first
+# that works there (Docker keeps no chains in an overlay's namespace)
+overlay_iptables() {
+  for candidate in iptables-nft iptables-legacy; do
+    in_ns "$1" "$candidate" -w -S "$s2s" >/dev/null 2>&1 || continue
+    ipt=$candidate; ip6t=ip6${candidate#ip}; return 0
+  done
+  for candidate in iptables-nft iptables-legacy; do
+    in_ns "$1" "$candidate" -w -S FORWARD >/dev/null 2>&1 || continue
+    ipt=$candidate; ip6t=ip6${candidate#ip}; return 0
+  done
+  return 1
+}
+
+overlay_present() {  # overlay_present NS SUBNET HUBS PROXIES
+  [ "$(in_ns "$1" "$ipt" -w -S "$s2s" 2>/dev/null | grep -v '^-N')" = "$(wanted_overlay "$2" "$3" "$4")" ] || return 1
+  [ "$(in_ns "$1" "$ipt" -w -S FORWARD 2>/dev/null | grep -- "-j $s2s\$")" = "-A FORWARD -s $2 -d $2 -j $s2s" ] || return 1
+  [ "$(in_ns "$1" "$ip6t" -w -S "$s2s" 2>/dev/null | grep -v '^-N')" = "-A $s2s -j DROP" ] || return 1
+  [ "$(in_ns "$1" "$ip6t" -w -S FORWARD 2>/dev/null | grep -- "-j $s2s\$")" = "-A FORWARD -j $s2s" ]
+}
+
+overlay_apply() {  # overlay_apply NS SUBNET HUBS PROXIES
+  fill "in_ns $1 $ipt" "$s2s" "$(wanted_overlay "$2" "$3" "$4")"
+  fill "in_ns $1 $ip6t" "$s2s" "-A $s2s -j DROP"
+  in_ns "$1" "$ipt" -w -S FORWARD | grep -- "-j $s2s\$" | grep -vxF -- "-A FORWARD -s $2 -d $2 -j $s2s" \
+    | sed 's/^-A FORWARD //' | while read -r rule; do
+      # shellcheck disable=SC2086
+      in_ns "$1" "$ipt" -w -D FORWARD $rule
+    done
+  in_ns "$1" "$ipt" -w -C FORWARD -s "$2" -d "$2" -j "$s2s" 2>/dev/null \
+    || in_ns "$1" "$ipt" -w -I FORWARD 1 -s "$2" -d "$2" -j "$s2s"
+  in_ns "$1" "$ip6t" -w -C FORWARD -j "$s2s" 2>/dev/null || in_ns "$1" "$ip6t" -w -I FORWARD 1 -j "$s2s"
+}
+
+overlay() {
+  mode=$1
+  if [ "$isolate" = 0 ]; then
+    [ "$mode" = overlay-check ] && exit 0
+    say "GPUHUB_SERVER_TO_SERVER=true: user servers may connect to one another; no rules set"
+    trap 'exit 0' TERM INT
+    while :; do sleep 3600 & wait $! || true; done
+  fi
+  [ -d "$netns_dir" ] || fail "$netns_dir is not there: mount the node's /var/run/docker/netns \
+(Docker's exec root, netns) there (docker-compose.swarm.yml, GPUHUB_DOCKER_NETNS_DIR)"
+  last=
+  trap 'say "stopped; the rules stay in the overlay namespace"; exit 0' TERM INT
+  while :; do
+    hubs=$(addresses hub); proxies=$(addresses proxy)
+    problem=
+    if [ -z "$hubs" ] || [ -z "$proxies" ]; then
+      problem="the hub's or the proxy's address is not known yet (Swarm's DNS: hub '$hubs', proxy '$proxies')"
+    else
+      subnet=$(own_subnet "$(echo "$hubs" | head -n 1)")
+      ns=
+      [ -n "$subnet" ] && ns=$(overlay_netns "$subnet")
+      if [ -z "$subnet" ]; then
+        problem="this task has no address in the hub's subnet: is it on the users' network?"
+      elif [ -z "$ns" ]; then
+        problem="no network namespace in $netns_dir has a bridge in $subnet (is GPUHUB_DOCKER_NETNS_DIR \
+the node's Docker exec root's netns directory?)"
+      elif ! overlay_iptables "$ns"; then
+        problem="neither iptables-nft nor iptables-legacy works in the overlay's namespace $ns"
+      elif [ "$(in_ns "$ns" cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null)" != 1 ]; then
+        problem="net.bridge.bridge-nf-call-iptables is not 1 in the overlay's namespace $ns: its \
+bridged traffic bypasses iptables (load br_netfilter on the node: modprobe br_netfilter)"
+      fi
+    fi
+    if [ "$mode" = overlay-check ]; then
+      [ -z "$problem" ] && overlay_present "$ns" "$subnet" "$hubs" "$proxies"
+      exit
+    fi
+    if [ -n "$problem" ]; then
+      [ "$problem" != "$last" ] && echo "gpuhub netpolicy: waiting: $problem" >&2
+      last=$problem
+    elif ! overlay_present "$ns" "$subnet" "$hubs" "$proxies"; then
+      overlay_apply "$ns" "$subnet" "$hubs" "$proxies"
+      say "servers in $subnet kept from one another in $ns (chain $s2s; hub $(echo $hubs), proxy $(echo $proxies))"
+      last=
+    fi
+    sleep "$interval" & wait $! || true
+  done
+}
+
 case "${1:-run}" in
   check)
     [ "$isolate" = 0 ] && exit 0
@@ -231,7 +391,10 @@ $chain, $chain_out, $chain_host; bridge $(bridge); hub $hub, proxy $proxy)"
       fi
     done
     ;;
+  overlay|overlay-check)
+    overlay "$1"
+    ;;
   *)
-    fail "unknown command '$1' (run or check)"
+    fail "unknown command '$1' (run, check, overlay or overlay-check)"
     ;;
 esac

@@ -57,6 +57,9 @@ LOCK_DEADLINE = 900
 DAEMON_DEADLINE = 60
 JOIN_DEADLINE = 60
 ARTIFACTS = ROOT / "test-artifacts"
+# Each node's Docker network namespaces (its exec root's netns), as a Swarm mount source
+# template: WORKDIR/<hostname> links to the node's directory (GPUHUB_DOCKER_NETNS_DIR)
+NETNS_DIR_TEMPLATE = str(WORKDIR / "{{.Node.Hostname}}" / "exec" / "netns")
 
 
 class SwarmError(RuntimeError):
@@ -365,6 +368,9 @@ class Swarm:
 
     def _start_daemon(self, node: Node) -> None:
         node.dir.mkdir(exist_ok=True)
+        link = node.workdir / node.hostname  # NETNS_DIR_TEMPLATE's path to the node's directory
+        if not link.is_symlink():
+            link.symlink_to(node.dir)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
         if node.gpu:
             env[STANDIN_RECORDS_ENV] = str(self.runtime_records_file)
