@@ -51,6 +51,8 @@ STEPS: list[tuple[str, list[str], str, str]] = [
      "1. spawn latency per step, gpuhub per profile and the reference, interleaved", "below"),
     ("burst", [PY, "-m", "bench.login_burst", "--users", "50,100", "--docs"],
      "2. login and spawn burst through the OIDC provider, gpuhub and the reference", "below"),
+    ("swarm", [PY, "-m", "bench.swarm_spawn", "--docs"],
+     "1. spawn latency on a Swarm worker against one host, both in one run (scale-out)", "below"),
     ("proxy", [PY, "-m", "bench.proxy_compare", "--duration", "4", "--ws-duration", "3"],
      "3. proxy throughput, latency and route adds: Traefik vs configurable-http-proxy", "docs/proxy.md"),
 ]
@@ -62,6 +64,7 @@ QUICK = {  # smoke-test arguments: seconds instead of the better part of an hour
                 "--reads", "5", "--no-docs"],
     "spawn": [PY, "-m", "bench.spawn_latency", "--reps", "1"],
     "burst": [PY, "-m", "bench.login_burst", "--users", "5"],
+    "swarm": [PY, "-m", "bench.swarm_spawn", "--reps", "1"],
     "proxy": [PY, "-m", "bench.proxy_compare", "--quick"],
 }
 
