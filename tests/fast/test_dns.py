@@ -3,13 +3,14 @@ on a swarm a service's name is its task's address, which a restart changes, and 
 Docker's answer for 600 s (the monitor then asked a restarted hub's old address, found
 2026-12-07). What a replaced task looks like on a swarm is tests/swarm/test_swarm_stack.py's."""
 
-import asyncio
 import socket
 
 from jupyterhub.httpclient import JupyterHubHTTPClient
 from tornado import web
 
 from gpu_monitor.dns import SystemResolver, connector_options
+
+from ..aio import run_async
 
 
 def test_the_resolver_is_built_without_a_loop_and_asks_the_system_every_time(monkeypatch):
@@ -25,7 +26,7 @@ def test_the_resolver_is_built_without_a_loop_and_asks_the_system_every_time(mon
     async def twice():
         return [(await resolver.resolve("hub", 8081))[0]["host"] for _ in range(2)]
 
-    assert asyncio.run(twice()) == ["10.98.0.5", "10.98.0.9"]
+    assert run_async(twice()) == ["10.98.0.5", "10.98.0.9"]
 
 
 def test_jupyterhubs_client_with_these_options_reaches_a_server_by_name():
@@ -47,4 +48,4 @@ def test_jupyterhubs_client_with_these_options_reaches_a_server_by_name():
             await client.close()  # clears the instance too
             server.stop()
 
-    assert asyncio.run(fetch()) == "hello"
+    assert run_async(fetch()) == "hello"
