@@ -60,7 +60,8 @@ class SwarmNode:
 
 
 def node_states(records: Sequence[NodeRecord], now: float, timeout: float,
-                swarm: Sequence[SwarmNode] | None = None) -> list[Node]:
+                swarm: Sequence[SwarmNode] | None = None,
+                awaiting_report: Mapping[str, float] | None = None) -> list[Node]:
     """Each node's state, from its agent's heartbeat and, on a swarm, what Swarm says of it. Pure.
 
     - lost: Swarm reports the node down (its engine stopped, its network cut), or, without
@@ -68,7 +69,10 @@ def node_states(records: Sequence[NodeRecord], now: float, timeout: float,
     - drained: the operator drained or paused it; what it holds stays held until released,
       nothing new goes there (whether its agent still reports or not: a drain stops it too);
     - no-agent: Swarm has the node ready and active but no agent reports from it (never, or
-      not within `timeout`: the agent is down);
+      not within `timeout`: the agent is down), or the node is back after Swarm reported it down
+      and its agent has not reported since (`awaiting_report`: node id -> the heartbeat it had
+      when it came back; an agent restarts with its node's engine, and a heartbeat from before
+      the node went down says nothing about now);
     - up: otherwise.
     A node's labels are its agent's (GPUHUB_NODE_LABELS) with Swarm's node labels over them.
     """
@@ -91,6 +95,9 @@ def node_states(records: Sequence[NodeRecord], now: float, timeout: float,
         elif quiet and s is not None:
             nodes.append(Node(r.id, hostname, labels, "no-agent",
                               f"its monitor agent has not reported for {silent:.0f} s (more than {timeout:g} s)"))
+        elif s is not None and r.id in (awaiting_report or {}) and r.seen_at <= (awaiting_report or {})[r.id]:
+            nodes.append(Node(r.id, hostname, labels, "no-agent",
+                              "back after Swarm reported it down; its monitor agent has not reported since"))
         elif quiet:
             nodes.append(Node(r.id, hostname, labels, "lost",
                               f"no report from its agent for {silent:.0f} s (more than {timeout:g} s)"))

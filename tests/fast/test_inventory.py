@@ -166,3 +166,30 @@ def test_swarm_nodes_are_read_from_the_engines_node_list():
     assert read_swarm_nodes(docker) == [
         SwarmNode("8ag3kd0qcwzdc35yeuvt4kh5b", "gpu-1", {"gpu": "a100"}, "drain", "ready"),
         SwarmNode("x1", "gpu-2", {}, "active", "down", "heartbeat failure")]
+
+
+def test_a_node_back_from_down_is_not_up_on_a_heartbeat_from_before_until_its_agent_reports():
+    """Measured on the test swarm (2026-12-07): a worker's engine stopped and started again was
+    "up" for 3 s on its agent's last heartbeat from before it went down, then "no-agent" until
+    the restarted agent registered, and a start in those 3 s was placed there and refused."""
+    from gpu_monitor.jobs.inventory_refresher import InventoryRefresher
+
+    refresher = InventoryRefresher(None, None, interval=1, node_timeout=30)
+    before = [record("a", 90.0)]
+    refresher._track_returns(before, [swarm_node("a")])
+    assert refresher._awaiting_report == {}  # never seen down: heartbeats decide as before
+    refresher._track_returns(before, [swarm_node("a", status="down")])
+    [node] = node_states(before, now=100.0, timeout=30, swarm=[swarm_node("a", status="down")],
+                         awaiting_report=refresher._awaiting_report)
+    assert node.state == "lost"
+    refresher._track_returns(before, [swarm_node("a")])  # ready again, the same old heartbeat
+    [node] = node_states(before, now=100.0, timeout=30, swarm=[swarm_node("a")],
+                         awaiting_report=refresher._awaiting_report)
+    assert (node.state, node.reason) == ("no-agent", "back after Swarm reported it down; its monitor agent "
+                                                     "has not reported since")
+    after = [record("a", 90.5)]  # the restarted agent's first report (whatever its clock says)
+    refresher._track_returns(after, [swarm_node("a")])
+    assert refresher._awaiting_report == {}
+    [node] = node_states(after, now=100.0, timeout=30, swarm=[swarm_node("a")],
+                         awaiting_report=refresher._awaiting_report)
+    assert node.state == "up"

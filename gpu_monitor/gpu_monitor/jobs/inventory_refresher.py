@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..inventory import Inventory, SwarmNode, node_states
+from ..inventory import Inventory, NodeRecord, SwarmNode, node_states
 from ..monitor import Monitor
 from .loops import every
 
@@ -36,6 +36,9 @@ class InventoryRefresher:
         self.swarm_nodes = swarm_nodes
         self._states: dict[str, str] = {}  # node id -> state last seen, to log changes once
         self._swarm_error: str | None = None
+        self._down: set[str] = set()  # nodes Swarm reports not ready
+        # nodes back from down: their heartbeat then, until their agent reports anew (node_states)
+        self._awaiting_report: dict[str, float] = {}
 
     async def _swarm(self) -> list[SwarmNode] | None:
         """Swarm's node list, or None (heartbeats alone decide) when there is no swarm to ask
@@ -57,7 +60,9 @@ class InventoryRefresher:
     async def refresh(self) -> None:
         m = self.monitor
         records, devices, states = await m.run(self.inventory.read)
-        nodes = node_states(records, time.time(), self.node_timeout, await self._swarm())
+        swarm = await self._swarm()
+        self._track_returns(records, swarm)
+        nodes = node_states(records, time.time(), self.node_timeout, swarm, self._awaiting_report)
         for node in nodes:
             before = self._states.get(node.id)
             if before != node.state:
@@ -69,6 +74,23 @@ class InventoryRefresher:
                                 node.hostname, node.state, node.reason, count)
                 self._states[node.id] = node.state
         m.set_inventory(nodes, devices, states)
+
+    def _track_returns(self, records: Sequence[NodeRecord], swarm: Sequence[SwarmNode] | None) -> None:
+        """A node Swarm reported down and now ready is not up until its agent reports again: its
+        last heartbeat may be from before it went down (measured: "up" for 3 s on that stale
+        heartbeat, then "no-agent" until the restarted agent registered). Compared by the
+        heartbeat's own value, not by clocks: the agent's and the monitor's may differ."""
+        seen = {r.id: r.seen_at for r in records}
+        for s in swarm or ():
+            if s.status != "ready":
+                self._down.add(s.id)
+                self._awaiting_report.pop(s.id, None)
+            elif s.id in self._down:
+                self._down.discard(s.id)
+                self._awaiting_report[s.id] = seen.get(s.id, 0.0)
+        for node_id, then in list(self._awaiting_report.items()):
+            if seen.get(node_id, then) > then:
+                del self._awaiting_report[node_id]
 
     async def run_forever(self) -> None:
         await every(self.interval, self.refresh, "reading the inventory")
