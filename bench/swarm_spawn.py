@@ -52,6 +52,7 @@ class Side:
     user: str
     api: Callable[..., requests.Response]
     status: Callable[[], int]  # GET /user/<user>/api/status through the proxy: its HTTP status
+    stop: Callable[[str], None]  # the harness's own: until the hub says the server is gone
     totals: list[float] = field(default_factory=list)
 
 
@@ -69,29 +70,18 @@ def spawn(side: Side) -> float:
     return time.monotonic() - t0
 
 
-def stop(side: Side) -> None:
-    r = side.api("DELETE", f"users/{side.user}/server")
-    if r.status_code not in (202, 204):
-        raise RuntimeError(f"{side.label}: stop answered {r.status_code}: {r.text[:200]}")
-    deadline = time.monotonic() + 180
-    while side.api("GET", f"users/{side.user}").json().get("servers"):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{side.label}: {side.user}'s server not stopped after 180 s")
-        time.sleep(0.1)
-
-
 def single_host_side(stack: Stack) -> Side:
     session = stack.session()
     user = "sbsingle"
     return Side("single host", user, stack.api,
                 lambda: session.get(f"{stack.base_url}/user/{user}/api/status", timeout=10,
-                                    allow_redirects=False).status_code)
+                                    allow_redirects=False).status_code, stack.stop_server)
 
 
 def swarm_side(stack: SwarmStack) -> Side:
     user = "sbswarm"
     return Side("Swarm worker", user, stack.api,
-                lambda: stack.get(f"user/{user}/api/status", host=f"{user}.user.localhost").status_code)
+                lambda: stack.get(f"user/{user}/api/status", host=f"{user}.user.localhost").status_code, stack.stop)
 
 
 def report(sides: list[Side], node: str, args: argparse.Namespace, started: str) -> str:
@@ -141,7 +131,7 @@ def main() -> int:
             for side in sides:  # warm-up: the user, the home volume, the image on the worker
                 log(f"warm-up: {side.label}")
                 spawn(side)
-                stop(side)
+                side.stop(side.user)
             nodes: set[str] = set()
             for rep in range(args.reps):
                 for side in sides if rep % 2 == 0 else reversed(sides):
@@ -150,7 +140,7 @@ def main() -> int:
                 nodes.update(swarm.docker(swarm.manager, "service", "ps", "--filter", "desired-state=running",
                                           "--format", "{{.Node}}", f"{STACK}-{sides[1].user}").stdout.split())
                 for side in sides:
-                    stop(side)
+                    side.stop(side.user)
             node = ", ".join(sorted(nodes))
     finally:
         single.down()

@@ -87,6 +87,24 @@ def running_task(stack: SwarmStack, user: str) -> str:
     return out[0]
 
 
+def start_on_both_workers(stack: SwarmStack, users: tuple[str, ...]) -> tuple[dict[str, str], dict]:
+    """One server with one device per user (pack: two per worker, so three span both workers):
+    {user: its running task}, {user: (allocation id, node)}."""
+    for user in users:
+        assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
+    tasks = {u: running_task(stack, u) for u in users}
+    held = {u: held_by(stack)[u] for u in users}
+    assert len({node for _, node in held.values()}) == 2  # both workers
+    return tasks, held
+
+
+def stop_all(stack: SwarmStack, users) -> None:
+    """Stop whichever of `users`' servers are still there (a test's clean-up)."""
+    for user in users:
+        if stack.api("GET", f"users/{user}").json().get("servers"):
+            stack.stop(user)
+
+
 def node_state(stack: SwarmStack, node: str) -> str:
     """The monitor's state of `node` (up, lost, drained, ...; "" while its API does not answer)."""
     return next((n["state"] for n in stack.monitor_json("api/devices").get("nodes", ()) if n["id"] == node), "")
@@ -120,20 +138,14 @@ def test_servers_pack_and_a_paused_node_gets_no_new_server_while_its_running_one
         finally:
             swarm.docker(swarm.manager, "node", "update", "--availability", "active", node)
     finally:
-        for user in (first, second, third):
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
+        stop_all(stack, (first, second, third))
 
 
 def test_the_hub_restarted_every_server_on_every_worker_keeps_running_and_keeps_its_devices(stack):
     swarm = stack.swarm
     users = ("rs0", "rs1", "rs2")
     try:
-        for user in users:
-            assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-        tasks = {u: running_task(stack, u) for u in users}
-        held = held_by(stack)
-        assert len({held[u][1] for u in users}) == 2  # both workers
+        tasks, held = start_on_both_workers(stack, users)
         hub_task = swarm.docker(swarm.manager, "service", "ps", "-q", "--filter", "desired-state=running",
                                 f"{STACK}_hub").stdout.split()
         # the hub's container killed: Swarm starts a new task (a new address). Not `docker service
@@ -165,9 +177,7 @@ def test_the_hub_restarted_every_server_on_every_worker_keeps_running_and_keeps_
                        == 200, 30,
                        f"{user}'s server checking a new token with the restarted hub", interval=2)
     finally:
-        for user in users:
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
+        stop_all(stack, users)
     assert not set(users) & set(held_by(stack))
 
 
@@ -203,9 +213,7 @@ def test_servers_cannot_connect_to_one_another_on_one_node_or_across_nodes(stack
                              "{{.Node}} {{.CurrentState}}", f"{STACK}_netpolicy").stdout.splitlines()
         assert sorted(t.split()[0] for t in tasks) == sorted(n.hostname for n in swarm.nodes), tasks
     finally:
-        for user in users:
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
+        stop_all(stack, users)
 
 
 def task_address_of(stack: SwarmStack, user: str) -> str:
@@ -267,9 +275,7 @@ def test_a_server_goes_back_to_the_node_holding_its_home_and_is_told_when_that_n
         assert stack.service_node(plain) == first
         assert stack.exec_in(plain, "cat", "/home/jovyan/note.txt").strip() == note
     finally:
-        for user in (person, plain, *others):
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
+        stop_all(stack, (person, plain, *others))
 
 
 def test_a_gpu_server_on_the_simulated_gpu_node_reaches_nvidias_runtime_with_exactly_its_gpus(stack):
@@ -307,9 +313,7 @@ def test_a_gpu_server_on_the_simulated_gpu_node_reaches_nvidias_runtime_with_exa
         assert r.status_code == 503 and "0 free (2 of 2 in use)" in r.text, r.text
         stack.stop(user)
     finally:
-        for u in (user, second):
-            if stack.api("GET", f"users/{u}").json().get("servers"):
-                stack.stop(u)
+        stop_all(stack, (user, second))
         swarm.docker(swarm.manager, "node", "update", "--label-rm", SIMULATED_GPUS[0], node, check=False)
         # the stack as the other tests know it: that node's agent reports its CPU slices again
         stack.deploy()
@@ -325,11 +329,7 @@ def test_the_manager_restarted_every_server_on_the_workers_keeps_running_and_kee
     swarm = stack.swarm
     users = ("mr0", "mr1", "mr2")
     try:
-        for user in users:
-            assert stack.start(user, {"profile": "opencl", "gpus": 1}).status_code in (201, 202)
-        tasks = {u: running_task(stack, u) for u in users}
-        held = {u: held_by(stack)[u] for u in users}
-        assert len({node for _, node in held.values()}) == 2  # both workers
+        tasks, held = start_on_both_workers(stack, users)
         stopped = time.monotonic()
         swarm.stop_engine(swarm.manager)
         swarm.start_engine(swarm.manager)
@@ -342,9 +342,7 @@ def test_the_manager_restarted_every_server_on_the_workers_keeps_running_and_kee
         assert {u: running_task(stack, u) for u in users} == tasks
         assert {u: held_by(stack)[u] for u in users} == held
     finally:
-        for user in users:
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
+        stop_all(stack, users)
 
 
 def test_a_worker_lost_with_servers_on_it_they_are_shown_stopped_hold_their_devices_until_it_is_back(stack):
@@ -399,6 +397,4 @@ def test_a_worker_lost_with_servers_on_it_they_are_shown_stopped_hold_their_devi
         devices = [d["uuid"] for al in stack.monitor("api/allocations").json()["allocations"] for d in al["devices"]]
         assert len(devices) == len(set(devices))  # nothing given twice
     finally:
-        for user in (a, b, c):
-            if stack.api("GET", f"users/{user}").json().get("servers"):
-                stack.stop(user)
+        stop_all(stack, (a, b, c))
