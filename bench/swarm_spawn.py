@@ -36,7 +36,7 @@ import urllib3
 from bench.common import REPO, git_commit, log
 from bench.docs_section import record, write_section
 from bench.run_all import machine
-from tests.harness.stack import Stack, start_stack
+from tests.harness.stack import Stack, remove_home, start_stack
 from tests.harness.swarm import Swarm
 from tests.harness.swarm_stack import STACK, SwarmStack, deployed_stack
 
@@ -72,7 +72,7 @@ def spawn(side: Side) -> float:
 
 def single_host_side(stack: Stack) -> Side:
     session = stack.session()
-    user = "sbsingle"
+    user = "sbsingle"  # its home volume is removed at the end (main)
     return Side("single host", user, stack.api,
                 lambda: session.get(f"{stack.base_url}/user/{user}/api/status", timeout=10,
                                     allow_redirects=False).status_code, stack.stop_server)
@@ -144,6 +144,7 @@ def main() -> int:
             node = ", ".join(sorted(nodes))
     finally:
         single.down()
+        remove_home("sbsingle")  # the single host's home volume (the swarm's go with its engines)
     text = report(sides, node, args, started)
     print(text)
     ratio = statistics.median(sides[1].totals) / statistics.median(sides[0].totals)
